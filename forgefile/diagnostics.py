@@ -1,0 +1,123 @@
+"""Diagnostics: what went wrong, where, and how to fix it, as data before it is text.
+
+Every error a user can cause becomes a `Diagnostic` with a code, a message, the span it points
+at and a hint. The stages collect them and raise one `DiagnosticError`; only `forge/` renders
+them (with a code frame for people, as JSON for machines).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A region of a source file; lines and columns count from 1, the end is inclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "end_line": self.end_line,
+            "end_column": self.end_column,
+        }
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+
+
+@dataclass(frozen=True)
+class Related:
+    """A second place that explains a diagnostic: the declaration, the other duplicate."""
+
+    span: Span
+    message: str
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    message: str
+    span: Span | None
+    hint: str = ""
+    severity: Severity = Severity.ERROR
+    related: tuple[Related, ...] = field(default=())
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "severity": str(self.severity),
+            "message": self.message,
+            "span": self.span.to_json() if self.span else None,
+            "hint": self.hint,
+            "related": [{"span": r.span.to_json(), "message": r.message} for r in self.related],
+        }
+
+
+class ForgeError(Exception):
+    """The root of every error Forge reports to a user rather than as a bug."""
+
+
+class DiagnosticError(ForgeError):
+    """One or more diagnostics stopped a stage."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        first = self.diagnostics[0] if self.diagnostics else None
+        summary = f"{first.span}: {first.message}" if first and first.span else str(first)
+        super().__init__(summary)
+
+
+class Collector:
+    """Gathers diagnostics across a pass, so a user sees every problem at once, not one."""
+
+    def __init__(self) -> None:
+        self.items: list[Diagnostic] = []
+
+    def error(
+        self,
+        code: str,
+        message: str,
+        span: Span | None,
+        hint: str = "",
+        related: Sequence[Related] = (),
+    ) -> None:
+        self.items.append(Diagnostic(code, message, span, hint, Severity.ERROR, tuple(related)))
+
+    def warning(self, code: str, message: str, span: Span | None, hint: str = "") -> None:
+        self.items.append(Diagnostic(code, message, span, hint, Severity.WARNING))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity is Severity.ERROR for d in self.items)
+
+    def raise_if_errors(self) -> None:
+        if self.has_errors:
+            raise DiagnosticError(sorted(self.items, key=_order))
+
+
+def _order(d: Diagnostic) -> tuple[str, int, int]:
+    return (d.span.file, d.span.line, d.span.column) if d.span else ("", 0, 0)
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """A "did you mean" hint, or an empty string when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else ""

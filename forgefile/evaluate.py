@@ -1,0 +1,368 @@
+"""Evaluate expressions to values, with diagnostics that point at the sub-expression at fault."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stdlib import functions
+
+from .diagnostics import Diagnostic, DiagnosticError, Span, suggest
+from .schema import RESOURCE_KINDS
+from .syntax import (
+    Binary,
+    Call,
+    Conditional,
+    Duration,
+    Expr,
+    ForExpr,
+    GetAttr,
+    Index,
+    ListExpr,
+    Literal,
+    MapExpr,
+    Size,
+    Template,
+    Unary,
+    Variable,
+)
+from .values import AttributeRef, ResourceRef, type_name
+
+
+class EvalError(DiagnosticError):
+    def __init__(self, code: str, message: str, span: Span, hint: str = "") -> None:
+        super().__init__([Diagnostic(code, message, span, hint)])
+
+
+@dataclass
+class Scope:
+    """What names mean while evaluating: variables, locals, resources and loop variables."""
+
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    locals: Mapping[str, Any] = field(default_factory=dict)
+    resources: Mapping[str, set[str]] = field(default_factory=dict)  # kind -> declared names
+    context: functions.CallContext | None = None
+    bindings: Mapping[str, Any] = field(default_factory=dict)
+    # Resolves `kind.name.attr...` when the caller knows computed attributes (the planner does).
+    attributes: Callable[[AttributeRef], Any] | None = None
+    # Names that a lazily evaluated local may still need: name -> resolver.
+    lazy_local: Callable[[str, Span], Any] | None = None
+
+    def child(self, bindings: Mapping[str, Any]) -> Scope:
+        merged = {**self.bindings, **bindings}
+        return Scope(
+            self.variables,
+            self.locals,
+            self.resources,
+            self.context,
+            merged,
+            self.attributes,
+            self.lazy_local,
+        )
+
+
+class _Kind:
+    """The value of a bare kind name such as `service`: indexing it by name gives a reference."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+class _Namespace:
+    """`var` or `local`: a map whose missing keys are diagnostics, not KeyErrors."""
+
+    def __init__(
+        self, prefix: str, values: Mapping[str, Any], lazy: Callable[[str, Span], Any] | None = None
+    ) -> None:
+        self.prefix = prefix
+        self.values = values
+        self.lazy = lazy
+
+
+_ARITHMETIC: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "%": operator.mod,
+}
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def evaluate(expr: Expr, scope: Scope) -> Any:
+    """The value of `expr` in `scope`; raises `EvalError` with the span of the part at fault."""
+    match expr:
+        case Literal(value=value):
+            return value
+        case Template(parts=parts):
+            return "".join(
+                p if isinstance(p, str) else _to_text(evaluate(p, scope), p.span) for p in parts
+            )
+        case Variable(name=name):
+            return _variable(name, expr.span, scope)
+        case GetAttr(target=target, name=name):
+            return _get(evaluate(target, scope), name, expr.span, scope)
+        case Index(target=target, key=key):
+            return _get(evaluate(target, scope), evaluate(key, scope), expr.span, scope)
+        case Call():
+            return _call(expr, scope)
+        case ListExpr(items=items):
+            return [evaluate(i, scope) for i in items]
+        case MapExpr(items=items):
+            return {_key(evaluate(k, scope), k.span): evaluate(v, scope) for k, v in items}
+        case Binary():
+            return _binary(expr, scope)
+        case Unary(op="!", operand=operand):
+            return not _bool(evaluate(operand, scope), operand.span)
+        case Unary(op="-", operand=operand):
+            value = evaluate(operand, scope)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise EvalError("E0201", f"cannot negate a {type_name(value)}", operand.span)
+            return -value
+        case Conditional(condition=condition, then=then, otherwise=otherwise):
+            chosen = then if _bool(evaluate(condition, scope), condition.span) else otherwise
+            return evaluate(chosen, scope)
+        case ForExpr():
+            return _for(expr, scope)
+    raise EvalError("E0200", "this expression cannot be evaluated", expr.span)  # pragma: no cover
+
+
+def _variable(name: str, span: Span, scope: Scope) -> Any:
+    if name in scope.bindings:
+        return scope.bindings[name]
+    if name == "var":
+        return _Namespace("var", scope.variables)
+    if name == "local":
+        return _Namespace("local", scope.locals, scope.lazy_local)
+    if name in RESOURCE_KINDS:
+        return _Kind(name)
+    known = ["var", "local", *RESOURCE_KINDS, *scope.bindings]
+    raise EvalError(
+        "E0202",
+        f"unknown name `{name}`",
+        span,
+        suggest(name, known) or "references start with var., local. or a kind such as service.",
+    )
+
+
+def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
+    if isinstance(target, _Namespace):
+        if key in target.values:
+            return target.values[key]
+        if target.lazy is not None:
+            return target.lazy(key, span)
+        what = "variable" if target.prefix == "var" else "local value"
+        raise EvalError(
+            "E0203",
+            f"unknown {what} `{target.prefix}.{key}`",
+            span,
+            suggest(str(key), target.values) or f"declare it with a {what} block",
+        )
+    if isinstance(target, _Kind):
+        declared = scope.resources.get(target.kind, set())
+        if key not in declared:
+            raise EvalError(
+                "E0204",
+                f"unknown resource `{target.kind}.{key}`",
+                span,
+                suggest(str(key), declared)
+                or f'declare it with a `{target.kind} "{key}" {{ ... }}` block',
+            )
+        return ResourceRef(target.kind, str(key), span)
+    if isinstance(target, ResourceRef | AttributeRef):
+        ref = (
+            AttributeRef(target, (key,), span)
+            if isinstance(target, ResourceRef)
+            else AttributeRef(target.resource, (*target.path, key), span)
+        )
+        if scope.attributes is None:
+            raise EvalError(
+                "E0205",
+                f"`{ref}` is known only when planning",
+                span,
+                "computed attributes such as an address can be used in outputs",
+            )
+        return scope.attributes(ref)
+    if isinstance(target, dict):
+        if key in target:
+            return target[key]
+        raise EvalError(
+            "E0206",
+            f"the map has no key `{key}`",
+            span,
+            suggest(str(key), [str(k) for k in target]),
+        )
+    if isinstance(target, list):
+        if isinstance(key, bool) or not isinstance(key, int):
+            raise EvalError("E0207", f"a list is indexed by an int, not a {type_name(key)}", span)
+        if not -len(target) <= key < len(target):
+            raise EvalError(
+                "E0208", f"index {key} is out of range for a list of {len(target)}", span
+            )
+        return target[key]
+    raise EvalError("E0209", f"a {type_name(target)} has no attributes or elements", span)
+
+
+def _call(expr: Call, scope: Scope) -> Any:
+    if expr.name not in functions.NAMES:
+        raise EvalError(
+            "E0210",
+            f"unknown function `{expr.name}`",
+            expr.span,
+            suggest(expr.name, functions.NAMES) or "see the function reference in docs/language.md",
+        )
+    args = [evaluate(a, scope) for a in expr.args]
+    context = scope.context or functions.CallContext(base_dir=_cwd())
+    try:
+        return functions.call(expr.name, args, context)
+    except functions.FunctionError as exc:
+        raise EvalError("E0211", str(exc), expr.span) from None
+
+
+def _cwd() -> Any:
+    from pathlib import Path
+
+    return Path.cwd()
+
+
+def _binary(expr: Binary, scope: Scope) -> Any:
+    if expr.op == "&&":
+        return _bool(evaluate(expr.left, scope), expr.left.span) and _bool(
+            evaluate(expr.right, scope), expr.right.span
+        )
+    if expr.op == "||":
+        return _bool(evaluate(expr.left, scope), expr.left.span) or _bool(
+            evaluate(expr.right, scope), expr.right.span
+        )
+    left, right = evaluate(expr.left, scope), evaluate(expr.right, scope)
+    if expr.op in ("==", "!="):
+        return _COMPARE[expr.op](left, right)
+    if expr.op in _COMPARE:
+        if not _comparable(left, right):
+            raise EvalError(
+                "E0212",
+                f"cannot compare a {type_name(left)} with a {type_name(right)} using `{expr.op}`",
+                expr.span,
+            )
+        return _COMPARE[expr.op](_magnitude(left), _magnitude(right))
+    return _arithmetic(expr, left, right)
+
+
+def _arithmetic(expr: Binary, left: Any, right: Any) -> Any:
+    numbers = (int, float)
+    if isinstance(left, bool) or isinstance(right, bool):
+        pass
+    elif isinstance(left, numbers) and isinstance(right, numbers):
+        if expr.op in ("/", "%") and right == 0:
+            raise EvalError("E0213", "division by zero", expr.right.span)
+        result = _ARITHMETIC[expr.op](left, right)
+        if (
+            expr.op == "/"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and left % right == 0
+        ):
+            return left // right
+        return result
+    elif isinstance(left, Size) and isinstance(right, Size) and expr.op in "+-":
+        return Size(_ARITHMETIC[expr.op](left.bytes, right.bytes))
+    elif isinstance(left, Size) and isinstance(right, int | float) and expr.op in "*/":
+        return Size(int(_ARITHMETIC[expr.op](left.bytes, right)))
+    elif isinstance(left, Duration) and isinstance(right, Duration) and expr.op in "+-":
+        return Duration(_ARITHMETIC[expr.op](left.nanoseconds, right.nanoseconds))
+    elif isinstance(left, Duration) and isinstance(right, int | float) and expr.op in "*/":
+        return Duration(int(_ARITHMETIC[expr.op](left.nanoseconds, right)))
+    hint = 'join strings with interpolation: "${a}${b}"' if isinstance(left, str) else ""
+    raise EvalError(
+        "E0214",
+        f"cannot apply `{expr.op}` to a {type_name(left)} and a {type_name(right)}",
+        expr.span,
+        hint,
+    )
+
+
+def _comparable(left: Any, right: Any) -> bool:
+    if isinstance(left, bool) or isinstance(right, bool):
+        return False
+    if isinstance(left, int | float) and isinstance(right, int | float):
+        return True
+    return type(left) is type(right) and isinstance(left, str | Size | Duration)
+
+
+def _magnitude(value: Any) -> Any:
+    if isinstance(value, Size):
+        return value.bytes
+    if isinstance(value, Duration):
+        return value.nanoseconds
+    return value
+
+
+def _for(expr: ForExpr, scope: Scope) -> Any:
+    collection = evaluate(expr.collection, scope)
+    if isinstance(collection, dict):
+        pairs = list(collection.items())
+    elif isinstance(collection, list):
+        pairs = list(enumerate(collection))
+    else:
+        raise EvalError(
+            "E0215",
+            f"`for` iterates over a list or a map, not a {type_name(collection)}",
+            expr.collection.span,
+        )
+    results_list: list[Any] = []
+    results_map: dict[str, Any] = {}
+    for key, value in pairs:
+        names = {expr.value_var: value}
+        if expr.key_var:
+            names[expr.key_var] = key
+        inner = scope.child(names)
+        if expr.condition is not None and not _bool(
+            evaluate(expr.condition, inner), expr.condition.span
+        ):
+            continue
+        if expr.key is None:
+            results_list.append(evaluate(expr.body, inner))
+        else:
+            out_key = _key(evaluate(expr.key, inner), expr.key.span)
+            if out_key in results_map:
+                raise EvalError(
+                    "E0216", f"the `for` expression makes the key `{out_key}` twice", expr.key.span
+                )
+            results_map[out_key] = evaluate(expr.body, inner)
+    return results_list if expr.key is None else results_map
+
+
+def _bool(value: Any, span: Span) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise EvalError("E0217", f"expected a bool, found a {type_name(value)}", span)
+
+
+def _key(value: Any, span: Span) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise EvalError("E0218", f"a map key must be a string, not a {type_name(value)}", span)
+
+
+def _to_text(value: Any, span: Span) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float | Size | Duration):
+        return str(value)
+    raise EvalError(
+        "E0219",
+        f"cannot interpolate a {type_name(value)} into a string",
+        span,
+        "interpolate one of its elements, or use jsonencode()",
+    )

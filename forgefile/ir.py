@@ -1,0 +1,232 @@
+"""The typed IR: frozen classes for every resource, with defaults filled in and source spans.
+
+The IR is what policy judges and what the planner compiles, so it holds the effective
+configuration that will run. `to_document()` gives the JSON-shaped view that rules and
+`forge show --json` read; it never holds a secret value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from .diagnostics import Span
+from .syntax import Duration, Expr, Size
+from .values import ResourceRef
+
+Pairs = tuple[tuple[str, Any], ...]
+
+# Defaults shared with forgefile/schema.py; frozen values, so sharing one instance is safe.
+JOB_TIMEOUT = Duration(600 * 10**9)
+WASM_MEMORY = Size(64 << 20)
+WASM_TIMEOUT = Duration(60 * 10**9)
+
+
+@dataclass(frozen=True)
+class Node:
+    span: Span
+    # The span of each attribute as written, so diagnostics can point at `privileged = true`.
+    spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, repr=False)
+
+    def span_of(self, attribute: str) -> Span:
+        return dict(self.spans).get(attribute, self.span)
+
+
+@dataclass(frozen=True)
+class Resource(Node):
+    name: str = ""
+    kind: ClassVar[str] = ""
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind}.{self.name}"
+
+    def references(self) -> tuple[ResourceRef, ...]:
+        """Every resource this one names, in the order written: the edges of the graph."""
+        found: list[ResourceRef] = []
+        for f in fields(self):
+            _collect_refs(getattr(self, f.name), found)
+        return tuple(found)
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"address": self.address, "kind": self.kind}
+        for f in fields(self):
+            if f.name in ("span", "spans"):
+                continue
+            doc[f.name.rstrip("_")] = _to_json(getattr(self, f.name), f.type == "Pairs")
+        return doc
+
+
+@dataclass(frozen=True)
+class CopyStep(Node):
+    dst: str = ""
+    src: str | None = None
+    content: str | None = None
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
+class LinkStep(Node):
+    target: str = ""
+    links: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Image(Resource):
+    kind: ClassVar[str] = "image"
+    from_: str | ResourceRef = "scratch"
+    context: str = "."  # absolute after lowering
+    steps: tuple[CopyStep | LinkStep, ...] = ()
+    env: Pairs = ()
+    entrypoint: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    working_dir: str = ""
+    user: str = ""
+
+
+@dataclass(frozen=True)
+class Network(Resource):
+    kind: ClassVar[str] = "network"
+    subnet: str = ""
+    gateway: str = ""
+
+
+@dataclass(frozen=True)
+class Volume(Resource):
+    kind: ClassVar[str] = "volume"
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: Size | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class Container(Resource):
+    """What services and jobs share: an image run by runc."""
+
+    image: ResourceRef | None = None
+    command: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    env: Pairs = ()
+    working_dir: str = ""
+    hostname: str = ""
+    networks: tuple[ResourceRef, ...] = ()
+    volumes: Pairs = ()
+    read_only: bool = False
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    depends_on: tuple[ResourceRef, ...] = ()
+    resources: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class Service(Container):
+    kind: ClassVar[str] = "service"
+
+
+@dataclass(frozen=True)
+class Job(Container):
+    kind: ClassVar[str] = "job"
+    success_codes: tuple[int, ...] = (0,)
+    timeout: Duration = JOB_TIMEOUT
+
+
+@dataclass(frozen=True)
+class WasmLimits:
+    memory: Size | None = WASM_MEMORY
+    fuel: int | None = None
+    timeout: Duration | None = WASM_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Wasm(Resource):
+    kind: ClassVar[str] = "wasm"
+    module: str = ""  # absolute after lowering
+    mode: str = "job"
+    args: tuple[str, ...] = ()
+    env: Pairs = ()
+    mounts: Pairs = ()
+    depends_on: tuple[ResourceRef, ...] = ()
+    success_codes: tuple[int, ...] = (0,)
+    limits: WasmLimits = field(default_factory=WasmLimits)
+
+
+@dataclass(frozen=True)
+class Variable(Node):
+    name: str = ""
+    type: str = "any"
+    default: Any = None
+    has_default: bool = False
+    description: str = ""
+    sensitive: bool = False
+
+
+@dataclass(frozen=True)
+class Output(Node):
+    name: str = ""
+    value: Expr | None = None
+    description: str = ""
+    sensitive: bool = False
+
+
+RESOURCE_CLASSES: dict[str, type[Resource]] = {
+    cls.kind: cls for cls in (Image, Network, Volume, Service, Job, Wasm)
+}
+
+
+@dataclass(frozen=True)
+class Document:
+    """A whole lowered Forgefile: the unit that is checked, judged and planned."""
+
+    path: str
+    resources: tuple[Resource, ...]
+    variables: tuple[Variable, ...] = ()
+    outputs: tuple[Output, ...] = ()
+    # Every input file read while lowering (Forgefiles, file() arguments): path -> digest.
+    inputs: Pairs = ()
+    # The values variables took, sensitive ones included: never serialised as they are.
+    variable_values: Pairs = field(default=(), repr=False)
+
+    def resource(self, address: str) -> Resource | None:
+        return next((r for r in self.resources if r.address == address), None)
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "resources": [r.to_document() for r in self.resources],
+            "outputs": [o.name for o in self.outputs],
+        }
+
+
+def _collect_refs(value: Any, found: list[ResourceRef]) -> None:
+    if isinstance(value, ResourceRef):
+        found.append(value)
+    elif isinstance(value, tuple):
+        for item in value:
+            _collect_refs(item, found)
+
+
+def _to_json(value: Any, as_map: bool = False) -> Any:
+    """The JSON form of an IR value: references as addresses, sizes as bytes, times as seconds."""
+    if as_map:
+        return {k: _to_json(v) for k, v in value}
+    if isinstance(value, ResourceRef):
+        return value.address
+    if isinstance(value, Size):
+        return value.bytes
+    if isinstance(value, Duration):
+        return value.seconds
+    if isinstance(value, CopyStep | LinkStep):
+        step = {
+            f.name: _to_json(getattr(value, f.name))
+            for f in fields(value)
+            if f.name not in ("span", "spans")
+        }
+        return {"copy" if isinstance(value, CopyStep) else "link": step}
+    if isinstance(value, Limits | WasmLimits):
+        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    return value

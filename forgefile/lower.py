@@ -1,0 +1,622 @@
+"""Lowering: a parsed Forgefile to the typed IR, checked against the block schemas.
+
+Every problem found is collected, so one run shows them all: unknown blocks and attributes with
+"did you mean", wrong types showing both the declaration and the value, missing required
+attributes, duplicate addresses and unset variables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stdlib.functions import CallContext
+
+from . import ir
+from .diagnostics import Collector, DiagnosticError, Related, Span, suggest
+from .evaluate import EvalError, Scope, evaluate
+from .schema import SCHEMAS, Attr, BlockSpec, Mismatch, coerce
+from .syntax import Block, File, parse
+from .values import ResourceRef, type_name
+
+FORGEFILE = "Forgefile"
+
+
+def load(
+    path: Path,
+    variables: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ir.Document:
+    """Read, parse and lower the Forgefile at `path` (a file, or a folder holding `Forgefile`).
+
+    `variables` are values given on the command line as text; `FORGE_VAR_<name>` in `environ`
+    is read for the others.
+    """
+    path = path / FORGEFILE if path.is_dir() else path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DiagnosticError(
+            [
+                _diag(
+                    "F0000",
+                    f"cannot read {path}: {exc.strerror}",
+                    None,
+                    "pass a Forgefile or a folder holding one with --file",
+                )
+            ]
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DiagnosticError(
+            [_diag("F0005", f"{path} is not UTF-8 text (byte {exc.start})", None)]
+        ) from None
+    shown = _display_path(path)
+    parsed = parse(text, shown)
+    env = dict(os.environ if environ is None else environ)
+    return Lowering(parsed, path.parent.resolve(), dict(variables or {}), env).run(
+        digest="sha256:" + hashlib.sha256(data).hexdigest()
+    )
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _diag(code: str, message: str, span: Span | None, hint: str = "") -> Any:
+    from .diagnostics import Diagnostic
+
+    return Diagnostic(code, message, span, hint)
+
+
+@dataclass
+class _Declared:
+    block: Block
+    spec: BlockSpec
+
+
+class Lowering:
+    """One pass over one parsed file; `run()` returns the Document or raises all diagnostics."""
+
+    def __init__(
+        self, parsed: File, base_dir: Path, given: dict[str, str], environ: dict[str, str]
+    ) -> None:
+        self.file = parsed
+        self.base_dir = base_dir
+        self.given = given
+        self.environ = environ
+        self.errors = Collector()
+        self.context = CallContext(base_dir=base_dir, environ=environ)
+        self.resources: dict[str, set[str]] = {}
+        self.local_exprs: dict[str, Any] = {}
+        self.local_values: dict[str, Any] = {}
+        self.local_stack: list[str] = []
+        self.variable_values: dict[str, Any] = {}
+
+    def run(self, digest: str) -> ir.Document:
+        blocks = self._declarations()
+        variables = [self._variable(b) for b in blocks.get("variable", [])]
+        for lb in blocks.get("locals", []):
+            for attr in lb.attributes:
+                self.local_exprs[attr.name] = attr
+        scope = self._scope()
+        for name in list(self.local_exprs):
+            self._local(name, self.local_exprs[name].span)
+        resources = [
+            self._resource(block, scope)
+            for kind in SCHEMAS
+            if kind not in ("variable", "locals", "output")
+            for block in blocks.get(kind, [])
+        ]
+        outputs = [self._output(b) for b in blocks.get("output", [])]
+        self.errors.raise_if_errors()
+        inputs = {self.file.path: digest, **self.context.files_read}
+        return ir.Document(
+            path=self.file.path,
+            resources=tuple(r for r in resources if r is not None),
+            variables=tuple(v for v in variables if v is not None),
+            outputs=tuple(o for o in outputs if o is not None),
+            inputs=tuple(sorted(inputs.items())),
+            variable_values=tuple(sorted(self.variable_values.items())),
+        )
+
+    # -- declarations ---------------------------------------------------------------------------
+
+    def _declarations(self) -> dict[str, list[Block]]:
+        """Top-level blocks by type, with unknown types and duplicate addresses reported."""
+        by_type: dict[str, list[Block]] = {}
+        seen: dict[str, Block] = {}
+        for attr in self.file.body.attributes:
+            self.errors.error(
+                "E0101",
+                f"attribute `{attr.name}` outside any block",
+                attr.span,
+                "put it inside a block, or in a `locals { ... }` block",
+            )
+        for block in self.file.body.blocks:
+            spec = SCHEMAS.get(block.type)
+            if spec is None:
+                self.errors.error(
+                    "E0102",
+                    f"unknown block type `{block.type}`",
+                    block.type_span,
+                    suggest(block.type, SCHEMAS) or f"the block types are: {', '.join(SCHEMAS)}",
+                )
+                continue
+            if len(block.labels) != len(spec.labels):
+                want = " ".join(f'"{label}"' for label in spec.labels) or "no label"
+                self.errors.error(
+                    "E0103",
+                    f"`{block.type}` takes {want}, found {len(block.labels)} label(s)",
+                    block.type_span,
+                    f"write it as `{block.type} {want} {{ ... }}`"
+                    if spec.labels
+                    else f"write it as `{block.type} {{ ... }}`",
+                )
+                continue
+            if spec.labels and not _valid_name(block.labels[0]):
+                self.errors.error(
+                    "E0104",
+                    f"`{block.labels[0]}` is not a valid name",
+                    block.label_spans[0],
+                    "names start with a letter and hold letters, digits, _ and -",
+                )
+                continue
+            if spec.labels:
+                address = f"{block.type}.{block.labels[0]}"
+                if address in seen:
+                    self.errors.error(
+                        "E0105",
+                        f"`{address}` is declared twice",
+                        block.span,
+                        "rename one of them",
+                        [Related(seen[address].span, "first declared here")],
+                    )
+                    continue
+                seen[address] = block
+                self.resources.setdefault(block.type, set()).add(block.labels[0])
+            by_type.setdefault(block.type, []).append(block)
+        return by_type
+
+    def _scope(self) -> Scope:
+        return Scope(
+            variables=self.variable_values,
+            locals=self.local_values,
+            resources=self.resources,
+            context=self.context,
+            lazy_local=self._local,
+        )
+
+    def _local(self, name: str, span: Span) -> Any:
+        """Evaluate a local on first use, so locals may refer to each other in any order."""
+        if name in self.local_values:
+            return self.local_values[name]
+        attr = self.local_exprs.get(name)
+        if attr is None:
+            raise EvalError(
+                "E0203",
+                f"unknown local value `local.{name}`",
+                span,
+                suggest(name, self.local_exprs) or "declare it in a locals block",
+            )
+        if name in self.local_stack:
+            cycle = " -> ".join(f"local.{n}" for n in [*self.local_stack, name])
+            raise EvalError(
+                "E0106", f"local values refer to each other in a cycle: {cycle}", attr.span
+            )
+        self.local_stack.append(name)
+        try:
+            value = evaluate(attr.value, self._scope())
+        except DiagnosticError as exc:
+            self.errors.items.extend(exc.diagnostics)
+            value = None
+        finally:
+            self.local_stack.pop()
+        self.local_values[name] = value
+        return value
+
+    # -- variables and outputs ------------------------------------------------------------------
+
+    def _variable(self, block: Block) -> ir.Variable | None:
+        # `type = string` names a type, so the type names evaluate to themselves here.
+        type_names = {t: t for t in (*_TYPES, "any")}
+        values = self._attributes(
+            block, SCHEMAS["variable"], Scope(context=self.context, bindings=type_names)
+        )
+        if values is None:
+            return None
+        name = block.labels[0]
+        type_ = values["type"]
+        has_default = block.attribute("default") is not None
+        if name in self.given or f"FORGE_VAR_{name}" in self.environ:
+            text = self.given.get(name, self.environ.get(f"FORGE_VAR_{name}", ""))
+            try:
+                value: Any = _from_text(text, type_)
+            except ValueError as exc:
+                self.errors.error(
+                    "E0107", f"variable `{name}`: {exc}", block.span, f"give a {type_} value"
+                )
+                return None
+        elif has_default:
+            value = values["default"]
+            if type_ != "any":
+                try:
+                    coerce(value, _TYPES[type_])
+                except Mismatch as exc:
+                    self.errors.error(
+                        "E0108",
+                        f"the default of `var.{name}` is a "
+                        f"{type_name(value)}, but the variable is declared {type_}",
+                        dict(self._attr_spans(block)).get("default", block.span),
+                        "change the default or the type",
+                        [Related(block.span, f"declared type {exc.expected}")],
+                    )
+                    return None
+        else:
+            self.errors.error(
+                "E0109",
+                f"variable `{name}` is not set and has no default",
+                block.span,
+                f"pass --var {name}=VALUE, set FORGE_VAR_{name}, or give the variable a default",
+            )
+            return None
+        self.variable_values[name] = value
+        return ir.Variable(
+            block.span,
+            self._attr_spans(block),
+            name=name,
+            type=type_,
+            default=values["default"],
+            has_default=has_default,
+            description=values["description"],
+            sensitive=values["sensitive"],
+        )
+
+    def _output(self, block: Block) -> ir.Output | None:
+        spec = SCHEMAS["output"]
+        self._unknown_attributes(block, spec)
+        value = block.attribute("value")
+        if value is None:
+            self.errors.error(
+                "E0110",
+                f"output `{block.labels[0]}` has no `value`",
+                block.span,
+                "add `value = ...`",
+            )
+            return None
+        rest = {a.name: a for a in block.attributes if a.name != "value"}
+        scope = self._scope()
+        description = evaluate(rest["description"].value, scope) if "description" in rest else ""
+        sensitive = evaluate(rest["sensitive"].value, scope) if "sensitive" in rest else False
+        return ir.Output(
+            block.span,
+            self._attr_spans(block),
+            name=block.labels[0],
+            value=value.value,
+            description=description,
+            sensitive=sensitive,
+        )
+
+    # -- resources ------------------------------------------------------------------------------
+
+    def _resource(self, block: Block, scope: Scope) -> ir.Resource | None:
+        spec = SCHEMAS[block.type]
+        values = self._attributes(block, spec, scope)
+        nested = self._nested(block, spec, scope)
+        if values is None or nested is None:
+            return None
+        name = block.labels[0]
+        common: dict[str, Any] = {
+            "span": block.span,
+            "spans": self._attr_spans(block),
+            "name": name,
+        }
+        match block.type:
+            case "image":
+                return self._image(block, values, nested, common)
+            case "network":
+                return self._network(block, values, common)
+            case "volume":
+                return ir.Volume(**common)
+            case "service" | "job":
+                limits = nested.get("resources", [{}])[0]
+                values["resources"] = ir.Limits(**limits)
+                values["hostname"] = values["hostname"] or name
+                cls = ir.Service if block.type == "service" else ir.Job
+                return cls(**common, **values)
+            case "wasm":
+                limits = nested.get("limits", [{}])[0]
+                values["limits"] = ir.WasmLimits(**{**_WASM_LIMIT_DEFAULTS, **limits})
+                values["module"] = str((self.base_dir / values["module"]).resolve())
+                return ir.Wasm(**common, **values)
+        return None  # pragma: no cover - every schema kind is handled above
+
+    def _image(
+        self,
+        block: Block,
+        values: dict[str, Any],
+        nested: dict[str, list[dict[str, Any]]],
+        common: dict[str, Any],
+    ) -> ir.Image | None:
+        if isinstance(values["from"], str) and values["from"] != "scratch":
+            self.errors.error(
+                "E0111",
+                f'`from` must be "scratch" or an image reference, found "{values["from"]}"',
+                dict(common["spans"]).get("from"),
+                "write from = image.NAME for a parent built here",
+            )
+            return None
+        steps: list[ir.CopyStep | ir.LinkStep] = []
+        step_blocks = [b for b in block.blocks if b.type in ("copy", "link")]
+        copies, links = iter(nested.get("copy", [])), iter(nested.get("link", []))
+        for step_block in step_blocks:
+            if step_block.type == "copy":
+                steps.append(self._copy(step_block, next(copies)))
+            else:
+                step = next(links)
+                steps.append(
+                    ir.LinkStep(step_block.span, target=step["target"], links=step["links"])
+                )
+        context = (self.base_dir / values.pop("context")).resolve()
+        return ir.Image(
+            **common, from_=values.pop("from"), context=str(context), steps=tuple(steps), **values
+        )
+
+    def _copy(self, block: Block, values: dict[str, Any]) -> ir.CopyStep:
+        if (values["src"] is None) == (values["content"] is None):
+            self.errors.error(
+                "E0112",
+                "a copy step needs exactly one of `src` and `content`",
+                block.span,
+                "src copies from the context; content writes inline text",
+            )
+        if not str(values["dst"]).startswith("/"):
+            self.errors.error(
+                "E0113",
+                f'`dst` must be an absolute path, found "{values["dst"]}"',
+                block.span,
+                f'write "/{values["dst"]}"',
+            )
+        mode = None
+        if values["mode"] is not None:
+            try:
+                mode = int(values["mode"], 8)
+            except ValueError:
+                self.errors.error(
+                    "E0114",
+                    f'`mode` must be octal such as "0644", found "{values["mode"]}"',
+                    block.span,
+                )
+        return ir.CopyStep(
+            block.span, dst=values["dst"], src=values["src"], content=values["content"], mode=mode
+        )
+
+    def _network(
+        self, block: Block, values: dict[str, Any], common: dict[str, Any]
+    ) -> ir.Network | None:
+        spans = dict(common["spans"])
+        try:
+            subnet = ipaddress.IPv4Network(values["subnet"], strict=True)
+        except ValueError as exc:
+            self.errors.error(
+                "E0115",
+                f"`{values['subnet']}` is not an IPv4 subnet: {exc}",
+                spans.get("subnet", block.span),
+                'write a CIDR with the host bits zero, e.g. "10.213.47.0/24"',
+            )
+            return None
+        if subnet.num_addresses < 4:
+            self.errors.error(
+                "E0116",
+                f"subnet {subnet} is too small for a gateway and a workload",
+                spans.get("subnet", block.span),
+                "use at most a /30",
+            )
+            return None
+        gateway = values["gateway"] or str(subnet[1])
+        try:
+            inside = ipaddress.IPv4Address(gateway) in list(subnet.hosts())
+        except ValueError:
+            inside = False
+        if not inside:
+            self.errors.error(
+                "E0117",
+                f"gateway `{gateway}` is not a host address of {subnet}",
+                spans.get("gateway", block.span),
+                f'for example "{subnet[1]}"',
+            )
+            return None
+        return ir.Network(**common, subnet=str(subnet), gateway=gateway)
+
+    # -- attributes -----------------------------------------------------------------------------
+
+    def _attr_spans(self, block: Block) -> tuple[tuple[str, Span], ...]:
+        return tuple((a.name, a.span) for a in block.attributes)
+
+    def _unknown_attributes(self, block: Block, spec: BlockSpec) -> None:
+        names = [a.name for a in spec.attributes]
+        for attr in block.attributes:
+            if spec.attribute(attr.name) is None and not spec.open:
+                hint = suggest(attr.name, names) or (
+                    f"`{spec.kind}` takes: {', '.join(names)}"
+                    if names
+                    else f"`{spec.kind}` takes no attributes"
+                )
+                self.errors.error(
+                    "E0120", f"`{spec.kind}` has no attribute `{attr.name}`", attr.name_span, hint
+                )
+        seen: dict[str, Span] = {}
+        for attr in block.attributes:
+            if attr.name in seen:
+                self.errors.error(
+                    "E0121",
+                    f"attribute `{attr.name}` is set twice",
+                    attr.span,
+                    "remove one",
+                    [Related(seen[attr.name], "first set here")],
+                )
+            seen[attr.name] = attr.span
+
+    def _attributes(self, block: Block, spec: BlockSpec, scope: Scope) -> dict[str, Any] | None:
+        """Evaluate and type-check a block's attributes; fill defaults. None if any failed."""
+        self._unknown_attributes(block, spec)
+        values: dict[str, Any] = {}
+        ok = True
+        for attr_spec in spec.attributes:
+            attr = block.attribute(attr_spec.name)
+            key = attr_spec.name
+            if attr is None:
+                if attr_spec.required:
+                    where = (
+                        f'`{block.type} "{block.labels[0]}"`'
+                        if block.labels
+                        else f"this `{block.type}` block"
+                    )
+                    self.errors.error(
+                        "E0122",
+                        f"{where} needs `{key}`",
+                        block.span,
+                        f"add `{key} = ...` ({attr_spec.doc or attr_spec.type})",
+                    )
+                    ok = False
+                values[key] = attr_spec.default if not attr_spec.required else None
+                continue
+            try:
+                raw = evaluate(attr.value, scope)
+            except DiagnosticError as exc:
+                self.errors.items.extend(exc.diagnostics)
+                ok = False
+                continue
+            checked = self._check(attr_spec, raw, attr.value.span, block)
+            if checked is _INVALID:
+                ok = False
+            values[key] = checked
+        return values if ok else None
+
+    def _check(self, spec: Attr, raw: Any, span: Span, block: Block) -> Any:
+        try:
+            value = coerce(raw, spec.type)
+        except Mismatch as exc:
+            shown = _show(exc.value)
+            where = f"`{spec.name}`{' ' + exc.path if exc.path else ''}"
+            self.errors.error(
+                "E0123",
+                f"{where} of `{block.type}` must be {exc.expected}, "
+                f"found {type_name(exc.value)} {shown}",
+                span,
+                f"`{spec.name}` is declared as {spec.type}" + (f": {spec.doc}" if spec.doc else ""),
+            )
+            return _INVALID
+        if spec.choices and value not in spec.choices:
+            self.errors.error(
+                "E0124",
+                f"`{spec.name}` must be one of "
+                f"{', '.join(repr(c) for c in spec.choices)}, found {value!r}",
+                span,
+                suggest(str(value), spec.choices),
+            )
+            return _INVALID
+        return value
+
+    def _nested(
+        self, block: Block, spec: BlockSpec, scope: Scope
+    ) -> dict[str, list[dict[str, Any]]] | None:
+        out: dict[str, list[dict[str, Any]]] = {}
+        ok = True
+        for child in block.blocks:
+            entry = spec.blocks.get(child.type)
+            if entry is None:
+                allowed = ", ".join(spec.blocks) or "none"
+                self.errors.error(
+                    "E0125",
+                    f"`{block.type}` has no block `{child.type}`",
+                    child.type_span,
+                    suggest(child.type, spec.blocks) or f"its blocks are: {allowed}",
+                )
+                ok = False
+                continue
+            child_spec, repeats = entry
+            if child.labels:
+                self.errors.error(
+                    "E0126",
+                    f"`{child.type}` takes no label",
+                    child.label_spans[0],
+                    f"write `{child.type} {{ ... }}`",
+                )
+                ok = False
+                continue
+            if not repeats and child.type in out:
+                self.errors.error(
+                    "E0127",
+                    f"`{child.type}` may appear once in `{block.type}`",
+                    child.span,
+                    "merge the two blocks",
+                )
+                ok = False
+                continue
+            values = self._attributes(child, child_spec, scope)
+            if values is None:
+                ok = False
+                continue
+            out.setdefault(child.type, []).append(values)
+        return out if ok else None
+
+
+_INVALID = object()
+_WASM_LIMIT_DEFAULTS = {"memory": ir.WASM_MEMORY, "fuel": None, "timeout": ir.WASM_TIMEOUT}
+
+
+def _valid_name(name: str) -> bool:
+    return (
+        bool(name)
+        and (name[0].isalpha() or name[0] == "_")
+        and all(c.isalnum() or c in "_-" for c in name)
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) < 40 else f'"{value[:37]}..."'
+    if isinstance(value, ResourceRef):
+        return f"`{value.address}`"
+    text = repr(value)
+    return f"`{text}`" if len(text) < 40 else ""
+
+
+from .schema import BOOL, DURATION, INT, NUMBER, SIZE, STRING  # noqa: E402
+
+_TYPES = {
+    "string": STRING,
+    "int": INT,
+    "number": NUMBER,
+    "bool": BOOL,
+    "duration": DURATION,
+    "size": SIZE,
+}
+
+
+def _from_text(text: str, type_: str) -> Any:
+    """A variable's value given on the command line, read as its declared type."""
+    from .syntax import parse_expression
+
+    if type_ in ("string", "any"):
+        return text
+    if type_ == "bool":
+        if text not in ("true", "false"):
+            raise ValueError(f'expected true or false, found "{text}"')
+        return text == "true"
+    try:
+        expr = parse_expression(text, "<command line>")
+        value = evaluate(expr, Scope())
+        return coerce(value, _TYPES[type_])
+    except (DiagnosticError, Mismatch):
+        raise ValueError(f'"{text}" is not a {type_}') from None

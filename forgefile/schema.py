@@ -1,0 +1,324 @@
+"""The schema of every block: its attributes, their types, defaults and allowed values.
+
+This is the one place that says what a Forgefile may contain. The lowering pass checks blocks
+against it, `docs/language.md` describes it, and `forge show --schema` exports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .syntax import Duration, Size
+from .values import ResourceRef, type_name
+
+# -- types --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Type:
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class ListOf(Type):
+    name: str = field(init=False, default="list")
+    element: Type
+
+    def __str__(self) -> str:
+        return f"list({self.element})"
+
+
+@dataclass(frozen=True)
+class MapOf(Type):
+    name: str = field(init=False, default="map")
+    element: Type
+
+    def __str__(self) -> str:
+        return f"map({self.element})"
+
+
+@dataclass(frozen=True)
+class RefTo(Type):
+    name: str = field(init=False, default="ref")
+    kinds: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return " or ".join(f"{k}.NAME" for k in self.kinds)
+
+
+@dataclass(frozen=True)
+class OneOf(Type):
+    name: str = field(init=False, default="one of")
+    options: tuple[Type, ...]
+
+    def __str__(self) -> str:
+        return " or ".join(str(o) for o in self.options)
+
+
+STRING = Type("string")
+INT = Type("int")
+NUMBER = Type("number")
+BOOL = Type("bool")
+DURATION = Type("duration")
+SIZE = Type("size")
+ANY = Type("any")
+
+
+class Mismatch(Exception):
+    """A value does not have the declared type; `path` says where inside it."""
+
+    def __init__(self, expected: Type, value: object, path: str = "") -> None:
+        self.expected = expected
+        self.value = value
+        self.path = path
+        where = f" at {path}" if path else ""
+        super().__init__(f"expected {expected}{where}, found {type_name(value)}")
+
+
+def coerce(value: Any, type_: Type, path: str = "") -> Any:
+    """Check `value` against `type_` and freeze it: lists become tuples, maps sorted pairs."""
+    if type_ is ANY:
+        return _freeze(value)
+    if isinstance(type_, ListOf):
+        if not isinstance(value, list | tuple):
+            raise Mismatch(type_, value, path)
+        return tuple(coerce(v, type_.element, f"{path}[{i}]") for i, v in enumerate(value))
+    if isinstance(type_, MapOf):
+        if not isinstance(value, dict):
+            raise Mismatch(type_, value, path)
+        return tuple((k, coerce(v, type_.element, f"{path}[{k!r}]")) for k, v in value.items())
+    if isinstance(type_, OneOf):
+        for option in type_.options:
+            try:
+                return coerce(value, option, path)
+            except Mismatch:
+                continue
+        raise Mismatch(type_, value, path)
+    if isinstance(type_, RefTo):
+        if isinstance(value, ResourceRef) and value.kind in type_.kinds:
+            return value
+        raise Mismatch(type_, value, path)
+    if not _SCALAR_CHECKS[type_.name](value):
+        raise Mismatch(type_, value, path)
+    return float(value) if type_ is NUMBER else value
+
+
+_SCALAR_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "duration": lambda v: isinstance(v, Duration),
+    "size": lambda v: isinstance(v, Size),
+}
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _freeze(v)) for k, v in value.items())
+    return value
+
+
+# -- blocks -------------------------------------------------------------------------------------
+
+REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    type: Type
+    default: Any = None
+    doc: str = ""
+    choices: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    kind: str
+    doc: str
+    labels: tuple[str, ...] = ("name",)
+    attributes: tuple[Attr, ...] = ()
+    blocks: dict[str, tuple[BlockSpec, bool]] = field(
+        default_factory=dict
+    )  # name -> (spec, repeats)
+    open: bool = False  # `locals`: any attribute name is allowed
+
+    def attribute(self, name: str) -> Attr | None:
+        return next((a for a in self.attributes if a.name == name), None)
+
+
+_WORKLOAD_REFS = ("service", "job", "wasm")
+
+RESOURCES_BLOCK = BlockSpec(
+    "resources",
+    "Limits on what the workload may use.",
+    labels=(),
+    attributes=(
+        Attr("memory", SIZE, None, "Memory limit, e.g. 64MiB."),
+        Attr("cpus", NUMBER, None, "CPU quota in cores, e.g. 0.5."),
+        Attr("pids", INT, None, "Most processes the workload may have."),
+    ),
+)
+
+_CONTAINER_ATTRS = (
+    Attr("image", RefTo(("image",)), REQUIRED, "The image to run, e.g. image.web."),
+    Attr("command", ListOf(STRING), (), "The command; empty means the image's default."),
+    Attr("entrypoint", ListOf(STRING), (), "Replaces the image's entrypoint."),
+    Attr("env", MapOf(STRING), (), "Environment variables."),
+    Attr("working_dir", STRING, "", "Working directory; empty means the image's."),
+    Attr("hostname", STRING, "", "Host name inside the container; defaults to the block name."),
+    Attr("networks", ListOf(RefTo(("network",))), (), "Networks to join; none means no network."),
+    Attr("volumes", MapOf(RefTo(("volume",))), (), "Mount points to volumes."),
+    Attr("read_only", BOOL, False, "Mount the root filesystem read-only."),
+    Attr("privileged", BOOL, False, "Every capability and no confinement; policy forbids it."),
+    Attr("cap_add", ListOf(STRING), (), "Capabilities beyond the hardened default set."),
+    Attr("depends_on", ListOf(RefTo(_WORKLOAD_REFS)), (), "Workloads to start first."),
+)
+
+SCHEMAS: dict[str, BlockSpec] = {
+    "variable": BlockSpec(
+        "variable",
+        "An input to the Forgefile, set with --var NAME=VALUE or FORGE_VAR_NAME.",
+        attributes=(
+            Attr(
+                "type",
+                STRING,
+                "any",
+                "string, int, number, bool, duration, size or any.",
+                ("string", "int", "number", "bool", "duration", "size", "any"),
+            ),
+            Attr("default", ANY, None, "The value when none is given; without it, one must be."),
+            Attr("description", STRING, ""),
+            Attr("sensitive", BOOL, False, "Hide the value in plans and output."),
+        ),
+    ),
+    "locals": BlockSpec("locals", "Named values computed once.", labels=(), open=True),
+    "output": BlockSpec(
+        "output",
+        "A value shown after apply; it may use computed attributes such as an address.",
+        attributes=(
+            Attr("value", ANY, REQUIRED),
+            Attr("description", STRING, ""),
+            Attr("sensitive", BOOL, False),
+        ),
+    ),
+    "image": BlockSpec(
+        "image",
+        "An OCI image built from a parent and ordered copy and link steps.",
+        attributes=(
+            Attr(
+                "from",
+                OneOf((STRING, RefTo(("image",)))),
+                "scratch",
+                '"scratch" or another image, e.g. image.base.',
+            ),
+            Attr("context", STRING, ".", "Folder that copy sources are read from."),
+            Attr("env", MapOf(STRING), (), "Default environment of workloads."),
+            Attr("entrypoint", ListOf(STRING), ()),
+            Attr("command", ListOf(STRING), (), "Default command of workloads."),
+            Attr("working_dir", STRING, ""),
+            Attr("user", STRING, ""),
+        ),
+        blocks={
+            "copy": (
+                BlockSpec(
+                    "copy",
+                    "Copy a file or folder from the context, or inline content, into the image.",
+                    labels=(),
+                    attributes=(
+                        Attr("src", STRING, None, "Path inside the context."),
+                        Attr("content", STRING, None, "Inline file content, instead of src."),
+                        Attr("dst", STRING, REQUIRED, "Absolute path in the image."),
+                        Attr("mode", STRING, None, 'Octal file mode, e.g. "0755".'),
+                    ),
+                ),
+                True,
+            ),
+            "link": (
+                BlockSpec(
+                    "link",
+                    "Make symbolic links in the image, e.g. busybox applets.",
+                    labels=(),
+                    attributes=(
+                        Attr("target", STRING, REQUIRED, "What the links point to."),
+                        Attr("links", ListOf(STRING), REQUIRED, "Absolute paths of the links."),
+                    ),
+                ),
+                True,
+            ),
+        },
+    ),
+    "network": BlockSpec(
+        "network",
+        "A Linux bridge with a subnet that workloads join.",
+        attributes=(
+            Attr("subnet", STRING, REQUIRED, 'IPv4 CIDR, e.g. "10.213.47.0/24".'),
+            Attr("gateway", STRING, "", "The bridge's address; defaults to the first host."),
+        ),
+    ),
+    "volume": BlockSpec("volume", "A named, persistent folder that workloads mount."),
+    "service": BlockSpec(
+        "service",
+        "A long-running container.",
+        attributes=_CONTAINER_ATTRS,
+        blocks={"resources": (RESOURCES_BLOCK, False)},
+    ),
+    "job": BlockSpec(
+        "job",
+        "A container that runs to completion.",
+        attributes=(
+            *_CONTAINER_ATTRS,
+            Attr("success_codes", ListOf(INT), (0,), "Exit codes that count as success."),
+            Attr("timeout", DURATION, Duration(600 * 10**9), "How long the job may run."),
+        ),
+        blocks={"resources": (RESOURCES_BLOCK, False)},
+    ),
+    "wasm": BlockSpec(
+        "wasm",
+        "A WebAssembly (WASI preview 1) module.",
+        attributes=(
+            Attr("module", STRING, REQUIRED, "Path to the .wasm file."),
+            Attr(
+                "mode",
+                STRING,
+                "job",
+                "job runs to completion; service keeps running.",
+                ("job", "service"),
+            ),
+            Attr("args", ListOf(STRING), (), "Arguments after argv[0]."),
+            Attr("env", MapOf(STRING), ()),
+            Attr("mounts", MapOf(RefTo(("volume",))), (), "Guest paths to volumes."),
+            Attr("depends_on", ListOf(RefTo(_WORKLOAD_REFS)), ()),
+            Attr("success_codes", ListOf(INT), (0,)),
+        ),
+        blocks={
+            "limits": (
+                BlockSpec(
+                    "limits",
+                    "Bounds on the module's memory, CPU and time.",
+                    labels=(),
+                    attributes=(
+                        Attr("memory", SIZE, Size(64 << 20), "Linear memory limit."),
+                        Attr("fuel", INT, None, "Instructions budget (wasmtime fuel)."),
+                        Attr("timeout", DURATION, Duration(60 * 10**9), "Wall-clock limit."),
+                    ),
+                ),
+                False,
+            )
+        },
+    ),
+}
+
+RESOURCE_KINDS = ("image", "network", "volume", "service", "job", "wasm")

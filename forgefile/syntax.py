@@ -1,0 +1,658 @@
+"""The syntax tree: Forgefile text to blocks, attributes and expressions, every node with a span.
+
+Lark parses; this module turns its tree into small frozen classes whose names match the grammar's
+rules, decodes string escapes and parses `${...}` interpolations, and turns Lark's exceptions
+into diagnostics that say what was expected in words a Forgefile author uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import lark
+
+from .diagnostics import Diagnostic, DiagnosticError, Span
+
+# Lark's trees and tokens, as the builder walks them; Lark's own types are too loose to help.
+Tree = Any
+
+MAX_FILE_BYTES = 1 << 20
+MAX_NESTING = 64
+
+
+# -- expressions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expr:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Literal(Expr):
+    value: object
+
+
+@dataclass(frozen=True)
+class Template(Expr):
+    """A string with interpolations: literal text and expressions, in order."""
+
+    parts: tuple[str | Expr, ...]
+
+
+@dataclass(frozen=True)
+class Variable(Expr):
+    name: str
+
+
+@dataclass(frozen=True)
+class GetAttr(Expr):
+    target: Expr
+    name: str
+
+
+@dataclass(frozen=True)
+class Index(Expr):
+    target: Expr
+    key: Expr
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    name: str
+    args: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class ListExpr(Expr):
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class MapExpr(Expr):
+    items: tuple[tuple[Expr, Expr], ...]
+
+
+@dataclass(frozen=True)
+class Binary(Expr):
+    op: str
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Unary(Expr):
+    op: str
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class Conditional(Expr):
+    condition: Expr
+    then: Expr
+    otherwise: Expr
+
+
+@dataclass(frozen=True)
+class ForExpr(Expr):
+    """`[for k, v in xs : body if cond]`, or with `key` set, `{for k, v in m : key => body}`."""
+
+    key_var: str | None
+    value_var: str
+    collection: Expr
+    body: Expr
+    key: Expr | None
+    condition: Expr | None
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A length of time, kept in nanoseconds so that `1m30s` and `90s` compare equal."""
+
+    nanoseconds: int
+
+    @property
+    def seconds(self) -> float:
+        return self.nanoseconds / 1e9
+
+    def __str__(self) -> str:
+        return f"{self.seconds:g}s"
+
+
+@dataclass(frozen=True)
+class Size:
+    """An amount of memory or disk, in bytes."""
+
+    bytes: int
+
+    def __str__(self) -> str:
+        return f"{self.bytes}B"
+
+
+# -- structure ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Block:
+    type: str
+    labels: tuple[str, ...]
+    attributes: tuple[Attribute, ...]
+    blocks: tuple[Block, ...]
+    span: Span
+    type_span: Span
+    label_spans: tuple[Span, ...]
+
+    def attribute(self, name: str) -> Attribute | None:
+        return next((a for a in self.attributes if a.name == name), None)
+
+
+@dataclass(frozen=True)
+class File:
+    path: str
+    text: str
+    body: Block
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+@cache
+def _forgefile_parser() -> lark.Lark:
+    return lark.Lark.open_from_package(
+        "grammar",
+        "forgefile.lark",
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+@cache
+def _expression_parser() -> lark.Lark:
+    return lark.Lark.open_from_package(
+        "grammar",
+        "expressions.lark",
+        parser="lalr",
+        start="expr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse(text: str, path: str) -> File:
+    """Parse one Forgefile; raise `DiagnosticError` for anything malformed."""
+    _check_limits(text, path)
+    try:
+        tree = _forgefile_parser().parse(text)
+    except lark.exceptions.UnexpectedInput as exc:
+        raise DiagnosticError([syntax_diagnostic(exc, text, path)]) from None
+    builder = _Builder(path)
+    body = builder.body(tree.children[0], _span_of(tree, path))
+    return File(path=path, text=text, body=body)
+
+
+def parse_expression(text: str, path: str, line: int = 1, column: int = 1) -> Expr:
+    """Parse an expression that starts at `line:column` of `path` (an interpolation, say)."""
+    try:
+        tree = _expression_parser().parse(text)
+    except lark.exceptions.UnexpectedInput as exc:
+        shifted = _shift_error(exc, line, column)
+        raise DiagnosticError([syntax_diagnostic(exc, text, path, shifted)]) from None
+    return _Builder(path, line - 1, column - 1).expr(tree)
+
+
+def _check_limits(text: str, path: str) -> None:
+    if len(text.encode()) > MAX_FILE_BYTES:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "F0001",
+                    f"file is larger than the limit of {MAX_FILE_BYTES} bytes",
+                    Span(path, 1, 1, 1, 1),
+                    "split it into modules",
+                )
+            ]
+        )
+    depth = 0
+    line, column = 1, 0
+    for ch in text:
+        column += 1
+        if ch == "\n":
+            line, column = line + 1, 0
+        elif ch in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise DiagnosticError(
+                    [
+                        Diagnostic(
+                            "F0002",
+                            f"nesting deeper than the limit of {MAX_NESTING}",
+                            Span(path, line, column, line, column),
+                            "flatten the expression or split it into locals",
+                        )
+                    ]
+                )
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+
+
+def _span_of(node: Tree, path: str, dl: int = 0, dc: int = 0) -> Span:
+    meta: Any = node if isinstance(node, lark.Token) else node.meta
+    if getattr(meta, "empty", False) or getattr(meta, "line", None) is None:
+        return Span(path, 1, 1, 1, 1)
+    line, col = meta.line, meta.column
+    end_line, end_col = meta.end_line, meta.end_column - 1
+    # Only the first line of a shifted (interpolated) expression shares the column offset.
+    return Span(
+        path,
+        line + dl,
+        col + (dc if line == 1 else 0),
+        end_line + dl,
+        max(1, end_col + (dc if end_line == 1 else 0)),
+    )
+
+
+class _Builder:
+    """Turns a Lark tree into syntax classes; `dl`/`dc` shift positions of interpolations."""
+
+    def __init__(self, path: str, dl: int = 0, dc: int = 0) -> None:
+        self.path = path
+        self.dl = dl
+        self.dc = dc
+
+    def span(self, node: Tree) -> Span:
+        return _span_of(node, self.path, self.dl, self.dc)
+
+    def body(
+        self,
+        tree: Tree,
+        span: Span,
+        type_: str = "",
+        labels: tuple[str, ...] = (),
+        type_span: Span | None = None,
+        label_spans: tuple[Span, ...] = (),
+    ) -> Block:
+        attributes: list[Attribute] = []
+        blocks: list[Block] = []
+        for child in tree.children:
+            if child.data == "attribute":
+                name, value = child.children
+                attributes.append(
+                    Attribute(str(name), self.expr(value), self.span(child), self.span(name))
+                )
+            else:
+                blocks.append(self.block(child))
+        return Block(
+            type_, labels, tuple(attributes), tuple(blocks), span, type_span or span, label_spans
+        )
+
+    def block(self, tree: Tree) -> Block:
+        name, *labels, body = tree.children
+        values = tuple(self.string_value(label.children[0]) for label in labels)
+        spans = tuple(self.span(label) for label in labels)
+        return self.body(body, self.span(tree), str(name), values, self.span(name), spans)
+
+    def string_value(self, token: Tree) -> str:
+        expr = self.string(token)
+        if isinstance(expr, Literal) and isinstance(expr.value, str):
+            return expr.value
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "F0003",
+                    "a block label cannot hold an interpolation",
+                    self.span(token),
+                    "write the label as a plain string",
+                )
+            ]
+        )
+
+    def expr(self, node: Tree) -> Expr:
+        rule = node.data.removeprefix("expressions__")
+        handler: Callable[[Tree, Span], Expr] = getattr(self, f"_{rule}")
+        return handler(node, self.span(node))
+
+    # Handlers are named after grammar rules.
+
+    def _string(self, node: Tree, span: Span) -> Expr:
+        return self.string(node.children[0])
+
+    def _heredoc(self, node: Tree, span: Span) -> Expr:
+        token = node.children[0]
+        header, *lines = str(token).split("\n")
+        lines = lines[:-1]  # the closing tag
+        if header.startswith("<<-"):
+            indents = [len(ln) - len(ln.lstrip()) for ln in lines if ln.strip()]
+            cut = min(indents, default=0)
+            lines = [ln[cut:] for ln in lines]
+        text = "".join(ln + "\n" for ln in lines)
+        return self.template(text, span, token.line + 1, 1, raw=True)
+
+    def string(self, token: Tree) -> Expr:
+        span = self.span(token)
+        return self.template(
+            str(token)[1:-1],
+            span,
+            token.line + self.dl,
+            token.column + 1 + (self.dc if token.line == 1 else 0),
+            raw=False,
+        )
+
+    def template(self, text: str, span: Span, line: int, column: int, raw: bool) -> Expr:
+        """Split literal text and `${...}` parts; `line:column` is where `text` starts."""
+        parts: list[str | Expr] = []
+        pos = 0
+        for match in _INTERPOLATION.finditer(text):
+            if match.group(0) == "$${":
+                parts.append(text[pos : match.start()] + "${")
+                pos = match.end()
+                continue
+            parts.append(text[pos : match.start()])
+            inner = match.group(1)
+            at_line, at_col = _position(text, match.start(1), line, column)
+            parts.append(parse_expression(inner, self.path, at_line, at_col))
+            pos = match.end()
+        parts.append(text[pos:])
+        decoded: list[str | Expr] = []
+        for part in parts:
+            if isinstance(part, str):
+                part = part if raw else _unescape(part, span)
+                if part and decoded and isinstance(decoded[-1], str):
+                    decoded[-1] += part
+                elif part:
+                    decoded.append(part)
+            else:
+                decoded.append(part)
+        if not decoded:
+            return Literal(span, "")
+        if len(decoded) == 1 and isinstance(decoded[0], str):
+            return Literal(span, decoded[0])
+        return Template(span, tuple(decoded))
+
+    def _int(self, node: Tree, span: Span) -> Expr:
+        return Literal(span, int(str(node.children[0]).replace("_", "")))
+
+    def _float(self, node: Tree, span: Span) -> Expr:
+        return Literal(span, float(str(node.children[0]).replace("_", "")))
+
+    def _duration(self, node: Tree, span: Span) -> Expr:
+        total = sum(
+            int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(str(node.children[0]))
+        )
+        return Literal(span, Duration(total))
+
+    def _size(self, node: Tree, span: Span) -> Expr:
+        number, unit = _SIZE_PART.fullmatch(str(node.children[0])).groups()  # type: ignore[union-attr]
+        return Literal(span, Size(int(float(number) * _SIZE_UNITS[unit])))
+
+    def _true(self, node: Tree, span: Span) -> Expr:
+        return Literal(span, True)
+
+    def _false(self, node: Tree, span: Span) -> Expr:
+        return Literal(span, False)
+
+    def _null(self, node: Tree, span: Span) -> Expr:
+        return Literal(span, None)
+
+    def _literal(self, node: Tree, span: Span) -> Expr:
+        return self.expr(node.children[0])
+
+    def _variable(self, node: Tree, span: Span) -> Expr:
+        return Variable(span, str(node.children[0]))
+
+    def _get_attr(self, node: Tree, span: Span) -> Expr:
+        target, name = node.children
+        return GetAttr(span, self.expr(target), str(name))
+
+    def _index(self, node: Tree, span: Span) -> Expr:
+        target, key = node.children
+        return Index(span, self.expr(target), self.expr(key))
+
+    def _call(self, node: Tree, span: Span) -> Expr:
+        name, *args = node.children
+        return Call(span, str(name), tuple(self.expr(a) for a in args if a is not None))
+
+    def _list_expr(self, node: Tree, span: Span) -> Expr:
+        return ListExpr(span, tuple(self.expr(c) for c in node.children if c is not None))
+
+    def _map_expr(self, node: Tree, span: Span) -> Expr:
+        items = []
+        for item in node.children:
+            if item is None:
+                continue
+            key, value = item.children
+            if isinstance(key, lark.Token) and key.type.endswith("NAME"):
+                key_expr: Expr = Literal(self.span(key), str(key))
+            elif isinstance(key, lark.Token):
+                key_expr = self.string(key)
+            else:
+                key_expr = self.expr(key)
+            items.append((key_expr, self.expr(value)))
+        return MapExpr(span, tuple(items))
+
+    def _for_list(self, node: Tree, span: Span) -> Expr:
+        first, second, collection, body, condition = node.children
+        key_var, value_var = (str(first), str(second)) if second else (None, str(first))
+        return ForExpr(
+            span,
+            key_var,
+            value_var,
+            self.expr(collection),
+            self.expr(body),
+            None,
+            self.expr(condition) if condition is not None else None,
+        )
+
+    def _for_map(self, node: Tree, span: Span) -> Expr:
+        first, second, collection, key, body, condition = node.children
+        key_var, value_var = (str(first), str(second)) if second else (None, str(first))
+        return ForExpr(
+            span,
+            key_var,
+            value_var,
+            self.expr(collection),
+            self.expr(body),
+            self.expr(key),
+            self.expr(condition) if condition is not None else None,
+        )
+
+    def _conditional(self, node: Tree, span: Span) -> Expr:
+        condition, then, otherwise = node.children
+        return Conditional(span, self.expr(condition), self.expr(then), self.expr(otherwise))
+
+    def _binary(self, node: Tree, span: Span) -> Expr:
+        left, op, right = node.children
+        return Binary(span, str(op), self.expr(left), self.expr(right))
+
+    def _and_op(self, node: Tree, span: Span) -> Expr:
+        left, right = node.children
+        return Binary(span, "&&", self.expr(left), self.expr(right))
+
+    def _or_op(self, node: Tree, span: Span) -> Expr:
+        left, right = node.children
+        return Binary(span, "||", self.expr(left), self.expr(right))
+
+    def _not_op(self, node: Tree, span: Span) -> Expr:
+        return Unary(span, "!", self.expr(node.children[0]))
+
+    def _negate(self, node: Tree, span: Span) -> Expr:
+        return Unary(span, "-", self.expr(node.children[0]))
+
+
+_INTERPOLATION = re.compile(r'\$\$\{|\$\{((?:[^}"]|"(?:[^"\\]|\\.)*")*)\}')
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
+_DURATION_PART = re.compile(r"([0-9]+)(ns|us|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
+_SIZE_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(KiB|MiB|GiB|TiB|KB|MB|GB|TB|B)")
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "TiB": 1 << 40,
+}
+
+
+def _unescape(text: str, span: Span) -> str:
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code.startswith("u") and len(code) == 5:
+            return chr(int(code[1:], 16))
+        if code in _ESCAPES:
+            return _ESCAPES[code]
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "F0004",
+                    f"unknown escape sequence `\\{code}` in a string",
+                    span,
+                    'the escapes are \\n \\t \\r \\" \\\\ and \\uXXXX',
+                )
+            ]
+        )
+
+    return _ESCAPE.sub(one, text)
+
+
+def _position(text: str, offset: int, line: int, column: int) -> tuple[int, int]:
+    before = text[:offset]
+    newlines = before.count("\n")
+    if newlines:
+        return line + newlines, offset - before.rfind("\n")
+    return line, column + offset
+
+
+# -- syntax errors ------------------------------------------------------------------------------
+
+_TOKEN_WORDS = {
+    "EQUAL": '"="',
+    "LBRACE": '"{"',
+    "RBRACE": '"}"',
+    "LSQB": '"["',
+    "RSQB": '"]"',
+    "LPAR": '"("',
+    "RPAR": '")"',
+    "COMMA": '","',
+    "COLON": '":"',
+    "NAME": "a name",
+    "STRING": "a string",
+    "$END": "the end of the file",
+}
+
+
+def _shift_error(exc: lark.exceptions.UnexpectedInput, line: int, column: int) -> tuple[int, int]:
+    err_line = getattr(exc, "line", 1) or 1
+    err_col = getattr(exc, "column", 1) or 1
+    return line + err_line - 1, (column + err_col - 1) if err_line == 1 else err_col
+
+
+def syntax_diagnostic(
+    exc: lark.exceptions.UnexpectedInput,
+    text: str,
+    path: str,
+    at: tuple[int, int] | None = None,
+) -> Diagnostic:
+    """A Lark parse failure as a diagnostic, in the words a Forgefile author would use."""
+    line, column = at or (
+        max(1, getattr(exc, "line", 1) or 1),
+        max(1, getattr(exc, "column", 1) or 1),
+    )
+    if isinstance(exc, lark.exceptions.UnexpectedEOF) or (
+        isinstance(exc, lark.exceptions.UnexpectedToken) and exc.token.type == "$END"
+    ):
+        lines = text.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+        opened = _unclosed(text)
+        hint = f'close the "{opened}" that is still open' if opened else "finish the block"
+        return Diagnostic(
+            "F0100",
+            "the file ends in the middle of a block or expression",
+            Span(path, line, column, line, column),
+            hint,
+        )
+    span = Span(path, line, column, line, column)
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        char = exc.char
+        if char == '"':
+            return Diagnostic(
+                "F0101",
+                "this string is not closed on its line",
+                span,
+                'add the closing `"`, or use a heredoc (<<EOT) for text with newlines',
+            )
+        if char == "'":
+            return Diagnostic(
+                "F0102", "strings use double quotes", span, "write \"...\" instead of '...'"
+            )
+        return Diagnostic(
+            "F0103",
+            f"unexpected character `{char}`",
+            span,
+            "remove it, or quote the text as a string",
+        )
+    assert isinstance(exc, lark.exceptions.UnexpectedToken)
+    token = exc.token
+    span = Span(path, line, column, line, column + max(0, len(str(token)) - 1))
+    expected = sorted(
+        _TOKEN_WORDS.get(t, t.lower()) for t in exc.expected if not t.startswith("__")
+    )
+    if "EQUAL" in exc.expected and token.type in ("STRING", "LBRACE", "NAME"):
+        pass
+    if exc.expected == {"EQUAL", "LBRACE", "STRING"} or (
+        "EQUAL" in exc.expected and "LBRACE" in exc.expected
+    ):
+        return Diagnostic(
+            "F0104",
+            f"expected `=` or a block after the name, found `{token}`",
+            span,
+            "an attribute is written `name = value`; a block `name { ... }`",
+        )
+    if token.type == "EQUAL":
+        return Diagnostic(
+            "F0105",
+            "unexpected `=`",
+            span,
+            "an attribute name must be a plain name, not a string or expression",
+        )
+    shown = ", ".join(expected[:6]) + (" ..." if len(expected) > 6 else "")
+    return Diagnostic("F0106", f"unexpected `{token}`", span, f"expected one of: {shown}")
+
+
+def _unclosed(text: str) -> str:
+    stack: list[str] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    in_string = False
+    for ch in text:
+        if ch == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif ch in "([{":
+            stack.append(ch)
+        elif ch in pairs and stack and stack[-1] == pairs[ch]:
+            stack.pop()
+    return stack[-1] if stack else ""

@@ -1,0 +1,163 @@
+"""Built-in functions of the Forgefile language.
+
+Each function takes evaluated Python values and returns one; a `FunctionError` carries a message
+the evaluator turns into a diagnostic at the call. Functions that read files or the environment
+are given a `CallContext` so the front end can record what they read as plan inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class FunctionError(Exception):
+    """A function was called with values it cannot work with."""
+
+
+@dataclass
+class CallContext:
+    """What a call may read: the folder of the calling Forgefile, and a log of files read."""
+
+    base_dir: Path
+    files_read: dict[str, str] = field(default_factory=dict)
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+Function = Callable[..., Any]
+
+
+def _expect(value: object, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise FunctionError(f"{what} must be a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _join(sep: str, items: list[Any]) -> str:
+    _expect(sep, str, "the separator")
+    return sep.join(str(i) for i in _expect(items, list, "the second argument"))
+
+
+def _file(ctx: CallContext, path: str) -> str:
+    _expect(path, str, "the path")
+    full = (ctx.base_dir / path).resolve()
+    try:
+        data = full.read_bytes()
+    except OSError as exc:
+        raise FunctionError(f"cannot read {path}: {exc.strerror}") from None
+    ctx.files_read[str(full)] = "sha256:" + hashlib.sha256(data).hexdigest()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FunctionError(f"{path} is not UTF-8 text; use filebase64()") from None
+
+
+def _filebase64(ctx: CallContext, path: str) -> str:
+    full = (ctx.base_dir / _expect(path, str, "the path")).resolve()
+    try:
+        data = full.read_bytes()
+    except OSError as exc:
+        raise FunctionError(f"cannot read {path}: {exc.strerror}") from None
+    ctx.files_read[str(full)] = "sha256:" + hashlib.sha256(data).hexdigest()
+    return base64.b64encode(data).decode()
+
+
+_UNSET = object()
+
+
+def _env(ctx: CallContext, name: str, default: object = _UNSET) -> object:
+    _expect(name, str, "the variable name")
+    if name in ctx.environ:
+        return ctx.environ[name]
+    if default is _UNSET:
+        raise FunctionError(
+            f"environment variable {name} is not set; set it, or give a default: "
+            f'env("{name}", "...")'
+        )
+    return default
+
+
+def _cidrhost(prefix: str, host: int) -> str:
+    try:
+        net = ipaddress.ip_network(_expect(prefix, str, "the prefix"), strict=True)
+    except ValueError as exc:
+        raise FunctionError(str(exc)) from None
+    _expect(host, int, "the host number")
+    if not 0 <= host < net.num_addresses:
+        raise FunctionError(f"host number {host} is outside {net}")
+    return str(net[host])
+
+
+def _cidrsubnet(prefix: str, newbits: int, netnum: int) -> str:
+    try:
+        net = ipaddress.ip_network(_expect(prefix, str, "the prefix"), strict=True)
+        subnets = list(net.subnets(prefixlen_diff=_expect(newbits, int, "newbits")))
+    except ValueError as exc:
+        raise FunctionError(str(exc)) from None
+    if not 0 <= netnum < len(subnets):
+        raise FunctionError(f"network number {netnum} is outside {net} split {newbits} bits")
+    return str(subnets[netnum])
+
+
+def _length(value: object) -> int:
+    if isinstance(value, str | list | dict):
+        return len(value)
+    raise FunctionError("length() takes a string, a list or a map")
+
+
+PURE: dict[str, Function] = {
+    "upper": lambda s: _expect(s, str, "the argument").upper(),
+    "lower": lambda s: _expect(s, str, "the argument").lower(),
+    "trimspace": lambda s: _expect(s, str, "the argument").strip(),
+    "replace": lambda s, old, new: _expect(s, str, "the string").replace(old, new),
+    "join": _join,
+    "split": lambda sep, s: _expect(s, str, "the string").split(_expect(sep, str, "sep")),
+    "format": lambda fmt, *args: _expect(fmt, str, "the format") % tuple(args),
+    "length": _length,
+    "concat": lambda *lists: [x for lst in lists for x in _expect(lst, list, "each argument")],
+    "keys": lambda m: sorted(_expect(m, dict, "the argument")),
+    "values": lambda m: [m[k] for k in sorted(_expect(m, dict, "the argument"))],
+    "lookup": lambda m, k, *default: (
+        _expect(m, dict, "the map").get(k, *default) if default else _expect(m, dict, "the map")[k]
+    ),
+    "contains": lambda lst, v: v in _expect(lst, (list, dict), "the collection"),
+    "tostring": lambda v: str(v),
+    "jsonencode": lambda v: json.dumps(v, sort_keys=True, separators=(",", ":")),
+    "base64encode": lambda s: base64.b64encode(_expect(s, str, "the string").encode()).decode(),
+    "base64decode": lambda s: base64.b64decode(_expect(s, str, "the string")).decode(),
+    "sha256": lambda s: hashlib.sha256(_expect(s, str, "the string").encode()).hexdigest(),
+    "cidrhost": _cidrhost,
+    "cidrsubnet": _cidrsubnet,
+}
+
+CONTEXTUAL: dict[str, Function] = {
+    "file": _file,
+    "filebase64": _filebase64,
+    "env": _env,
+}
+
+NAMES = sorted([*PURE, *CONTEXTUAL])
+
+
+def call(name: str, args: list[Any], ctx: CallContext) -> Any:
+    """Call a built-in by name; raises `KeyError` for an unknown name, `FunctionError` otherwise."""
+    if name in CONTEXTUAL:
+        fn: Function = CONTEXTUAL[name]
+        try:
+            return fn(ctx, *args)
+        except TypeError as exc:
+            raise FunctionError(f"{name}(): {exc}") from None
+    fn = PURE[name]
+    try:
+        return fn(*args)
+    except FunctionError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise FunctionError(f"{name}(): {exc}") from None
