@@ -656,3 +656,17 @@ def _unclosed(text: str) -> str:
         elif ch in pairs and stack and stack[-1] == pairs[ch]:
             stack.pop()
     return stack[-1] if stack else ""
+
+
+def expression_from_tree(tree: Tree, path: str) -> Expr:
+    """The syntax class of an expression that another grammar (policy) parsed with Lark."""
+    return _Builder(path).expr(tree)
+
+
+def string_from_token(token: Tree, path: str) -> Expr:
+    """A STRING token of another grammar, decoded and with its interpolations parsed."""
+    return _Builder(path).string(token)
+
+
+def span_of(node: Tree, path: str) -> Span:
+    return _span_of(node, path)

@@ -1,0 +1,124 @@
+"""Semantic checks over a lowered Document: each pass is one function, IR in, diagnostics out.
+
+`PASSES` is the order they run in; `check()` runs them all and raises every diagnostic at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+
+from forgefile import ir
+from forgefile.diagnostics import Collector, Diagnostic, Related
+
+
+def dependency_cycles(doc: ir.Document, out: Collector) -> None:
+    """Resources that depend on each other in a circle can never start: name every member."""
+    graph = {r.address: [ref.address for ref in r.references()] for r in doc.resources}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    reported: set[frozenset[str]] = set()
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                members = stack[stack.index(nxt) :]
+                key = frozenset(members)
+                if key not in reported:
+                    reported.add(key)
+                    first = doc.resource(members[0])
+                    path = " -> ".join([*members, nxt])
+                    out.error(
+                        "E0301",
+                        f"dependency cycle: {path}",
+                        first.span if first else None,
+                        "break the cycle by removing one of these references",
+                        [
+                            Related(r.span, f"{r.address} is part of the cycle")
+                            for m in members[1:]
+                            if (r := doc.resource(m))
+                        ],
+                    )
+            elif state.get(nxt) is None:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for address in graph:
+        if address not in state:
+            visit(address)
+
+
+def overlapping_subnets(doc: ir.Document, out: Collector) -> None:
+    """Two networks with overlapping subnets would route to the wrong bridge."""
+    networks = [r for r in doc.resources if isinstance(r, ir.Network)]
+    for i, a in enumerate(networks):
+        for b in networks[i + 1 :]:
+            if ipaddress.IPv4Network(a.subnet).overlaps(ipaddress.IPv4Network(b.subnet)):
+                out.error(
+                    "E0302",
+                    f"the subnets of {a.address} ({a.subnet}) and {b.address} ({b.subnet}) overlap",
+                    b.span_of("subnet"),
+                    "give each network its own subnet",
+                    [Related(a.span_of("subnet"), f"{a.address} is declared here")],
+                )
+
+
+def missing_inputs(doc: ir.Document, out: Collector) -> None:
+    """Files that a resource reads must exist before anything is built or planned."""
+    for r in doc.resources:
+        if isinstance(r, ir.Wasm) and not Path(r.module).is_file():
+            out.error(
+                "E0303",
+                f"the module of {r.address} does not exist: {r.module}",
+                r.span_of("module"),
+                "build it first, or fix the path (it is relative to the Forgefile's folder)",
+            )
+        if isinstance(r, ir.Image) and not Path(r.context).is_dir():
+            out.error(
+                "E0304",
+                f"the build context of {r.address} is not a folder: {r.context}",
+                r.span_of("context"),
+                "set `context` to an existing folder",
+            )
+
+
+def unsupported(doc: ir.Document, out: Collector) -> None:
+    """Attributes the schema accepts but this executor cannot carry out yet."""
+    for r in doc.resources:
+        if isinstance(r, ir.Wasm) and r.mode == "service":
+            # TODO(#7): long-running WASM services with restart policies.
+            out.error(
+                "E0305",
+                f'{r.address}: mode = "service" is not supported yet',
+                r.span_of("mode"),
+                'use mode = "job"',
+            )
+        if isinstance(r, ir.Container) and len(r.networks) > 1:
+            # TODO(#8): a container on several networks.
+            out.error(
+                "E0306",
+                f"{r.address} joins {len(r.networks)} networks; one is supported for now",
+                r.span_of("networks"),
+                "keep one network",
+            )
+
+
+PASSES: tuple[Callable[[ir.Document, Collector], None], ...] = (
+    dependency_cycles,
+    overlapping_subnets,
+    missing_inputs,
+    unsupported,
+)
+
+
+def check(doc: ir.Document) -> list[Diagnostic]:
+    """Run every pass; raise `DiagnosticError` on errors, return the warnings otherwise."""
+    out = Collector()
+    for run in PASSES:
+        run(doc, out)
+    out.raise_if_errors()
+    return list(out.items)

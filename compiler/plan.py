@@ -1,0 +1,402 @@
+"""Planning: the checked IR and a snapshot of state in, a plan document out.
+
+A pure function. The snapshot and the build facts (image and module digests, the policy
+verdict) arrive as data; the creation time is an input, so the same inputs at the same time give
+the same document, byte for byte, once serialised canonically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from forgefile import ir
+from forgefile.diagnostics import Diagnostic, DiagnosticError, Span
+from forgefile.evaluate import EvalError, Scope, evaluate
+from forgefile.values import AttributeRef
+
+from .envelope import canonical_json
+from .version import PLAN_FORMAT, VERSION
+
+DEFAULT_TTL = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class StateResource:
+    """What state remembers of one applied resource."""
+
+    address: str
+    kind: str
+    spec: Mapping[str, Any]
+    spec_digest: str
+    depends_on: tuple[str, ...] = ()
+    # For long-running workloads: is it running now? None where that does not apply.
+    live: bool | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    lineage: str
+    serial: int
+    digest: str
+    resources: Mapping[str, StateResource] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    digest: str
+    env: tuple[tuple[str, str], ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    working_dir: str = ""
+
+
+@dataclass(frozen=True)
+class BuildFacts:
+    """What was computed before planning: built images, module digests, the policy verdict."""
+
+    images: Mapping[str, ImageFacts] = field(default_factory=dict)
+    modules: Mapping[str, str] = field(default_factory=dict)
+    policy: Mapping[str, Any] = field(default_factory=dict)
+    variables_digest: str = ""
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(spec)).hexdigest()
+
+
+# Kinds whose change can be carried out in place; every other change replaces the resource.
+_UPDATABLE = {"image", "volume"}
+# Kinds that keep running after apply, whose death is drift the next plan repairs.
+_LONG_RUNNING = {"service"}
+
+
+def plan(
+    doc: ir.Document,
+    snapshot: StateSnapshot,
+    facts: BuildFacts,
+    created_at: datetime,
+    ttl: timedelta = DEFAULT_TTL,
+    destroy: bool = False,
+) -> dict[str, Any]:
+    """The plan document that turns `snapshot` into what `doc` declares (or nothing)."""
+    created_at = created_at.astimezone(UTC).replace(microsecond=0)
+    resources = () if destroy else doc.resources
+    addresses = _allocate(resources, snapshot)
+    networks = {r.address: r for r in resources if isinstance(r, ir.Network)}
+    specs = {r.address: _spec(r, facts, addresses, networks) for r in resources}
+    depends = {r.address: sorted({ref.address for ref in r.references()}) for r in resources}
+
+    actions = []
+    for r in resources:
+        spec = specs[r.address]
+        actions.append(_action(r, spec, depends[r.address], snapshot.resources.get(r.address)))
+    for address, old in sorted(snapshot.resources.items()):
+        if address not in specs:
+            actions.append(
+                {
+                    "address": address,
+                    "kind": old.kind,
+                    "action": "delete",
+                    "reason": "destroy requested" if destroy else "no longer in the Forgefile",
+                    "span": None,
+                    "diff": {},
+                    "spec": None,
+                    "depends_on": list(old.depends_on),
+                }
+            )
+    outputs = {} if destroy else _outputs(doc, specs)
+    return {
+        "format": PLAN_FORMAT,
+        "toolchain": {"name": "forge", "version": VERSION},
+        "created_at": _rfc3339(created_at),
+        "expires_at": _rfc3339(created_at + ttl),
+        "destroy": destroy,
+        "inputs": {
+            "forgefiles": dict(doc.inputs),
+            "variables": facts.variables_digest,
+            "images": {a: f.digest for a, f in sorted(facts.images.items())},
+            "modules": dict(sorted(facts.modules.items())),
+        },
+        "prior_state": {
+            "lineage": snapshot.lineage,
+            "serial": snapshot.serial,
+            "digest": snapshot.digest,
+        },
+        "policy": dict(facts.policy),
+        "actions": _ordered(actions),
+        "outputs": outputs,
+    }
+
+
+def _action(
+    r: ir.Resource, spec: dict[str, Any], depends_on: list[str], old: StateResource | None
+) -> dict[str, Any]:
+    digest = spec_digest(spec)
+    if old is None:
+        kind, reason, diff = "create", "not yet created", {}
+    elif old.spec_digest != digest:
+        diff = _diff(old.spec, spec)
+        changed = ", ".join(sorted(diff))
+        kind = "update" if r.kind in _UPDATABLE else "replace"
+        reason = f"{changed} changed"
+    elif r.kind in _LONG_RUNNING and old.live is False:
+        kind, reason, diff = "replace", f"not running: {old.note or 'it stopped'}", {}
+    else:
+        kind, reason, diff = "no-op", "up to date", {}
+    return {
+        "address": r.address,
+        "kind": r.kind,
+        "action": kind,
+        "reason": reason,
+        "span": r.span.to_json(),
+        "diff": diff,
+        "spec": spec,
+        "depends_on": depends_on,
+    }
+
+
+def _diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    keys = sorted(set(before) | set(after))
+    return {
+        k: {"before": before.get(k), "after": after.get(k)}
+        for k in keys
+        if before.get(k) != after.get(k)
+    }
+
+
+def _ordered(actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Actions in dependency order (a stable topological sort), so the plan reads top-down."""
+    by_address = {a["address"]: a for a in actions}
+    done: set[str] = set()
+    out: list[dict[str, Any]] = []
+
+    def visit(address: str) -> None:
+        if address in done or address not in by_address:
+            return
+        done.add(address)
+        for dep in by_address[address]["depends_on"]:
+            visit(dep)
+        out.append(by_address[address])
+
+    for action in sorted(actions, key=lambda a: a["address"]):
+        visit(action["address"])
+    return out
+
+
+# -- specs: what the executor needs, resolved ------------------------------------------------
+
+
+def _spec(
+    r: ir.Resource,
+    facts: BuildFacts,
+    addresses: Mapping[str, Mapping[str, str]],
+    networks: Mapping[str, ir.Network],
+) -> dict[str, Any]:
+    match r:
+        case ir.Image():
+            return {"digest": _image(facts, r.address, r.span).digest}
+        case ir.Network():
+            return {"subnet": r.subnet, "gateway": r.gateway}
+        case ir.Volume():
+            return {}
+        case ir.Container():
+            return _container_spec(r, facts, addresses.get(r.address, {}), networks)
+        case ir.Wasm():
+            return _wasm_spec(r, facts)
+    raise AssertionError(f"no spec for {r.address}")  # pragma: no cover
+
+
+def _image(facts: BuildFacts, address: str, span: Span) -> ImageFacts:
+    found = facts.images.get(address)
+    if found is None:
+        raise DiagnosticError(
+            [Diagnostic("P0001", f"{address} has not been built", span, "run `forge build` first")]
+        )
+    return found
+
+
+def _container_spec(
+    r: ir.Container,
+    facts: BuildFacts,
+    addresses: Mapping[str, str],
+    networks: Mapping[str, ir.Network],
+) -> dict[str, Any]:
+    assert r.image is not None
+    image = _image(facts, r.image.address, r.span_of("image"))
+    entrypoint = list(r.entrypoint or image.entrypoint)
+    command = list(r.command) if r.command else ([] if r.entrypoint else list(image.command))
+    argv = entrypoint + command
+    if not argv:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "P0002",
+                    f"{r.address} has no command, and {r.image.address} sets none",
+                    r.span,
+                    "add `command = [...]`",
+                )
+            ]
+        )
+    env = dict(image.env)
+    env.update(dict(r.env))
+    spec: dict[str, Any] = {
+        "image": image.digest,
+        "argv": argv,
+        "env": env,
+        "working_dir": r.working_dir or image.working_dir or "/",
+        "hostname": r.hostname,
+        "networks": [
+            {
+                "network": n.name,
+                "address": addresses[n.address],
+                "gateway": networks[n.address].gateway,
+            }
+            for n in r.networks
+        ],
+        "volumes": [{"target": t, "volume": v.name} for t, v in r.volumes],
+        "read_only": r.read_only,
+        "privileged": r.privileged,
+        "cap_add": list(r.cap_add),
+        "resources": {
+            "memory": r.resources.memory.bytes if r.resources.memory else None,
+            "cpus": r.resources.cpus,
+            "pids": r.resources.pids,
+        },
+    }
+    if isinstance(r, ir.Job):
+        spec["success_codes"] = list(r.success_codes)
+        spec["timeout"] = r.timeout.seconds
+    return spec
+
+
+def _wasm_spec(r: ir.Wasm, facts: BuildFacts) -> dict[str, Any]:
+    return {
+        "module": r.module,
+        "digest": facts.modules.get(r.address, ""),
+        "mode": r.mode,
+        "args": list(r.args),
+        "env": dict(r.env),
+        "mounts": [{"guest": g, "volume": v.name, "writable": True} for g, v in r.mounts],
+        "success_codes": list(r.success_codes),
+        "limits": {
+            "memory": r.limits.memory.bytes if r.limits.memory else None,
+            "fuel": r.limits.fuel,
+            "timeout": r.limits.timeout.seconds if r.limits.timeout else None,
+        },
+    }
+
+
+def _allocate(
+    resources: tuple[ir.Resource, ...], snapshot: StateSnapshot
+) -> dict[str, dict[str, str]]:
+    """An address per (workload, network): kept from state when the subnet is unchanged."""
+    networks = {r.address: r for r in resources if isinstance(r, ir.Network)}
+    taken: dict[str, set[str]] = {a: {n.gateway} for a, n in networks.items()}
+    result: dict[str, dict[str, str]] = {}
+    workloads = [r for r in resources if isinstance(r, ir.Container)]
+    pending: list[tuple[ir.Container, ir.Network]] = []
+    for w in workloads:
+        for ref in w.networks:
+            net = networks[ref.address]
+            kept = _kept_address(snapshot.resources.get(w.address), net)
+            if kept and kept not in taken[net.address]:
+                taken[net.address].add(kept)
+                result.setdefault(w.address, {})[net.address] = f"{kept}/{_prefix(net)}"
+            else:
+                pending.append((w, net))
+    for w, net in pending:
+        subnet = ipaddress.IPv4Network(net.subnet)
+        free = next((str(h) for h in subnet.hosts() if str(h) not in taken[net.address]), None)
+        if free is None:
+            raise DiagnosticError(
+                [
+                    Diagnostic(
+                        "P0003",
+                        f"{net.address} ({net.subnet}) has no free address left for {w.address}",
+                        w.span_of("networks"),
+                        "use a larger subnet",
+                    )
+                ]
+            )
+        taken[net.address].add(free)
+        result.setdefault(w.address, {})[net.address] = f"{free}/{subnet.prefixlen}"
+    return result
+
+
+def _kept_address(old: StateResource | None, net: ir.Network) -> str | None:
+    if old is None:
+        return None
+    for attachment in old.spec.get("networks", []):
+        if attachment.get("network") == net.name:
+            iface = ipaddress.IPv4Interface(attachment["address"])
+            if iface.network == ipaddress.IPv4Network(net.subnet):
+                return str(iface.ip)
+    return None
+
+
+def _prefix(net: ir.Network) -> int:
+    return ipaddress.IPv4Network(net.subnet).prefixlen
+
+
+def _outputs(doc: ir.Document, specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    def attributes(ref: AttributeRef) -> Any:
+        spec = specs.get(ref.resource.address, {})
+        if ref.path == ("address",) and spec.get("networks"):
+            return spec["networks"][0]["address"].split("/")[0]
+        raise EvalError(
+            "P0004",
+            f"`{ref}` is not an attribute the planner knows",
+            ref.span,
+            "outputs can use service.NAME.address and job.NAME.address",
+        )
+
+    scope = Scope(
+        variables=dict(doc.variable_values), attributes=attributes, resources=_declared(doc)
+    )
+    values: dict[str, Any] = {}
+    errors: list[Diagnostic] = []
+    for output in doc.outputs:
+        assert output.value is not None
+        try:
+            value = evaluate(output.value, scope)
+        except DiagnosticError as exc:
+            errors.extend(exc.diagnostics)
+            continue
+        values[output.name] = {
+            "value": "(sensitive)" if output.sensitive else _plain(value),
+            "sensitive": output.sensitive,
+        }
+    if errors:
+        raise DiagnosticError(errors)
+    return values
+
+
+def _declared(doc: ir.Document) -> dict[str, set[str]]:
+    declared: dict[str, set[str]] = {}
+    for r in doc.resources:
+        declared.setdefault(r.kind, set()).add(r.name)
+    return declared
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)

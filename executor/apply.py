@@ -1,0 +1,134 @@
+"""Apply: carry out a verified plan, action by action, recording each step in state.
+
+Teardown first (deletes and the old half of replacements, dependents before what they depend
+on), then build-up in the plan's dependency order. State is written after every action, so an
+interrupted apply leaves state that says exactly what exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from compiler.plan import spec_digest
+
+from .drivers import DRIVERS, ActionFailed, Host, container_status
+from .state import State
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str, str], None]  # (phase, address, message)
+
+
+@dataclass
+class ApplyResult:
+    changed: list[str] = field(default_factory=list)
+    failed: ActionFailed | None = None
+    failed_action: dict[str, Any] | None = None
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    serial: int = 0
+
+
+def apply_plan(
+    plan: dict[str, Any], host: Host, state: State, progress: Progress | None = None
+) -> ApplyResult:
+    """Carry out `plan`, which `verify` has accepted; stops at the first failed action."""
+    say = progress or (lambda phase, address, message: None)
+    result = ApplyResult()
+    actions = plan["actions"]
+    records = state.records()
+    state.event("apply-start", None, actions=len(actions))
+    try:
+        for action in reversed(actions):
+            if action["action"] in ("delete", "replace") and action["address"] in records:
+                _teardown(action, records[action["address"]].runtime, host, state, say, result)
+        for action in actions:
+            if action["action"] in ("create", "replace", "update"):
+                _build_up(action, host, state, say, result)
+    except ActionFailed as exc:
+        result.failed = exc
+        state.event("action-failed", exc.address, message=str(exc))
+    if result.changed:
+        result.serial = state.bump_serial()
+    if result.failed is None:
+        state.set_outputs(plan.get("outputs", {}))
+    state.event(
+        "apply-end",
+        None,
+        changed=len(result.changed),
+        failed=result.failed.address if result.failed else None,
+    )
+    return result
+
+
+def _teardown(
+    action: dict[str, Any],
+    runtime: dict[str, Any],
+    host: Host,
+    state: State,
+    say: Progress,
+    result: ApplyResult,
+) -> None:
+    address = action["address"]
+    _create, delete = DRIVERS[action["kind"]]
+    say("delete", address, "removing" if action["action"] == "delete" else "replacing")
+    started = time.monotonic()
+    delete(host, address, runtime)
+    state.remove(address)
+    state.event("deleted", address, seconds=round(time.monotonic() - started, 3))
+    log.info("deleted %s in %.2fs", address, time.monotonic() - started)
+    result.changed.append(address)
+
+
+def _build_up(
+    action: dict[str, Any], host: Host, state: State, say: Progress, result: ApplyResult
+) -> None:
+    address, spec = action["address"], action["spec"]
+    create, _delete = DRIVERS[action["kind"]]
+    digest = spec_digest(spec)
+    say("create", address, action["action"])
+    started = time.monotonic()
+    try:
+        runtime = create(host, address, spec, digest)
+    except ActionFailed:
+        result.failed_action = action
+        raise
+    state.put(address, action["kind"], spec, digest, action["depends_on"], runtime)
+    elapsed = time.monotonic() - started
+    state.event(
+        action["action"],
+        address,
+        seconds=round(elapsed, 3),
+        runtime={k: v for k, v in runtime.items() if k != "log"},
+    )
+    log.info("%s %s in %.2fs", action["action"], address, elapsed)
+    result.changed.append(address)
+    result.results[address] = runtime
+    say("done", address, _describe(action["kind"], runtime))
+
+
+def _describe(kind: str, runtime: dict[str, Any]) -> str:
+    if kind in ("job", "wasm"):
+        return f"exited {runtime.get('exit_code')}"
+    if kind == "service":
+        return f"running as {runtime.get('container_id')}"
+    return "ready"
+
+
+def live_status(host: Host, state: State) -> dict[str, tuple[bool | None, str]]:
+    """Which long-running workloads are running now: the drift the next plan repairs."""
+    live: dict[str, tuple[bool | None, str]] = {}
+    for address, record in state.records().items():
+        if record.kind != "service":
+            continue
+        status = container_status(host, record.runtime)
+        if status is None or status.state == "unknown":
+            live[address] = (False, "the container is gone")
+        elif status.state == "exited":
+            live[address] = (False, f"it exited with code {status.exit_code}")
+        else:
+            live[address] = (True, "")
+    return live

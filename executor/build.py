@@ -1,0 +1,118 @@
+"""`forge build`: turn the IR's image blocks into images in the project's store.
+
+Building writes only to the content-addressed store: it never touches running workloads, so
+`forge plan` can build what it needs first and name every image by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from compiler.plan import ImageFacts
+from forgefile import ir
+from forgefile.diagnostics import Diagnostic, DiagnosticError
+
+from .images import CopyStep, ImageConfig, ImageError, ImageStore, LinkStep, Step
+
+log = logging.getLogger(__name__)
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH if set (reproducible builds), else 0."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "B0002",
+                    f"SOURCE_DATE_EPOCH={value!r} is not an integer",
+                    None,
+                    "unset it, or give seconds since 1970",
+                )
+            ]
+        ) from None
+
+
+def build_images(
+    doc: ir.Document,
+    store: ImageStore,
+    on_built: Callable[[str, str], None] | None = None,
+) -> dict[str, ImageFacts]:
+    """Build every image of `doc`, parents first; returns each image's digest and defaults."""
+    images = {r.address: r for r in doc.resources if isinstance(r, ir.Image)}
+    facts: dict[str, ImageFacts] = {}
+    epoch = source_date_epoch()
+
+    def build(image: ir.Image) -> ImageFacts:
+        if image.address in facts:
+            return facts[image.address]
+        parent = None
+        if not isinstance(image.from_, str):
+            parent = build(images[image.from_.address]).digest
+        steps: list[Step] = [_step(s) for s in image.steps]
+        config = ImageConfig(
+            env=tuple(image.env),
+            entrypoint=image.entrypoint,
+            cmd=image.command,
+            working_dir=image.working_dir,
+            user=image.user,
+        )
+        try:
+            digest = store.build(_tag(image), Path(image.context), steps, config, parent, epoch)
+        except ImageError as exc:
+            raise DiagnosticError(
+                [
+                    Diagnostic(
+                        "B0001",
+                        f"building {image.address} failed: {exc}",
+                        image.span,
+                        "fix the step it names",
+                    )
+                ]
+            ) from None
+        built = _facts(store, digest)
+        facts[image.address] = built
+        if on_built is not None:
+            on_built(image.address, digest)
+        return built
+
+    for image in images.values():
+        build(image)
+    return facts
+
+
+def module_digests(doc: ir.Document) -> dict[str, str]:
+    """The digest of every WASM module's bytes, which the plan pins."""
+    digests = {}
+    for r in doc.resources:
+        if isinstance(r, ir.Wasm):
+            digests[r.address] = "sha256:" + hashlib.sha256(Path(r.module).read_bytes()).hexdigest()
+    return digests
+
+
+def _tag(image: ir.Image) -> str:
+    return image.name
+
+
+def _step(step: ir.CopyStep | ir.LinkStep) -> Step:
+    if isinstance(step, ir.CopyStep):
+        return CopyStep(dst=step.dst, src=step.src, content=step.content, mode=step.mode)
+    return LinkStep(target=step.target, links=step.links)
+
+
+def _facts(store: ImageStore, digest: str) -> ImageFacts:
+    config = store.config(digest).get("config", {})
+    env = tuple(tuple(e.split("=", 1)) for e in config.get("Env") or [] if "=" in e)
+    return ImageFacts(
+        digest=digest,
+        env=tuple((k, v) for k, v in env),
+        entrypoint=tuple(config.get("Entrypoint") or ()),
+        command=tuple(config.get("Cmd") or ()),
+        working_dir=config.get("WorkingDir") or "",
+    )

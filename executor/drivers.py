@@ -1,0 +1,311 @@
+"""Drivers: carry out one plan action on the host, and undo it.
+
+Each driver's `create` returns the runtime record state keeps (container id, bundle, netns,
+exit code...) and leaves nothing behind when it fails; `delete` is idempotent, so a destroy after
+a crash finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forgefile.diagnostics import ForgeError
+
+from . import network
+from .containers import ContainerError, ContainerSpec, Mount, write_bundle
+from .images import ImageError, ImageStore
+from .monitor import ContainerStatus, Monitor, MonitorError
+from .paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE = 5.0
+
+
+class ActionFailed(ForgeError):
+    """An action could not be carried out; `detail` is what the host said."""
+
+    def __init__(self, address: str, message: str, hint: str = "") -> None:
+        self.address = address
+        self.hint = hint
+        super().__init__(message)
+
+
+@dataclass
+class Host:
+    """What the drivers work with: the project's folders, image store and monitor."""
+
+    paths: ProjectPaths
+    store: ImageStore
+    monitor: Monitor
+
+    def log_file(self, address: str) -> Path:
+        return self.paths.logs / f"{address}.log"
+
+    def volume_dir(self, name: str) -> Path:
+        return self.paths.volumes / name
+
+    def container_id(self, address: str, spec_digest: str) -> str:
+        tail = hashlib.sha256(f"{address}\0{spec_digest}".encode()).hexdigest()[:12]
+        return f"forge-{self.paths.project_id}-{tail}"
+
+
+Create = Callable[[Host, str, dict[str, Any], str], dict[str, Any]]
+Delete = Callable[[Host, str, dict[str, Any]], None]
+
+
+# -- images, networks, volumes ----------------------------------------------------------------
+
+
+def create_image(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
+    try:
+        host.store.resolve(spec["digest"])
+    except ImageError as exc:
+        raise ActionFailed(address, str(exc), "run `forge build`, then plan again") from None
+    return {"digest": spec["digest"]}
+
+
+def delete_image(host: Host, address: str, runtime: dict[str, Any]) -> None:
+    # Images stay in the store after their block is gone; `forge image rm` removes them.
+    return None
+
+
+def create_network(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
+    name = address.split(".", 1)[1]
+    try:
+        bridge = network.ensure_network(
+            host.paths.project_id, name, spec["subnet"], spec["gateway"]
+        )
+    except network.NetworkError as exc:
+        raise ActionFailed(address, str(exc)) from None
+    return {"bridge": bridge}
+
+
+def delete_network(host: Host, address: str, runtime: dict[str, Any]) -> None:
+    network.remove_network(host.paths.project_id, address.split(".", 1)[1])
+
+
+def create_volume(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
+    folder = host.volume_dir(address.split(".", 1)[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"path": str(folder)}
+
+
+def delete_volume(host: Host, address: str, runtime: dict[str, Any]) -> None:
+    shutil.rmtree(host.volume_dir(address.split(".", 1)[1]), ignore_errors=True)
+
+
+# -- containers -------------------------------------------------------------------------------
+
+
+def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
+    """Unpack, attach, write config.json and start under the monitor; undo all on failure."""
+    cid = host.container_id(address, digest)
+    bundle = host.paths.bundles / cid
+    runtime: dict[str, Any] = {
+        "container_id": cid,
+        "bundle": str(bundle),
+        "log": str(host.log_file(address)),
+        "netns": None,
+    }
+    try:
+        shutil.rmtree(bundle, ignore_errors=True)
+        host.store.unpack(spec["image"], bundle / "rootfs")
+        netns_path = None
+        if spec["networks"]:
+            attachments = [
+                network.Attachment(n["network"], n["address"], n["gateway"])
+                for n in spec["networks"]
+            ]
+            netns_path = network.attach(host.paths.project_id, address, attachments)
+            runtime["netns"] = netns_path
+        mounts = tuple(
+            Mount(str(host.volume_dir(v["volume"])), v["target"]) for v in spec["volumes"]
+        )
+        limits = spec["resources"]
+        write_bundle(
+            bundle,
+            ContainerSpec(
+                command=tuple(spec["argv"]),
+                env=tuple(sorted(spec["env"].items())),
+                working_dir=spec["working_dir"],
+                hostname=spec["hostname"],
+                netns_path=netns_path,
+                mounts=mounts,
+                read_only=spec["read_only"],
+                privileged=spec["privileged"],
+                cap_add=tuple(spec["cap_add"]),
+                memory=limits["memory"],
+                cpus=limits["cpus"],
+                pids=limits["pids"],
+            ),
+        )
+        host.log_file(address).parent.mkdir(parents=True, exist_ok=True)
+        runtime["pid"] = host.monitor.start(
+            host.paths.runc_root, cid, bundle, host.log_file(address)
+        )
+    except (ImageError, network.NetworkError, ContainerError, MonitorError, OSError) as exc:
+        _remove_container(host, address, runtime)
+        raise ActionFailed(address, f"{type(exc).__name__.removesuffix('Error')}: {exc}") from None
+    return runtime
+
+
+def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None:
+    cid, bundle = runtime.get("container_id"), runtime.get("bundle")
+    if cid and bundle:
+        try:
+            host.monitor.stop(host.paths.runc_root, cid, Path(bundle), grace=STOP_GRACE)
+        except MonitorError as exc:
+            log.warning("stopping %s (%s): %s", address, cid, exc)
+    network.detach(host.paths.project_id, address)
+    if bundle:
+        _remove_bundle(Path(bundle))
+
+
+def _remove_bundle(bundle: Path) -> None:
+    # Layers may hold read-only folders; make them writable so removal is complete.
+    for attempt in range(3):
+        shutil.rmtree(bundle, ignore_errors=True)
+        if not bundle.exists():
+            return
+        time.sleep(0.1 * (attempt + 1))
+    log.warning("could not remove bundle %s", bundle)
+
+
+def create_service(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
+    return _start_container(host, address, spec, digest)
+
+
+def delete_container(host: Host, address: str, runtime: dict[str, Any]) -> None:
+    _remove_container(host, address, runtime)
+
+
+def create_job(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
+    """Run the job to completion; a code outside success_codes fails the action."""
+    runtime = _start_container(host, address, spec, digest)
+    bundle = Path(runtime["bundle"])
+    try:
+        status = host.monitor.wait(
+            host.paths.runc_root, runtime["container_id"], bundle, spec["timeout"]
+        )
+        timed_out = status.state != "exited"
+    except MonitorError as exc:
+        _remove_container(host, address, runtime)
+        raise ActionFailed(address, f"waiting for the job failed: {exc}") from None
+    if timed_out:
+        status = host.monitor.stop(host.paths.runc_root, runtime["container_id"], bundle, 0.0)
+    _remove_container(host, address, runtime)
+    result = _exit_record(status)
+    if timed_out:
+        raise ActionFailed(
+            address,
+            f"the job did not finish within {spec['timeout']:g}s",
+            "raise `timeout`, or look at `forge logs " + address + "`",
+        )
+    if result["exit_code"] not in spec["success_codes"]:
+        raise ActionFailed(
+            address,
+            f"the job exited with code {result['exit_code']}, which is "
+            f"not in success_codes {spec['success_codes']}",
+            f"see `forge logs {address}`",
+        )
+    return {**result, "log": runtime["log"]}
+
+
+def _exit_record(status: ContainerStatus) -> dict[str, Any]:
+    return {"exit_code": status.exit_code, "exited_at": status.exited_at}
+
+
+# -- WASM -------------------------------------------------------------------------------------
+
+
+def create_wasm(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
+    from . import wasm
+
+    module = Path(spec["module"])
+    try:
+        actual = wasm.module_digest(module)
+    except OSError as exc:
+        raise ActionFailed(address, f"cannot read the module {module}: {exc.strerror}") from None
+    if spec["digest"] and actual != spec["digest"]:
+        raise ActionFailed(
+            address,
+            f"the module {module} changed since planning (planned "
+            f"{spec['digest'][:19]}…, now {actual[:19]}…)",
+            "plan again",
+        )
+    log_path = host.log_file(address)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    limits = spec["limits"]
+    run = wasm.WasmRun(
+        module=str(module),
+        args=tuple(spec["args"]),
+        env=tuple(sorted(spec["env"].items())),
+        preopens=tuple(
+            wasm.Preopen(str(host.volume_dir(m["volume"])), m["guest"], m["writable"])
+            for m in spec["mounts"]
+        ),
+        stdout=str(log_path),
+        stderr=str(log_path),
+        memory=limits["memory"],
+        fuel=limits["fuel"],
+        timeout=limits["timeout"],
+    )
+    try:
+        result = wasm.run(run)
+    except wasm.WasmError as exc:
+        raise ActionFailed(address, str(exc)) from None
+    record = {
+        "exit_code": result.exit_code,
+        "outcome": result.outcome,
+        "detail": result.detail,
+        "log": str(log_path),
+    }
+    if result.outcome != "exit":
+        detail = f" ({result.detail})" if result.detail else ""
+        raise ActionFailed(
+            address,
+            f"the module stopped: {result.outcome}{detail}",
+            "raise the limit it hit, or see `forge logs " + address + "`",
+        )
+    if result.exit_code not in spec["success_codes"]:
+        raise ActionFailed(
+            address,
+            f"the module exited with code {result.exit_code}, which is "
+            f"not in success_codes {spec['success_codes']}",
+            f"see `forge logs {address}`",
+        )
+    return record
+
+
+def delete_wasm(host: Host, address: str, runtime: dict[str, Any]) -> None:
+    return None
+
+
+DRIVERS: dict[str, tuple[Create, Delete]] = {
+    "image": (create_image, delete_image),
+    "network": (create_network, delete_network),
+    "volume": (create_volume, delete_volume),
+    "service": (create_service, delete_container),
+    "job": (create_job, delete_container),
+    "wasm": (create_wasm, delete_wasm),
+}
+
+
+def container_status(host: Host, runtime: dict[str, Any]) -> ContainerStatus | None:
+    """The monitor's word on a service container, or None when state knows no container."""
+    cid, bundle = runtime.get("container_id"), runtime.get("bundle")
+    if not cid or not bundle:
+        return None
+    try:
+        return host.monitor.status(host.paths.runc_root, cid, Path(bundle))
+    except MonitorError as exc:
+        log.warning("status of %s: %s", cid, exc)
+        return None

@@ -1,0 +1,243 @@
+"""The state store: one SQLite database per project.
+
+It holds the lineage and serial that plans are bound to, every applied resource with its spec
+and runtime ids, and an append-only event log. The digest that a plan records covers the
+lineage, the serial and each resource's spec digest: anything an apply changes moves the serial,
+so a plan made before another apply is refused as stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from compiler.envelope import canonical_json
+from compiler.plan import StateResource, StateSnapshot
+from forgefile.diagnostics import ForgeError
+
+SCHEMA_VERSION = 1
+
+
+class StateError(ForgeError):
+    """The state database is locked, unreadable or from an incompatible version."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One applied resource as stored: the planner's view plus the executor's runtime ids."""
+
+    address: str
+    kind: str
+    spec: dict[str, Any]
+    spec_digest: str
+    depends_on: tuple[str, ...]
+    runtime: dict[str, Any]
+    updated_at: str
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class State:
+    """A project's state database; open it with `State.open(path)`."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> State:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite_utils.Database(path)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=5000")
+        except Exception as exc:  # sqlite3.DatabaseError and friends
+            raise StateError(f"cannot open the state database {path}: {exc}") from None
+        state = cls(db, path)
+        state._migrate()
+        return state
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS resources (address TEXT PRIMARY KEY, kind TEXT NOT "
+                "NULL, spec TEXT NOT NULL, spec_digest TEXT NOT NULL, depends_on TEXT NOT NULL, "
+                "runtime TEXT NOT NULL, updated_at TEXT NOT NULL)"
+            )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at "
+                "TEXT NOT NULL, serial INTEGER NOT NULL, kind TEXT NOT NULL, address TEXT, "
+                "detail TEXT NOT NULL)"
+            )
+            meta = self._meta()
+            if "schema" not in meta:
+                self._set_meta("schema", str(SCHEMA_VERSION))
+                self._set_meta("lineage", str(uuid.uuid4()))
+                self._set_meta("serial", "0")
+            elif int(meta["schema"]) > SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.path} was written by a newer Forge (state schema "
+                    f"{meta['schema']}); upgrade Forge"
+                )
+
+    def _meta(self) -> dict[str, str]:
+        return {row[0]: row[1] for row in self.db.execute("SELECT key, value FROM meta")}
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    @property
+    def lineage(self) -> str:
+        return self._meta()["lineage"]
+
+    @property
+    def serial(self) -> int:
+        return int(self._meta()["serial"])
+
+    def records(self) -> dict[str, Record]:
+        rows = self.db.execute(
+            "SELECT address, kind, spec, spec_digest, depends_on, runtime, updated_at "
+            "FROM resources ORDER BY address"
+        ).fetchall()
+        return {
+            row[0]: Record(
+                row[0],
+                row[1],
+                json.loads(row[2]),
+                row[3],
+                tuple(json.loads(row[4])),
+                json.loads(row[5]),
+                row[6],
+            )
+            for row in rows
+        }
+
+    def digest(self) -> str:
+        """What a plan is bound to: lineage, serial and every resource's spec digest."""
+        body = {
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "resources": {a: r.spec_digest for a, r in self.records().items()},
+        }
+        return "sha256:" + hashlib.sha256(canonical_json(body)).hexdigest()
+
+    def snapshot(self, live: dict[str, tuple[bool | None, str]] | None = None) -> StateSnapshot:
+        """The planner's view of state; `live` says which workloads are running right now."""
+        live = live or {}
+        return StateSnapshot(
+            lineage=self.lineage,
+            serial=self.serial,
+            digest=self.digest(),
+            resources={
+                a: StateResource(
+                    a, r.kind, r.spec, r.spec_digest, r.depends_on, *live.get(a, (None, ""))
+                )
+                for a, r in self.records().items()
+            },
+        )
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def put(
+        self,
+        address: str,
+        kind: str,
+        spec: dict[str, Any],
+        spec_digest: str,
+        depends_on: list[str],
+        runtime: dict[str, Any],
+    ) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    address,
+                    kind,
+                    json.dumps(spec, sort_keys=True),
+                    spec_digest,
+                    json.dumps(depends_on),
+                    json.dumps(runtime, sort_keys=True),
+                    now(),
+                ],
+            )
+
+    def set_runtime(self, address: str, runtime: dict[str, Any]) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE resources SET runtime = ?, updated_at = ? WHERE address = ?",
+                [json.dumps(runtime, sort_keys=True), now(), address],
+            )
+
+    def remove(self, address: str) -> None:
+        with self.db.conn:
+            self.db.execute("DELETE FROM resources WHERE address = ?", [address])
+
+    def bump_serial(self) -> int:
+        with self.db.conn:
+            serial = self.serial + 1
+            self._set_meta("serial", str(serial))
+        return serial
+
+    def set_outputs(self, outputs: dict[str, Any]) -> None:
+        with self.db.conn:
+            self._set_meta("outputs", json.dumps(outputs, sort_keys=True))
+
+    def outputs(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self._meta().get("outputs", "{}"))
+        return value
+
+    def event(self, kind: str, address: str | None, **detail: Any) -> None:
+        """Append to the event log; it is never updated or deleted."""
+        # TODO(#5): hash-chain the events and sign checkpoints so `forge audit verify` can
+        # detect an edit.
+        with self.db.conn:
+            self.db.execute(
+                "INSERT INTO events (at, serial, kind, address, detail) VALUES (?, ?, ?, ?, ?)",
+                [now(), self.serial, kind, address, json.dumps(detail, sort_keys=True)],
+            )
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT at, serial, kind, address, detail FROM events ORDER BY id DESC LIMIT ?",
+            [limit],
+        ).fetchall()
+        return [
+            {"at": r[0], "serial": r[1], "kind": r[2], "address": r[3], **json.loads(r[4])}
+            for r in reversed(rows)
+        ]
+
+
+@contextlib.contextmanager
+def locked(state_dir: Path) -> Iterator[None]:
+    """Hold the project's apply lock, so two applies never interleave."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(
+                f"another forge command holds the lock on {state_dir}; wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

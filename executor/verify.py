@@ -1,0 +1,113 @@
+"""Verification before apply: a plan runs only if every check holds.
+
+Each refusal names the check that failed, has its own exit code and says what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from compiler.envelope import EnvelopeError, Opened, open_envelope
+from compiler.plan import parse_time
+from compiler.version import PLAN_FORMAT, VERSION
+from forgefile.diagnostics import ForgeError
+
+from .keys import KeyStore
+from .state import State
+
+# Exit codes of `forge apply FILE` by failed check; documented in docs/plan-format.md.
+EXIT_CODES = {
+    "format": 10,
+    "signature": 11,
+    "signer": 12,
+    "expired": 13,
+    "stale": 14,
+    "policy": 15,
+    "toolchain": 16,
+}
+
+
+class PlanRejected(ForgeError):
+    def __init__(self, check: str, message: str, hint: str = "") -> None:
+        self.check = check
+        self.hint = hint
+        self.exit_code = EXIT_CODES[check]
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class VerifiedPlan:
+    document: dict[str, Any]
+    signers: tuple[str, ...]
+    payload_digest: str
+
+
+def verify(
+    data: bytes, keys: KeyStore, state: State, now: datetime, policy_digest: str | None
+) -> VerifiedPlan:
+    """Check signature, signer, toolchain, expiry, prior state and policy, in that order."""
+    try:
+        opened: Opened = open_envelope(data, keys.trusted())
+    except EnvelopeError as exc:
+        raise PlanRejected(exc.check, str(exc), exc.hint) from None
+    plan = opened.document
+    _toolchain(plan)
+    try:
+        expires = parse_time(plan["expires_at"])
+    except (KeyError, ValueError, TypeError):
+        raise PlanRejected("format", "the plan has no valid expires_at") from None
+    if now >= expires:
+        raise PlanRejected(
+            "expired",
+            f"the plan expired at {plan['expires_at']}",
+            "plan again: `forge plan -o FILE`",
+        )
+    prior = plan.get("prior_state", {})
+    if (prior.get("lineage"), prior.get("serial"), prior.get("digest")) != (
+        state.lineage,
+        state.serial,
+        state.digest(),
+    ):
+        raise PlanRejected(
+            "stale",
+            f"the state changed since this plan was made (planned "
+            f"against serial {prior.get('serial')}, state is now at serial "
+            f"{state.serial}{_lineage_note(prior, state)})",
+            "plan again against the current state",
+        )
+    policy = plan.get("policy", {})
+    if policy.get("verdict") != "pass":
+        raise PlanRejected(
+            "policy", "the plan's policy verdict is not pass", "fix the findings and plan again"
+        )
+    if policy_digest is not None and policy.get("digest") != policy_digest:
+        raise PlanRejected(
+            "policy",
+            "the policy files changed since this plan was made",
+            "plan again so the current policy judges it",
+        )
+    return VerifiedPlan(plan, opened.signers, opened.payload_digest)
+
+
+def _toolchain(plan: dict[str, Any]) -> None:
+    if plan.get("format") != PLAN_FORMAT:
+        raise PlanRejected(
+            "toolchain",
+            f"plan format {plan.get('format')!r} is not {PLAN_FORMAT}, which this Forge reads",
+            "plan with this Forge",
+        )
+    version = plan.get("toolchain", {}).get("version", "")
+    if str(version).split(".")[:2] != VERSION.split(".")[:2]:
+        raise PlanRejected(
+            "toolchain",
+            f"the plan was made by Forge {version}, this is {VERSION}",
+            "plan and apply with the same Forge release",
+        )
+
+
+def _lineage_note(prior: dict[str, Any], state: State) -> str:
+    if prior.get("lineage") != state.lineage:
+        return "; it was made for another project's state"
+    return ""

@@ -1,0 +1,635 @@
+"""The `forge` command: reads arguments, runs the pipeline's phases, renders what they return.
+
+Exit codes: 0 success; 1 a diagnostic (bad Forgefile, bad policy file, bad input); 2 `plan
+--detailed-exitcode` found changes; 3 policy blocked the plan; 4 an action failed during apply;
+5 the user declined; 10-16 `apply` refused a plan (see docs/plan-format.md); 70 an internal
+error, which is a bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from compiler.version import VERSION
+from executor.drivers import ActionFailed
+from executor.verify import PlanRejected
+from forgefile.diagnostics import DiagnosticError, ForgeError
+
+from . import render
+
+app = typer.Typer(
+    name="forge",
+    help="Build, plan, sign and apply Forgefiles: images, containers, WASM and networks on "
+    "one host.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+key_app = typer.Typer(
+    help="Manage the keys that sign plans and the keys `apply` trusts.", no_args_is_help=True
+)
+app.add_typer(key_app, name="key")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_DIAGNOSTIC = 1
+EXIT_CHANGES = 2
+EXIT_POLICY = 3
+EXIT_ACTION_FAILED = 4
+EXIT_DECLINED = 5
+EXIT_INTERNAL = 70
+
+
+# Where the project is: every command takes these, so `forge apply --var x=1` reads as it should.
+FileOption = Annotated[Path, typer.Option("--file", "-f", help="The Forgefile, or its folder.")]
+StateOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="FORGE_STATE_DIR",
+        help="Where state, images and keys live \\[default: .forge beside the Forgefile].",
+    ),
+]
+PolicyOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--policy",
+        help="A policy file or folder of *.policy files; repeatable "
+        "\\[default: policy/ beside the Forgefile].",
+    ),
+]
+VarOption = Annotated[
+    list[str] | None, typer.Option("--var", help="Set a variable: --var NAME=VALUE; repeatable.")
+]
+HERE = Path(".")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports(fn: F) -> F:
+    """Turn Forge's errors into rendered diagnostics and exit codes; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DiagnosticError as exc:
+            for d in exc.diagnostics:
+                render.diagnostic(err, d)
+            errors = sum(1 for d in exc.diagnostics if str(d.severity) == "error")
+            err.print(f"[red]{errors} error(s).[/]")
+            raise typer.Exit(EXIT_DIAGNOSTIC) from None
+        except PlanRejected as exc:
+            err.print(f"[bold red]plan refused[/] [dim]({exc.check} check)[/]: {exc}")
+            if exc.hint:
+                err.print(f"  [green]hint:[/] {exc.hint}")
+            raise typer.Exit(exc.exit_code) from None
+        except ActionFailed as exc:
+            err.print(f"[bold red]{exc.address} failed:[/] {exc}")
+            if exc.hint:
+                err.print(f"  [green]hint:[/] {exc.hint}")
+            raise typer.Exit(EXIT_ACTION_FAILED) from None
+        except ForgeError as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            hint = getattr(exc, "hint", "")
+            if hint:
+                err.print(f"  [green]hint:[/] {hint}")
+            raise typer.Exit(EXIT_DIAGNOSTIC) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("FORGE_DEBUG"):
+                raise
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}")
+            err.print("  this is a bug in Forge; run again with FORGE_DEBUG=1 for the traceback")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _project(
+    file: Path,
+    state_dir: Path | None,
+    policy: list[Path] | None = None,
+    var: list[str] | None = None,
+) -> Any:
+    from .project import Project
+
+    variables = {}
+    for item in var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            err.print(f"[bold red]error:[/] --var {item!r} is not NAME=VALUE")
+            raise typer.Exit(EXIT_DIAGNOSTIC)
+        variables[name] = value
+    return Project.locate(file, state_dir, list(policy or []), variables)
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+) -> None:
+    """Forge: a compiled toolchain for the Forgefile."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+# -- validate, build, plan ------------------------------------------------------------------------
+
+
+@app.command()
+@reports
+def validate(
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print diagnostics as JSON.")] = False,
+) -> None:
+    """Check the Forgefile and judge it against policy, without building or planning.
+
+    Every problem is reported at once with file:line:col, a code frame and a hint.
+    """
+    from .project import check
+
+    project = _project(file, state_dir, policy, var)
+    try:
+        checked = check(project)
+    except DiagnosticError as exc:
+        if as_json:
+            out.print_json(
+                data={
+                    "version": 1,
+                    "valid": False,
+                    "diagnostics": [d.to_json() for d in exc.diagnostics],
+                }
+            )
+            raise typer.Exit(EXIT_DIAGNOSTIC) from None
+        raise
+    blocked = bool(checked.verdict and checked.verdict.blocked)
+    if as_json:
+        out.print_json(
+            data={
+                "version": 1,
+                "valid": not blocked,
+                "diagnostics": [d.to_json() for d in checked.warnings],
+                "policy": checked.verdict.to_json() if checked.verdict else None,
+            }
+        )
+    else:
+        for d in checked.warnings:
+            render.diagnostic(err, d)
+        if checked.verdict:
+            render.findings(err, checked.verdict)
+        if not blocked:
+            out.print(
+                f"[green]Valid:[/] {len(checked.doc.resources)} resources in {project.forgefile}."
+            )
+    if blocked:
+        raise typer.Exit(EXIT_POLICY)
+
+
+@app.command()
+@reports
+def build(
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+) -> None:
+    """Build every image block into the project's image store (cache hits cost nothing)."""
+    from .project import build as build_images
+    from .project import check
+
+    project = _project(file, state_dir, policy, var)
+    checked = check(project)
+    started = time.monotonic()
+    images = build_images(project, checked.doc)
+    for address, facts in images.items():
+        out.print(f"[green]built[/] {address} [dim]{facts.digest}[/]")
+    out.print(f"{len(images)} image(s) in {time.monotonic() - started:.1f}s.")
+
+
+def _planned(project: Any, destroy: bool) -> dict[str, Any]:
+    from .project import check, make_plan
+
+    checked = check(project)
+    if checked.verdict:
+        render.findings(err, checked.verdict)
+        if checked.verdict.blocked:
+            blocking = sum(1 for f in checked.verdict.findings if f.blocking)
+            err.print(
+                f"[bold red]Policy blocked the plan:[/] {blocking} finding(s) must be fixed first."
+            )
+            raise typer.Exit(EXIT_POLICY)
+    for d in checked.warnings:
+        render.diagnostic(err, d)
+    return make_plan(project, checked, destroy=destroy)
+
+
+@app.command()
+@reports
+def plan(
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the signed plan here, for `forge apply FILE`."),
+    ] = None,
+    destroy: Annotated[bool, typer.Option("--destroy", help="Plan to remove everything.")] = False,
+    key: Annotated[str | None, typer.Option("--key", help="The signing key's name.")] = None,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode", help="Exit 2 when the plan has changes, 0 when it has none."
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan document as JSON.")
+    ] = False,
+) -> None:
+    """Compute what apply would do: build images, judge policy, diff against state.
+
+    With -o, the plan is signed (Ed25519, DSSE) and written for `forge apply FILE`, which refuses
+    it if it was changed, expired, or the state moved on since.
+    """
+    from .project import sign
+
+    project = _project(file, state_dir, policy, var)
+    document = _planned(project, destroy)
+    if as_json:
+        out.print_json(data=document)
+    else:
+        render.plan(out, document)
+        render.outputs(out, document["outputs"])
+    if output is not None:
+        output.write_bytes(sign(project, document, key))
+        out.print(
+            f"Signed plan written to [bold]{output}[/]; apply it with `forge apply {output}`."
+        )
+    changes = any(a["action"] != "no-op" for a in document["actions"])
+    if detailed_exitcode and changes:
+        raise typer.Exit(EXIT_CHANGES)
+
+
+# -- apply, destroy ---------------------------------------------------------------------------
+
+
+def _progress(phase: str, address: str, message: str) -> None:
+    if phase == "done":
+        out.print(f"  [green]✓[/] {address}: {message}")
+    elif phase == "delete":
+        out.print(f"  [red]-[/] {address}: {message}")
+    else:
+        out.print(f"  [cyan]…[/] {address}: {message}")
+
+
+def _run(project: Any, envelope: bytes) -> None:
+    from .project import apply as apply_envelope
+
+    started = time.monotonic()
+    verified, result = apply_envelope(project, envelope, _progress)
+    if result.failed is not None:
+        action = result.failed_action
+        where = ""
+        if action and action.get("span"):
+            span = action["span"]
+            where = f" (declared at {span['file']}:{span['line']}:{span['column']})"
+        err.print(f"[bold red]{result.failed.address} failed{where}:[/] {result.failed}")
+        if result.failed.hint:
+            err.print(f"  [green]hint:[/] {result.failed.hint}")
+        err.print(
+            f"{len(result.changed)} change(s) were made before the failure; run "
+            "`forge plan` to see where things stand."
+        )
+        raise typer.Exit(EXIT_ACTION_FAILED)
+    verb = "Destroyed" if verified.document.get("destroy") else "Applied"
+    out.print(
+        f"[green]{verb}:[/] {len(result.changed)} change(s) in "
+        f"{time.monotonic() - started:.1f}s (state serial {result.serial or 'unchanged'})."
+    )
+    render.outputs(out, verified.document.get("outputs", {}))
+
+
+def _confirm(auto_approve: bool, question: str) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        err.print(
+            "[bold red]error:[/] confirmation needed, but standard input is not a "
+            "terminal; pass --auto-approve"
+        )
+        raise typer.Exit(EXIT_DECLINED)
+    if not typer.confirm(question):
+        err.print("Nothing was changed.")
+        raise typer.Exit(EXIT_DECLINED)
+
+
+@app.command()
+@reports
+def apply(
+    plan_file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A signed plan from `forge plan -o`; without it, plan now and ask first.",
+            show_default=False,
+        ),
+    ] = None,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Apply without asking.")
+    ] = False,
+    key: Annotated[str | None, typer.Option("--key", help="The signing key's name.")] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+) -> None:
+    """Carry out a plan: verify its signature, expiry, state and policy, then act.
+
+    Re-running with nothing changed does nothing; a change replaces only what it touches.
+    """
+    from .project import sign
+
+    if plan_file is not None:
+        try:
+            envelope = plan_file.read_bytes()
+        except OSError as exc:
+            err.print(f"[bold red]error:[/] cannot read {plan_file}: {exc.strerror}")
+            raise typer.Exit(EXIT_DIAGNOSTIC) from None
+        _run(_project(file, state_dir, policy, var), envelope)
+        return
+    project = _project(file, state_dir, policy, var)
+    document = _planned(project, destroy=False)
+    render.plan(out, document)
+    if not any(a["action"] != "no-op" for a in document["actions"]):
+        _save_outputs(project, document)
+        render.outputs(out, document["outputs"])
+        return
+    _confirm(auto_approve, "Apply this plan?")
+    _run(project, sign(project, document, key))
+
+
+def _save_outputs(project: Any, document: dict[str, Any]) -> None:
+    state = project.state()
+    try:
+        state.set_outputs(document["outputs"])
+    finally:
+        state.close()
+
+
+@app.command()
+@reports
+def destroy(
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Destroy without asking.")
+    ] = False,
+    key: Annotated[str | None, typer.Option("--key", help="The signing key's name.")] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+) -> None:
+    """Remove everything this project created: containers, bundles, netns, veths, bridges."""
+    from .project import sign
+
+    project = _project(file, state_dir, policy, var)
+    document = _planned(project, destroy=True)
+    render.plan(out, document)
+    if not any(a["action"] != "no-op" for a in document["actions"]):
+        return
+    _confirm(auto_approve, "Destroy all of these?")
+    _run(project, sign(project, document, key))
+
+
+# -- inspecting ------------------------------------------------------------------------------
+
+
+@app.command()
+@reports
+def ps(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """List the project's workloads and whether they run."""
+    from executor.drivers import container_status
+
+    project = _project(file, state_dir)
+    state = project.state()
+    host = project.host()
+    rows = []
+    try:
+        for address, record in state.records().items():
+            if record.kind not in ("service", "job", "wasm"):
+                continue
+            status, detail = _status_of(record, container_status(host, record.runtime))
+            ip = ", ".join(n["address"].split("/")[0] for n in record.spec.get("networks", []))
+            rows.append(
+                {
+                    "address": address,
+                    "kind": record.kind,
+                    "status": status,
+                    "detail": detail,
+                    "ip": ip,
+                    "id": record.runtime.get("container_id", ""),
+                    "updated": record.updated_at[:19].replace("T", " "),
+                }
+            )
+    finally:
+        state.close()
+    if as_json:
+        out.print_json(data={"version": 1, "workloads": rows})
+        return
+    render.table(
+        out,
+        "Workloads",
+        ["ADDRESS", "KIND", "STATUS", "IP", "CONTAINER", "UPDATED"],
+        [
+            [
+                r["address"],
+                r["kind"],
+                f"{r['status']} {r['detail']}".strip(),
+                r["ip"],
+                r["id"],
+                r["updated"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _status_of(record: Any, status: Any) -> tuple[str, str]:
+    if record.kind == "service":
+        if status is None or status.state == "unknown":
+            return "gone", ""
+        if status.state == "running":
+            return "running", f"pid {status.pid}" if status.pid else ""
+        return "exited", f"code {status.exit_code}"
+    code = record.runtime.get("exit_code")
+    return "completed", f"exit {code}"
+
+
+@app.command()
+@reports
+def logs(
+    address: Annotated[str, typer.Argument(help="A workload address, e.g. service.web.")],
+    follow: Annotated[bool, typer.Option("--follow", help="Keep printing new lines.")] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Print a workload's stdout and stderr."""
+    project = _project(file, state_dir)
+    path = project.paths.logs / f"{address}.log"
+    if not path.exists():
+        state = project.state()
+        try:
+            known = [a for a, r in state.records().items() if r.kind in ("service", "job", "wasm")]
+        finally:
+            state.close()
+        from forgefile.diagnostics import suggest
+
+        hint = suggest(address, known) or (
+            f"workloads: {', '.join(known)}" if known else "nothing has been applied yet"
+        )
+        err.print(f"[bold red]error:[/] no logs for {address}; {hint}")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    with path.open("rb") as stream:
+        while True:
+            chunk = stream.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            elif follow:
+                time.sleep(0.5)
+            else:
+                break
+
+
+@app.command()
+@reports
+def output(
+    name: Annotated[str | None, typer.Argument(help="One output's name; all when omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Print the outputs of the last apply (`forge output web_url` prints just the value)."""
+    project = _project(file, state_dir)
+    state = project.state()
+    try:
+        values = state.outputs()
+    finally:
+        state.close()
+    if name is None:
+        if as_json:
+            out.print_json(data={k: v["value"] for k, v in values.items()})
+        else:
+            render.outputs(out, values)
+        return
+    if name not in values:
+        from forgefile.diagnostics import suggest
+
+        err.print(
+            f"[bold red]error:[/] no output named {name}; "
+            f"{suggest(name, values) or 'apply first, or check the name'}"
+        )
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    value = values[name]["value"]
+    print(json.dumps(value) if as_json or not isinstance(value, str) else value)
+
+
+@app.command()
+@reports
+def show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+) -> None:
+    """Show the checked IR: every resource with its defaults filled in, as policy sees it."""
+    from .project import check
+
+    checked = check(_project(file, state_dir, policy, var))
+    document = checked.doc.to_document()
+    if as_json:
+        out.print_json(data={"version": 1, **document})
+        return
+    for resource in document["resources"]:
+        out.print(f"[bold]{resource['address']}[/]")
+        for key, value in resource.items():
+            if key not in ("address", "kind", "name"):
+                out.print(f"  {key} = {json.dumps(value)}")
+
+
+@app.command()
+def version() -> None:
+    """Print Forge's version."""
+    out.print(f"forge {VERSION}")
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+@key_app.command("generate")
+@reports
+def key_generate(
+    name: Annotated[str, typer.Argument(help="A name for the key.")] = "default",
+    passphrase: Annotated[
+        bool,
+        typer.Option("--passphrase", help="Encrypt the private key with FORGE_KEY_PASSPHRASE."),
+    ] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Make an Ed25519 signing key (mode 0600) and trust it for this project's applies."""
+    secret = os.environ.get("FORGE_KEY_PASSPHRASE", "").encode() if passphrase else None
+    if passphrase and not secret:
+        err.print("[bold red]error:[/] --passphrase needs FORGE_KEY_PASSPHRASE to be set")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    info = _project(file, state_dir).keys().generate(name, secret)
+    out.print(f"[green]Generated[/] key {info.name} [dim]{info.keyid}[/] (trusted).")
+
+
+@key_app.command("list")
+@reports
+def key_list(
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """List signing keys and whether apply trusts them."""
+    keys = _project(file, state_dir).keys().list()
+    render.table(
+        out,
+        "Keys",
+        ["NAME", "KEY ID", "TRUSTED", "PRIVATE"],
+        [
+            [k.name, k.keyid, "yes" if k.trusted else "no", "yes" if k.private else "no"]
+            for k in keys
+        ],
+    )
+
+
+def main() -> None:
+    app()

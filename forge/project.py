@@ -1,0 +1,172 @@
+"""The pipeline as the commands run it: load, check, judge, build, plan, seal, verify, apply.
+
+Each function is one phase; the commands in `cli.py` read as the sequence of them. Nothing here
+prints: results and errors go back to the command that renders them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from compiler import checks, policy
+from compiler.envelope import canonical_json, seal
+from compiler.plan import BuildFacts, ImageFacts, plan
+from executor.apply import ApplyResult, Progress, apply_plan, live_status
+from executor.build import build_images, module_digests
+from executor.drivers import Host
+from executor.images import ImageStore
+from executor.keys import KeyStore
+from executor.monitor import Monitor
+from executor.paths import ProjectPaths
+from executor.state import State, locked
+from executor.verify import VerifiedPlan, verify
+from forgefile import ir
+from forgefile.diagnostics import Diagnostic
+from forgefile.lower import FORGEFILE, load
+
+
+@dataclass
+class Project:
+    """Where a Forgefile, its policy and its state live."""
+
+    forgefile: Path
+    state_dir: Path
+    policy_paths: tuple[Path, ...]
+    variables: dict[str, str]
+
+    @classmethod
+    def locate(
+        cls, file: Path, state_dir: Path | None, policy_paths: list[Path], variables: dict[str, str]
+    ) -> Project:
+        forgefile = file / FORGEFILE if file.is_dir() else file
+        base = forgefile.parent
+        state = state_dir or Path(os.environ.get("FORGE_STATE_DIR", base / ".forge"))
+        if not policy_paths and (base / "policy").is_dir():
+            policy_paths = [base / "policy"]
+        return cls(forgefile, state, tuple(policy_paths), variables)
+
+    @property
+    def paths(self) -> ProjectPaths:
+        return ProjectPaths.for_state_dir(self.state_dir)
+
+    def keys(self) -> KeyStore:
+        return KeyStore(self.paths.keys)
+
+    def state(self) -> State:
+        self.paths.ensure()
+        return State.open(self.paths.database)
+
+    def host(self) -> Host:
+        self.paths.ensure()
+        return Host(self.paths, ImageStore(self.paths.images), Monitor())
+
+
+@dataclass
+class Checked:
+    doc: ir.Document
+    warnings: list[Diagnostic]
+    verdict: policy.Verdict | None
+
+
+def check(project: Project) -> Checked:
+    """Load, lower and check the Forgefile, then judge it against the policy files."""
+    doc = load(project.forgefile, project.variables)
+    warnings = checks.check(doc)
+    verdict = judge(project, doc)
+    return Checked(doc, warnings, verdict)
+
+
+def judge(project: Project, doc: ir.Document) -> policy.Verdict | None:
+    files = policy.policy_files(project.policy_paths)
+    if not files:
+        return None
+    rules, digest = policy.load(files)
+    return policy.evaluate_rules(rules, doc, digest)
+
+
+def policy_digest(project: Project) -> str | None:
+    files = policy.policy_files(project.policy_paths)
+    if not files:
+        return None
+    return policy.digest_of((f.name, f.read_bytes()) for f in files)
+
+
+def build(project: Project, doc: ir.Document) -> dict[str, ImageFacts]:
+    return build_images(doc, ImageStore(_ensure(project).images))
+
+
+def _ensure(project: Project) -> ProjectPaths:
+    project.paths.ensure()
+    return project.paths
+
+
+def make_plan(
+    project: Project,
+    checked: Checked,
+    destroy: bool = False,
+    created_at: datetime | None = None,
+    ttl: timedelta | None = None,
+) -> dict[str, Any]:
+    """Build what the plan needs, snapshot state (with live status) and compile the plan."""
+    images = {} if destroy else build(project, checked.doc)
+    modules = {} if destroy else module_digests(checked.doc)
+    verdict = checked.verdict
+    facts = BuildFacts(
+        images=images,
+        modules=modules,
+        policy=verdict.to_json()
+        if verdict
+        else {"verdict": "pass", "digest": None, "evaluated": 0, "findings": []},
+        variables_digest=_variables_digest(checked.doc),
+    )
+    state = project.state()
+    try:
+        snapshot = state.snapshot(live_status(project.host(), state))
+    finally:
+        state.close()
+    when = created_at or datetime.now(UTC)
+    kwargs = {"ttl": ttl} if ttl else {}
+    return plan(checked.doc, snapshot, facts, when, destroy=destroy, **kwargs)
+
+
+def _variables_digest(doc: ir.Document) -> str:
+    # Values of sensitive variables are hashed along with the rest, never written out.
+    body = canonical_json({k: repr(v) for k, v in doc.variable_values})
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def sign(project: Project, document: dict[str, Any], key_name: str | None = None) -> bytes:
+    passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
+    signer = project.keys().signer(key_name, passphrase.encode() if passphrase else None)
+    return seal(document, [signer])
+
+
+def apply(
+    project: Project, envelope: bytes, progress: Progress | None = None
+) -> tuple[VerifiedPlan, ApplyResult]:
+    """Verify a signed plan against the current state and policy, then carry it out."""
+    host = project.host()
+    with locked(project.state_dir):
+        state = project.state()
+        try:
+            verified = verify(
+                envelope, project.keys(), state, datetime.now(UTC), policy_digest(project)
+            )
+            state.event(
+                "plan-verified",
+                None,
+                signers=list(verified.signers),
+                payload=verified.payload_digest,
+            )
+            result = apply_plan(verified.document, host, state, progress)
+        finally:
+            state.close()
+    if verified.document.get("destroy"):
+        # Nothing of this project runs any more: let the host's monitor go if it is idle.
+        host.monitor.shutdown_if_idle()
+    return verified, result

@@ -1,0 +1,130 @@
+"""Rendering for people: diagnostics with code frames, plans, findings and tables (rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from compiler.policy import Verdict
+from forgefile.diagnostics import Diagnostic, Span
+
+_SOURCES: dict[str, list[str]] = {}
+
+_STYLE = {"error": "bold red", "warning": "bold yellow", "note": "bold cyan"}
+_SYMBOL = {
+    "create": ("+", "green"),
+    "update": ("~", "yellow"),
+    "replace": ("-/+", "magenta"),
+    "delete": ("-", "red"),
+    "no-op": ("=", "dim"),
+}
+
+
+def _lines(file: str) -> list[str]:
+    if file not in _SOURCES:
+        try:
+            _SOURCES[file] = Path(file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            _SOURCES[file] = []
+    return _SOURCES[file]
+
+
+def code_frame(span: Span, context: int = 1) -> list[str]:
+    """The lines around a span with a caret under it, as rich markup."""
+    lines = _lines(span.file)
+    if not lines or span.line > len(lines):
+        return []
+    first = max(1, span.line - context)
+    width = len(str(span.line + context))
+    out = []
+    for number in range(first, min(len(lines), span.line) + 1):
+        marker = ">" if number == span.line else " "
+        out.append(f"[dim]{marker} {number:>{width}} |[/] {escape(lines[number - 1])}")
+    end = span.end_column if span.end_line == span.line else len(lines[span.line - 1])
+    carets = "^" * max(1, end - span.column + 1)
+    out.append(f"[dim]  {' ' * width} |[/] {' ' * (span.column - 1)}[bold red]{carets}[/]")
+    return out
+
+
+def diagnostic(console: Console, d: Diagnostic) -> None:
+    where = f"{d.span}: " if d.span else ""
+    style = _STYLE.get(str(d.severity), "bold")
+    console.print(
+        f"[bold]{escape(where)}[/][{style}]{d.severity}[/][dim][{d.code}][/] {escape(d.message)}"
+    )
+    if d.span:
+        for line in code_frame(d.span):
+            console.print(line)
+    for related in d.related:
+        console.print(f"  [cyan]note:[/] {escape(str(related.span))}: {escape(related.message)}")
+    if d.hint:
+        console.print(f"  [green]hint:[/] {escape(d.hint)}")
+
+
+def findings(console: Console, verdict: Verdict) -> None:
+    for f in verdict.findings:
+        level = "error" if f.blocking else "warning"
+        style = _STYLE[level]
+        console.print(
+            f"[bold]{escape(str(f.span))}:[/] [{style}]policy {level}[/] "
+            f"[dim][{f.rule.id} {f.rule.severity}/{f.rule.enforcement}][/] "
+            f"{escape(f.message)}"
+        )
+        for line in code_frame(f.span, context=0):
+            console.print(line)
+        console.print(
+            f"  [dim]rule at {escape(str(f.rule.span))}"
+            + (f"; controls {', '.join(f.rule.controls)}" if f.rule.controls else "")
+            + "[/]"
+        )
+        if f.rule.remediation:
+            console.print(f"  [green]fix:[/] {escape(f.rule.remediation)}")
+
+
+def plan(console: Console, document: dict[str, Any]) -> None:
+    changes = [a for a in document["actions"] if a["action"] != "no-op"]
+    if not changes:
+        console.print("[green]No changes.[/] The host matches the Forgefile.")
+        return
+    for action in document["actions"]:
+        symbol, style = _SYMBOL[action["action"]]
+        if action["action"] == "no-op":
+            continue
+        console.print(
+            f"[{style}]{symbol:>3} {escape(action['address'])}[/] "
+            f"[dim]({escape(action['reason'])})[/]"
+        )
+        for key, change in action["diff"].items():
+            console.print(
+                f"      [dim]{escape(key)}:[/] {escape(_short(change['before']))} "
+                f"[dim]->[/] {escape(_short(change['after']))}"
+            )
+    counts = {k: sum(1 for a in changes if a["action"] == k) for k in _SYMBOL}
+    summary = ", ".join(f"{n} to {k}" for k, n in counts.items() if n)
+    console.print(f"[bold]Plan:[/] {summary}.")
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def outputs(console: Console, values: dict[str, Any]) -> None:
+    if not values:
+        return
+    console.print("[bold]Outputs:[/]")
+    for name, entry in values.items():
+        console.print(f"  {escape(name)} = {escape(str(entry['value']))}")
+
+
+def table(console: Console, title: str, columns: list[str], rows: list[list[str]]) -> None:
+    t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    for column in columns:
+        t.add_column(column)
+    for row in rows:
+        t.add_row(*(escape(str(c)) for c in row))
+    console.print(t)
