@@ -1,0 +1,886 @@
+"""One supervisor per host for every runc container Forge starts, and the client that talks to it.
+
+`runc run -d` hands a container's init to PID 1 and its exit status is lost. So one small
+daemon makes itself a child subreaper, creates each container with `runc create` (stdout and
+stderr appended to the container's log), reads its pid from `runc state`, starts it, and reaps
+that pid with waitid/waitpid. On exit it writes `BUNDLE/exit.json` and deletes the container
+from runc. It is not one Python process per container: a reaper thread, a finisher thread and
+a thread per open request serve all of them.
+
+Clients speak one JSON request and one JSON reply per connection on a unix socket (mode 0600,
+`/run/forge/monitor.sock` unless FORGE_MONITOR_SOCKET says otherwise). `Monitor.ensure_running`
+starts the daemon on demand, under a lock file so two clients never start two; it exits by
+itself after a minute with no container and no request, or on a `shutdown` request when idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from executor.paths import RUN_ROOT
+
+log = logging.getLogger(__name__)
+
+SOCKET_ENV = "FORGE_MONITOR_SOCKET"
+EXIT_FILE = "exit.json"
+RUNC_LOG = "runc.log"
+IDLE_SECONDS = 60.0
+READY_TIMEOUT = 5.0
+RUNC_TIMEOUT = 30.0
+KILL_TIMEOUT = 10.0
+KEEP_EXITED = 600.0
+MAX_REQUEST = 1 << 20
+PR_SET_CHILD_SUBREAPER = 36
+# runc's own id syntax, minus a leading dot: "." and ".." would name folders outside the root.
+CONTAINER_ID = re.compile(r"[A-Za-z0-9_][\w+.-]*", re.ASCII)
+
+
+class MonitorError(Exception):
+    """The monitor could not be reached, or refused or failed a request."""
+
+
+class MonitorUnreachable(MonitorError):
+    """No monitor listens on the socket."""
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """What is known about one container: running with a pid, exited with a code, or unknown."""
+
+    state: str
+    pid: int | None
+    exit_code: int | None
+    exited_at: str | None
+    signal: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContainerStatus:
+        """Read the status from a reply or an exit.json record."""
+        return cls(
+            state=data.get("state", "exited"),
+            pid=data.get("pid"),
+            exit_code=data.get("exit_code"),
+            exited_at=data.get("exited_at"),
+            signal=data.get("signal"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the status as the JSON object the protocol carries."""
+        return {
+            "state": self.state,
+            "pid": self.pid,
+            "exit_code": self.exit_code,
+            "exited_at": self.exited_at,
+            "signal": self.signal,
+        }
+
+
+UNKNOWN = ContainerStatus("unknown", None, None, None)
+
+
+def default_socket() -> Path:
+    """Return the monitor's socket: FORGE_MONITOR_SOCKET, else monitor.sock under the run root."""
+    configured = os.environ.get(SOCKET_ENV)
+    return Path(configured) if configured else RUN_ROOT / "monitor.sock"
+
+
+def status_from_exit_file(bundle: Path) -> ContainerStatus | None:
+    """Return the exit recorded in `bundle/exit.json`, or None when there is none."""
+    try:
+        record = json.loads((bundle / EXIT_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("unreadable exit record in %s: %s", bundle, error)
+        return None
+    return ContainerStatus(
+        "exited", None, record.get("exit_code"), record.get("exited_at"), record.get("signal")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+
+
+class Monitor:
+    """A handle on the host's monitor; each call is one connection."""
+
+    def __init__(self, socket_path: Path | None = None) -> None:
+        self.socket_path = (socket_path or default_socket()).absolute()
+
+    @property
+    def log_path(self) -> Path:
+        """Where the daemon's own stdout and stderr go."""
+        return self.socket_path.parent / "monitor.log"
+
+    def ensure_running(self) -> None:
+        """Start the monitor unless it answers already, and wait until it does."""
+        if self._answers():
+            return
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.socket_path.with_name(self.socket_path.name + ".lock")):
+            if self._answers():
+                return
+            self._spawn()
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not self._answers():
+                if time.monotonic() > deadline:
+                    raise MonitorError(
+                        f"the monitor did not answer on {self.socket_path} within "
+                        f"{READY_TIMEOUT:g} s; see {self.log_path}"
+                    )
+                time.sleep(0.02)
+
+    def ping(self) -> dict[str, Any]:
+        """Return the monitor's pid and the number of containers it supervises."""
+        return self._request({"op": "ping"}, timeout=5.0)
+
+    def start(self, runc_root: Path, container_id: str, bundle: Path, log: Path) -> int:
+        """Create and start a container supervised by the monitor; return its init's pid."""
+        self.ensure_running()
+        request = _container_request("start", runc_root, container_id, bundle)
+        request["log"] = str(log.absolute())
+        reply = self._request(request, timeout=4 * RUNC_TIMEOUT + KILL_TIMEOUT)
+        return int(reply["pid"])
+
+    def status(self, runc_root: Path, container_id: str, bundle: Path) -> ContainerStatus:
+        """Return the container's status from the monitor, else from its exit.json."""
+        request = _container_request("status", runc_root, container_id, bundle)
+        try:
+            reply = self._request(request, timeout=RUNC_TIMEOUT + 5)
+        except MonitorUnreachable:
+            # No monitor means nothing is supervised: what is left is the exit record, if any.
+            return status_from_exit_file(bundle) or UNKNOWN
+        return ContainerStatus.from_json(reply)
+
+    def wait(
+        self, runc_root: Path, container_id: str, bundle: Path, timeout: float
+    ) -> ContainerStatus:
+        """Wait up to `timeout` seconds for the container to exit; return its status."""
+        self.ensure_running()
+        request = _container_request("wait", runc_root, container_id, bundle)
+        request["timeout"] = timeout
+        reply = self._request(request, timeout=timeout + RUNC_TIMEOUT + 5)
+        return ContainerStatus.from_json(reply)
+
+    def stop(
+        self, runc_root: Path, container_id: str, bundle: Path, grace: float = 10.0
+    ) -> ContainerStatus:
+        """Send TERM, then KILL after `grace` seconds, and delete the container; idempotent."""
+        self.ensure_running()
+        request = _container_request("stop", runc_root, container_id, bundle)
+        request["grace"] = grace
+        reply = self._request(request, timeout=grace + KILL_TIMEOUT + 4 * RUNC_TIMEOUT)
+        return ContainerStatus.from_json(reply)
+
+    def shutdown_if_idle(self) -> bool:
+        """Stop the monitor if it supervises nothing; True when no monitor runs afterwards."""
+        try:
+            reply = self._request({"op": "shutdown"}, timeout=10.0)
+        except MonitorUnreachable:
+            return True
+        if not reply["stopped"]:
+            return False
+        deadline = time.monotonic() + READY_TIMEOUT
+        while _alive(int(reply["pid"])) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not _alive(int(reply["pid"]))
+
+    def _answers(self) -> bool:
+        # A monitor that is closing answers "retry": for a new client it is already gone.
+        try:
+            return bool(self._exchange({"op": "ping"}, timeout=2.0).get("ok"))
+        except MonitorError:
+            return False
+
+    def _spawn(self) -> None:
+        # The launcher forks the daemon and exits at once, so the daemon is nobody's child
+        # here and leaves no zombie in a long-running client.
+        env = dict(os.environ, **{SOCKET_ENV: str(self.socket_path)})
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        command = [sys.executable, "-m", "executor.monitor", "--socket", str(self.socket_path)]
+        log.info("starting the container monitor on %s", self.socket_path)
+        with open(self.log_path, "ab") as out:
+            launcher = subprocess.Popen(
+                [*command, "--daemon"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                cwd="/",
+                start_new_session=True,
+            )
+            code = launcher.wait(timeout=30)
+        if code != 0:
+            raise MonitorError(f"the monitor failed to start (exit {code}); see {self.log_path}")
+
+    def _request(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        for _ in range(3):
+            reply = self._exchange(request, timeout)
+            if reply.get("retry"):
+                # The monitor was closing and did nothing: start a new one and ask again.
+                time.sleep(0.1)
+                self.ensure_running()
+                continue
+            if not reply.get("ok"):
+                raise MonitorError(str(reply.get("error", "the monitor gave no reason")))
+            return reply
+        raise MonitorError(f"the monitor on {self.socket_path} kept closing; try again")
+
+    def _exchange(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            try:
+                conn.connect(str(self.socket_path))
+            except (FileNotFoundError, ConnectionRefusedError) as error:
+                raise MonitorUnreachable(f"no monitor listens on {self.socket_path}") from error
+            except OSError as error:
+                raise MonitorError(
+                    f"cannot reach the monitor on {self.socket_path}: {error}"
+                ) from error
+            try:
+                conn.sendall(json.dumps(request).encode() + b"\n")
+                data = _read_line(conn)
+            except OSError as error:
+                raise MonitorError(f"lost the monitor on {self.socket_path}: {error}") from error
+        try:
+            reply: dict[str, Any] = json.loads(data)
+        except ValueError as error:
+            raise MonitorError(f"the monitor sent an unreadable reply: {data[:200]!r}") from error
+        return reply
+
+
+def _container_request(op: str, runc_root: Path, container_id: str, bundle: Path) -> dict[str, Any]:
+    # The daemon runs in /, so relative paths would mean something else there.
+    return {
+        "op": op,
+        "runc_root": str(runc_root.absolute()),
+        "id": container_id,
+        "bundle": str(bundle.absolute()),
+    }
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_REQUEST:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as lock:
+        deadline = time.monotonic() + 2 * READY_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise MonitorError(f"another client holds {path} for too long") from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+# --------------------------------------------------------------------------------------------
+# The daemon
+
+
+@dataclass
+class _Container:
+    """One supervised container; every field changes under the supervisor's lock."""
+
+    runc_root: Path
+    container_id: str
+    bundle: Path
+    pid: int | None = None
+    started: bool = False
+    wait_status: int | None = None
+    exited_at: str | None = None
+    finishing: bool = False
+    finished: float | None = None
+
+    def exit_record(self) -> dict[str, Any]:
+        assert self.wait_status is not None
+        if os.WIFSIGNALED(self.wait_status):
+            number = os.WTERMSIG(self.wait_status)
+            return {
+                "exit_code": 128 + number,
+                "exited_at": self.exited_at,
+                "signal": _signal_name(number),
+            }
+        code = os.WEXITSTATUS(self.wait_status)
+        return {"exit_code": code, "exited_at": self.exited_at, "signal": None}
+
+    def status(self) -> ContainerStatus:
+        # "exited" only once exit.json is written and runc has forgotten the container.
+        if self.finished is not None:
+            return ContainerStatus.from_json({"state": "exited", **self.exit_record()})
+        if self.started:
+            return ContainerStatus("running", self.pid, None, None)
+        return UNKNOWN
+
+
+@dataclass(frozen=True)
+class _Result:
+    code: int
+    out: str
+    err: str
+
+
+class Supervisor:
+    """Starts containers with runc, reaps their inits, records exits; the daemon's core."""
+
+    def __init__(self) -> None:
+        self._runc = shutil.which("runc")
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._children = threading.Event()
+        self._runs: dict[int, int | None] = {}
+        self._containers: dict[tuple[str, str], _Container] = {}
+        self._by_pid: dict[int, _Container] = {}
+        self._strays: dict[int, tuple[int, str, float]] = {}
+        self._to_finish: queue.Queue[_Container] = queue.Queue()
+
+    def run_threads(self) -> None:
+        """Start the reaper and finisher threads."""
+        threading.Thread(target=self._reap_forever, name="reaper", daemon=True).start()
+        threading.Thread(target=self._finish_forever, name="finisher", daemon=True).start()
+
+    def supervised(self) -> int:
+        """Return how many containers are starting or running."""
+        with self._lock:
+            return sum(1 for c in self._containers.values() if c.finished is None)
+
+    def prune(self) -> None:
+        """Forget exits older than KEEP_EXITED seconds: their exit.json still answers."""
+        with self._lock:
+            cutoff = time.monotonic() - KEEP_EXITED
+            for key, c in list(self._containers.items()):
+                if c.finished is not None and c.finished < cutoff:
+                    del self._containers[key]
+
+    # ----- requests
+
+    def start(self, runc_root: Path, container_id: str, bundle: Path, log_path: Path) -> int:
+        """Create, start and supervise a container; return its pid or raise MonitorError."""
+        container = self._reserve(runc_root, container_id, bundle)
+        try:
+            pid = self._create_and_start(container, log_path)
+        except BaseException:
+            with self._lock:
+                self._forget(container)
+            raise
+        log.info("started container %s (pid %d) in %s", container_id, pid, runc_root)
+        return pid
+
+    def status(self, runc_root: Path, container_id: str, bundle: Path) -> ContainerStatus:
+        """Return the container's status: ours, else its exit.json, else what runc says."""
+        with self._lock:
+            container = self._containers.get(_key(runc_root, container_id))
+            if container is not None:
+                return container.status()
+        recorded = status_from_exit_file(bundle)
+        if recorded is not None:
+            return recorded
+        # A container left by an earlier monitor still runs, but its exit code is lost.
+        state = self._state(runc_root, container_id)
+        if state is not None and state.get("status") == "running":
+            return ContainerStatus("running", state.get("pid"), None, None)
+        return UNKNOWN
+
+    def wait(
+        self, runc_root: Path, container_id: str, bundle: Path, timeout: float
+    ) -> ContainerStatus:
+        """Wait up to `timeout` seconds for the container to be reaped and deleted."""
+        with self._lock:
+            container = self._containers.get(_key(runc_root, container_id))
+            if container is not None:
+                self._changed.wait_for(lambda: self._done(container), timeout)
+        return self.status(runc_root, container_id, bundle)
+
+    def stop(
+        self, runc_root: Path, container_id: str, bundle: Path, grace: float
+    ) -> ContainerStatus:
+        """TERM, then KILL after `grace`; wait for the reap and the delete. Unknown is fine."""
+        _check_id(container_id)
+        with self._lock:
+            container = self._containers.get(_key(runc_root, container_id))
+        if container is None or container.finished is not None:
+            if (runc_root / container_id).exists():
+                # Not ours (an earlier monitor's, or a leftover): runc can still remove it.
+                self._runc_call(runc_root, "delete", "--force", container_id)
+            return self.status(runc_root, container_id, bundle)
+        self._runc_call(runc_root, "kill", container_id, "TERM")
+        if not self._wait_done(container, grace):
+            log.info("container %s ignored TERM for %g s: killing it", container_id, grace)
+            self._runc_call(runc_root, "kill", container_id, "KILL")
+            if not self._wait_done(container, KILL_TIMEOUT):
+                raise MonitorError(f"container {container_id} did not exit after SIGKILL")
+        return self.status(runc_root, container_id, bundle)
+
+    # ----- starting
+
+    def _reserve(self, runc_root: Path, container_id: str, bundle: Path) -> _Container:
+        _check_id(container_id)
+        if self._runc is None:
+            raise MonitorError("runc is not installed on this host")
+        key = _key(runc_root, container_id)
+        with self._lock:
+            known = self._containers.get(key)
+            if known is not None and known.finished is None:
+                raise MonitorError(f"container {container_id} is already running")
+            if (runc_root / container_id).exists():
+                raise MonitorError(
+                    f"container {container_id} already exists in {runc_root}; stop it first"
+                )
+            container = _Container(runc_root, container_id, bundle)
+            self._containers[key] = container
+            return container
+
+    def _create_and_start(self, container: _Container, log_path: Path) -> int:
+        root, cid, bundle = container.runc_root, container.container_id, container.bundle
+        (bundle / EXIT_FILE).unlink(missing_ok=True)
+        (bundle / RUNC_LOG).unlink(missing_ok=True)
+        since = time.monotonic()
+        self._create(container, log_path)
+        try:
+            state = self._state(root, cid)
+            if state is None or not state.get("pid"):
+                raise MonitorError(f"container {cid}: runc state reports no pid after create")
+            self._adopt(container, int(state["pid"]), since)
+            started = self._runc_call(root, "start", cid)
+            if started.code != 0:
+                raise MonitorError(f"container {cid}: runc start failed: {started.err.strip()}")
+        except BaseException:
+            self._discard(container)
+            raise
+        with self._lock:
+            container.started = True
+            self._finish_if_exited(container)
+        assert container.pid is not None
+        return container.pid
+
+    def _create(self, container: _Container, log_path: Path) -> None:
+        root, cid, bundle = container.runc_root, container.container_id, container.bundle
+        runc_log = bundle / RUNC_LOG
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # runc create hands its own stdout and stderr to the container: they are its log.
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            args = ["--log", str(runc_log), "--log-format", "json", "create", "--bundle"]
+            created = self._runc_call(root, *args, str(bundle), cid, stdout=fd, stderr=fd)
+        finally:
+            os.close(fd)
+        if created.code != 0:
+            self._runc_call(root, "delete", "--force", cid)
+            reason = _runc_log_error(runc_log) or f"exit code {created.code}, see {log_path}"
+            raise MonitorError(f"container {cid}: {reason}")
+
+    def _adopt(self, container: _Container, pid: int, since: float) -> None:
+        with self._lock:
+            container.pid = pid
+            self._by_pid[pid] = container
+            # The init was our child from the moment runc create exited, so it may have been
+            # reaped already; a stray older than the create is an earlier process's pid.
+            stray = self._strays.pop(pid, None)
+            if stray is not None and stray[2] >= since:
+                container.wait_status, container.exited_at, _ = stray
+
+    def _discard(self, container: _Container) -> None:
+        # Leave nothing behind: delete --force kills the init, which we then reap.
+        self._runc_call(container.runc_root, "delete", "--force", container.container_id)
+        with self._lock:
+            if container.pid is not None:
+                self._changed.wait_for(lambda: container.wait_status is not None, KILL_TIMEOUT)
+
+    def _forget(self, container: _Container) -> None:
+        key = _key(container.runc_root, container.container_id)
+        if self._containers.get(key) is container:
+            del self._containers[key]
+        if container.pid is not None and self._by_pid.get(container.pid) is container:
+            del self._by_pid[container.pid]
+        self._changed.notify_all()
+
+    # ----- reaping and finishing
+
+    def _reap_forever(self) -> None:
+        while True:
+            self._children.clear()
+            try:
+                # Peek without reaping, then reap under the lock: a pid is always registered
+                # (posix_spawn and _adopt hold the lock) before its status is looked up.
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                self._children.wait(1.0)
+                continue
+            if info is None:
+                continue
+            with self._lock:
+                try:
+                    pid, wait_status = os.waitpid(info.si_pid, 0)
+                except ChildProcessError:
+                    continue
+                self._reaped(pid, wait_status)
+
+    def _reaped(self, pid: int, wait_status: int) -> None:
+        now = _utc_now()
+        if pid in self._runs:
+            self._runs[pid] = wait_status
+        elif pid in self._by_pid:
+            container = self._by_pid.pop(pid)
+            container.wait_status, container.exited_at = wait_status, now
+            log.info("container %s (pid %d) exited", container.container_id, pid)
+            self._finish_if_exited(container)
+        else:
+            log.debug("reaped stray child %d", pid)
+            cutoff = time.monotonic() - KEEP_EXITED
+            self._strays = {p: s for p, s in self._strays.items() if s[2] > cutoff}
+            self._strays[pid] = (wait_status, now, time.monotonic())
+        self._changed.notify_all()
+
+    def _finish_if_exited(self, container: _Container) -> None:
+        if container.started and container.wait_status is not None and not container.finishing:
+            container.finishing = True
+            self._to_finish.put(container)
+
+    def _finish_forever(self) -> None:
+        while True:
+            container = self._to_finish.get()
+            try:
+                self._finish(container)
+            except Exception:
+                log.exception("recording the exit of %s failed", container.container_id)
+            with self._lock:
+                container.finished = time.monotonic()
+                self._changed.notify_all()
+
+    def _finish(self, container: _Container) -> None:
+        record = container.exit_record()
+        try:
+            _write_json(container.bundle / EXIT_FILE, record)
+        except OSError as error:
+            log.error("cannot record the exit of %s: %s", container.container_id, error)
+        deleted = self._runc_call(container.runc_root, "delete", "--force", container.container_id)
+        if deleted.code != 0:
+            log.warning("runc delete %s: %s", container.container_id, deleted.err.strip())
+        log.info("container %s finished: %s", container.container_id, record)
+
+    def _done(self, container: _Container) -> bool:
+        key = _key(container.runc_root, container.container_id)
+        return container.finished is not None or self._containers.get(key) is not container
+
+    def _wait_done(self, container: _Container, timeout: float) -> bool:
+        with self._lock:
+            return self._changed.wait_for(lambda: self._done(container), timeout)
+
+    # ----- running runc
+
+    def _state(self, runc_root: Path, container_id: str) -> dict[str, Any] | None:
+        if not (runc_root / container_id).exists():
+            return None
+        result = self._runc_call(runc_root, "state", container_id)
+        if result.code != 0:
+            return None
+        try:
+            state: dict[str, Any] = json.loads(result.out)
+        except ValueError:
+            return None
+        return state
+
+    def _runc_call(
+        self, runc_root: Path, *args: str, stdout: int | None = None, stderr: int | None = None
+    ) -> _Result:
+        assert self._runc is not None
+        argv = [self._runc, "--root", str(runc_root), *args]
+        return self._run(argv, stdout=stdout, stderr=stderr)
+
+    def _run(self, argv: list[str], *, stdout: int | None, stderr: int | None) -> _Result:
+        # posix_spawn, not subprocess: subprocess reaps its own children, and the reaper
+        # thread must be the only one calling wait, or it would steal container exits.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out.fileno() if stdout is None else stdout, 1),
+                (os.POSIX_SPAWN_DUP2, err.fileno() if stderr is None else stderr, 2),
+            ]
+            with self._lock:
+                pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+                self._runs[pid] = None
+            self._children.set()
+            code = self._wait_run(pid, argv)
+            out.seek(0)
+            err.seek(0)
+            return _Result(
+                code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+            )
+
+    def _wait_run(self, pid: int, argv: list[str]) -> int:
+        with self._lock:
+            if not self._changed.wait_for(lambda: self._runs[pid] is not None, RUNC_TIMEOUT):
+                log.error("%s took over %g s: killing it", " ".join(argv[3:5]), RUNC_TIMEOUT)
+                os.kill(pid, signal.SIGKILL)
+                self._changed.wait_for(lambda: self._runs[pid] is not None)
+            wait_status = self._runs.pop(pid)
+        assert wait_status is not None
+        return os.waitstatus_to_exitcode(wait_status)
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    # Closing joins the request threads, so the reply to `shutdown` is written before exit.
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, path: Path, supervisor: Supervisor, idle_seconds: float) -> None:
+        old_umask = os.umask(0o177)
+        try:
+            super().__init__(str(path), _Handler)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self.path = path
+        self.inode = path.stat().st_ino
+        self.supervisor = supervisor
+        self.idle_seconds = idle_seconds
+        self.guard = threading.Lock()
+        self.in_flight = 0
+        self.last_request = time.monotonic()
+        self.closing = False
+
+    def enter(self) -> bool:
+        """Count a request in; False once the server is closing."""
+        with self.guard:
+            self.in_flight += 1
+            self.last_request = time.monotonic()
+            return not self.closing
+
+    def leave(self) -> None:
+        """Count a request out."""
+        with self.guard:
+            self.in_flight -= 1
+            self.last_request = time.monotonic()
+
+    def close_if_idle(self, own_requests: int, idle_for: float) -> bool:
+        """Stop serving when nothing is supervised and no other request is open."""
+        with self.guard:
+            quiet = time.monotonic() - self.last_request >= idle_for
+            if self.closing or self.in_flight > own_requests or not quiet:
+                return self.closing
+            if self.supervisor.supervised():
+                return False
+            self.closing = True
+            # Unlink first: from here a client spawns a new monitor instead of reaching us.
+            self.unlink_socket()
+        log.info("idle: shutting down")
+        threading.Thread(target=self.shutdown, name="shutdown", daemon=True).start()
+        return True
+
+    def unlink_socket(self) -> None:
+        """Remove the socket path unless a newer monitor has bound it since."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_ino == self.inode:
+                self.path.unlink()
+
+    def watch_idle(self) -> None:
+        """Close the server after idle_seconds without containers or requests."""
+        while not self.close_if_idle(own_requests=0, idle_for=self.idle_seconds):
+            self.supervisor.prune()
+            time.sleep(min(1.0, max(self.idle_seconds / 4, 0.05)))
+
+    def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request; MonitorError becomes an error reply."""
+        op = request.get("op")
+        if op == "ping":
+            return {"pid": os.getpid(), "supervised": self.supervisor.supervised()}
+        if op == "shutdown":
+            return {"pid": os.getpid(), "stopped": self.close_if_idle(own_requests=1, idle_for=0)}
+        if op not in ("start", "status", "wait", "stop"):
+            raise MonitorError(f"unknown request {op!r}")
+        supervisor = self.supervisor
+        root, cid, bundle = Path(request["runc_root"]), str(request["id"]), Path(request["bundle"])
+        if op == "start":
+            return {"pid": supervisor.start(root, cid, bundle, Path(request["log"]))}
+        if op == "status":
+            status = supervisor.status(root, cid, bundle)
+        elif op == "wait":
+            status = supervisor.wait(root, cid, bundle, float(request["timeout"]))
+        else:
+            status = supervisor.stop(root, cid, bundle, float(request["grace"]))
+        return status.to_json()
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    timeout = 30.0
+    server: _Server
+
+    def handle(self) -> None:
+        if not self.server.enter():
+            self._reply({"ok": False, "retry": True, "error": "the monitor is shutting down"})
+            self.server.leave()
+            return
+        try:
+            line = self.rfile.readline(MAX_REQUEST)
+            reply = self._answer(line)
+        except OSError as error:
+            log.info("client left before its request: %s", error)
+            return
+        finally:
+            # Before the reply: a client that got its answer must find this request closed.
+            self.server.leave()
+        self._reply(reply)
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise MonitorError("a request is a JSON object")
+            return {"ok": True, **self.server.dispatch(request)}
+        except MonitorError as error:
+            return {"ok": False, "error": str(error)}
+        except (KeyError, ValueError, TypeError) as error:
+            return {"ok": False, "error": f"malformed request: {error!r}"}
+        except Exception as error:
+            log.exception("request failed")
+            return {"ok": False, "error": f"the monitor failed: {error!r}"}
+
+    def _reply(self, reply: dict[str, Any]) -> None:
+        try:
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+        except OSError as error:
+            log.info("client left before the reply: %s", error)
+
+
+def serve(socket_path: Path, idle_seconds: float = IDLE_SECONDS) -> None:
+    """Run the monitor in this process until it is idle for `idle_seconds` or shut down."""
+    _become_subreaper()
+    # An inherited SIG_IGN would make the kernel reap children itself and lose exit codes.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    if Monitor(socket_path)._answers():
+        raise MonitorError(f"another monitor already listens on {socket_path}")
+    socket_path.unlink(missing_ok=True)
+    supervisor = Supervisor()
+    supervisor.run_threads()
+    with _Server(socket_path, supervisor, idle_seconds) as server:
+        threading.Thread(target=server.watch_idle, name="idle", daemon=True).start()
+        log.info("monitor %d listening on %s", os.getpid(), socket_path)
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            server.unlink_socket()
+    log.info("monitor %d stopped", os.getpid())
+
+
+def _become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
+
+
+def _check_id(container_id: str) -> None:
+    if not CONTAINER_ID.fullmatch(container_id):
+        raise MonitorError(f"invalid container id {container_id!r}")
+
+
+def _key(runc_root: Path, container_id: str) -> tuple[str, str]:
+    return (str(runc_root), container_id)
+
+
+def _runc_log_error(path: Path) -> str | None:
+    """Return the last error message in a runc JSON log, or None."""
+    message = None
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+                    message = str(entry.get("msg"))
+    return message
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w") as out:
+        json.dump(document, out)
+        out.write("\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the monitor: in the foreground, or (--daemon) forked off and detached."""
+    parser = argparse.ArgumentParser(prog="python -m executor.monitor", description=__doc__)
+    parser.add_argument("--socket", type=Path, default=None, help="unix socket to listen on")
+    parser.add_argument("--idle", type=float, default=IDLE_SECONDS, help="idle seconds to exit")
+    parser.add_argument("--daemon", action="store_true", help="fork and return at once")
+    options = parser.parse_args(argv)
+    if options.daemon and os.fork() != 0:
+        return 0
+    os.chdir("/")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        serve((options.socket or default_socket()).absolute(), options.idle)
+    except MonitorError as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
