@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from stdlib.functions import CallContext
 from . import ir
 from .diagnostics import Collector, DiagnosticError, Related, Span, suggest
 from .evaluate import EvalError, Scope, evaluate
-from .schema import SCHEMAS, Attr, BlockSpec, Mismatch, coerce
+from .schema import SCHEMAS, Attr, BlockSpec, Mismatch, RefTo, coerce
 from .syntax import Block, File, parse
 from .values import ResourceRef, type_name
 
@@ -471,11 +472,16 @@ class Lowering:
         self._unknown_attributes(block, spec)
         values: dict[str, Any] = {}
         ok = True
+        # A misspelt required attribute was reported with "did you mean"; don't also call it
+        # missing.
+        misspelt = {_closest(a.name, spec) for a in block.attributes} - {None}
         for attr_spec in spec.attributes:
             attr = block.attribute(attr_spec.name)
             key = attr_spec.name
             if attr is None:
-                if attr_spec.required:
+                if attr_spec.required and key in misspelt:
+                    ok = False
+                elif attr_spec.required:
                     where = (
                         f'`{block.type} "{block.labels[0]}"`'
                         if block.labels
@@ -513,7 +519,9 @@ class Lowering:
                 f"{where} of `{block.type}` must be {exc.expected}, "
                 f"found {type_name(exc.value)} {shown}",
                 span,
-                f"`{spec.name}` is declared as {spec.type}" + (f": {spec.doc}" if spec.doc else ""),
+                _fix_hint(exc)
+                or f"`{spec.name}` is declared as {spec.type}"
+                + (f": {spec.doc}" if spec.doc else ""),
             )
             return _INVALID
         if spec.choices and value not in spec.choices:
@@ -581,6 +589,31 @@ def _valid_name(name: str) -> bool:
         and (name[0].isalpha() or name[0] == "_")
         and all(c.isalnum() or c in "_-" for c in name)
     )
+
+
+def _closest(name: str, spec: BlockSpec) -> str | None:
+    if spec.attribute(name) is not None:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(name, [a.name for a in spec.attributes], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _fix_hint(exc: Mismatch) -> str:
+    """For the mismatches people make most, the value written the way it should be."""
+    expected, value = exc.expected, exc.value
+    if str(expected) == "list(string)" and isinstance(value, str):
+        return f"write a list: {json.dumps(value.split())}"
+    if expected.name == "size" and isinstance(value, int) and not isinstance(value, bool):
+        return f"give a unit: {value}MiB, {value}KiB or {value}B"
+    if expected.name == "duration" and isinstance(value, int) and not isinstance(value, bool):
+        return f"give a unit: {value}s, {value}ms or {value}m"
+    if expected.name == "bool" and value in ("yes", "no", "true", "false"):
+        return f"write {str(value in ('yes', 'true')).lower()} without quotes"
+    if isinstance(expected, RefTo) and isinstance(value, str):
+        return f"refer to the block: {expected.kinds[0]}.NAME, not a string"
+    return ""
 
 
 def _show(value: Any) -> str:

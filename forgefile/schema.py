@@ -200,7 +200,7 @@ SCHEMAS: dict[str, BlockSpec] = {
                 ("string", "int", "number", "bool", "duration", "size", "any"),
             ),
             Attr("default", ANY, None, "The value when none is given; without it, one must be."),
-            Attr("description", STRING, ""),
+            Attr("description", STRING, "", "What the variable is for."),
             Attr("sensitive", BOOL, False, "Hide the value in plans and output."),
         ),
     ),
@@ -209,9 +209,9 @@ SCHEMAS: dict[str, BlockSpec] = {
         "output",
         "A value shown after apply; it may use computed attributes such as an address.",
         attributes=(
-            Attr("value", ANY, REQUIRED),
-            Attr("description", STRING, ""),
-            Attr("sensitive", BOOL, False),
+            Attr("value", ANY, REQUIRED, 'The value, e.g. "http://${service.web.address}/".'),
+            Attr("description", STRING, "", "What the output is."),
+            Attr("sensitive", BOOL, False, "Show `(sensitive)` instead of the value."),
         ),
     ),
     "image": BlockSpec(
@@ -226,10 +226,10 @@ SCHEMAS: dict[str, BlockSpec] = {
             ),
             Attr("context", STRING, ".", "Folder that copy sources are read from."),
             Attr("env", MapOf(STRING), (), "Default environment of workloads."),
-            Attr("entrypoint", ListOf(STRING), ()),
+            Attr("entrypoint", ListOf(STRING), (), "Default entrypoint of workloads."),
             Attr("command", ListOf(STRING), (), "Default command of workloads."),
-            Attr("working_dir", STRING, ""),
-            Attr("user", STRING, ""),
+            Attr("working_dir", STRING, "", "Default working directory of workloads."),
+            Attr("user", STRING, "", 'Default user of workloads, e.g. "1000:1000".'),
         ),
         blocks={
             "copy": (
@@ -298,10 +298,10 @@ SCHEMAS: dict[str, BlockSpec] = {
                 ("job", "service"),
             ),
             Attr("args", ListOf(STRING), (), "Arguments after argv[0]."),
-            Attr("env", MapOf(STRING), ()),
-            Attr("mounts", MapOf(RefTo(("volume",))), (), "Guest paths to volumes."),
-            Attr("depends_on", ListOf(RefTo(_WORKLOAD_REFS)), ()),
-            Attr("success_codes", ListOf(INT), (0,)),
+            Attr("env", MapOf(STRING), (), "Environment variables."),
+            Attr("mounts", MapOf(RefTo(("volume",))), (), "Guest paths to volumes (writable)."),
+            Attr("depends_on", ListOf(RefTo(_WORKLOAD_REFS)), (), "Workloads to run first."),
+            Attr("success_codes", ListOf(INT), (0,), "Exit codes that count as success."),
         ),
         blocks={
             "limits": (
@@ -322,3 +322,48 @@ SCHEMAS: dict[str, BlockSpec] = {
 }
 
 RESOURCE_KINDS = ("image", "network", "volume", "service", "job", "wasm")
+
+
+def markdown_reference() -> str:
+    """The block reference of docs/language.md, made from the schema so the two never differ."""
+    lines: list[str] = []
+    for spec in SCHEMAS.values():
+        labels = " ".join(f'"{label.upper()}"' for label in spec.labels)
+        lines += [f"### `{spec.kind}{' ' + labels if labels else ''} {{ ... }}`", "", spec.doc, ""]
+        lines += _attribute_table(spec)
+        for name, (child, repeats) in spec.blocks.items():
+            times = "repeatable, in order" if repeats else "at most once"
+            lines += [f"#### `{name} {{ ... }}` ({times})", "", child.doc, ""]
+            lines += _attribute_table(child)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _attribute_table(spec: BlockSpec) -> list[str]:
+    if spec.open:
+        return ["Any attribute name; each is a value, available as `local.NAME`.", ""]
+    if not spec.attributes:
+        return ["No attributes.", ""]
+    rows = ["| attribute | type | default | description |", "|---|---|---|---|"]
+    for attr in spec.attributes:
+        default = "required" if attr.required else _shown_default(attr.default)
+        if isinstance(attr.type, MapOf) and attr.default == ():
+            default = "`{}`"
+        choices = f" One of {', '.join(repr(c) for c in attr.choices)}." if attr.choices else ""
+        rows.append(f"| `{attr.name}` | {attr.type} | {default} | {attr.doc}{choices} |")
+    return [*rows, ""]
+
+
+def _shown_default(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return "`[]`" if not value else f"`{list(value)}`"
+    if isinstance(value, Duration):
+        return f"`{value}`"
+    if isinstance(value, Size):
+        return f"`{value.bytes // (1 << 20)}MiB`" if value.bytes % (1 << 20) == 0 else str(value)
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return f"`{value}`"

@@ -638,8 +638,39 @@ def syntax_diagnostic(
             span,
             "an attribute name must be a plain name, not a string or expression",
         )
+    opened = _open_bracket(text, line, column)
+    closer = {"[": "]", "(": ")", "{": "}"}
+    if opened and {"RSQB", "RPAR"} & set(exc.expected):
+        char, at_line, at_col = opened
+        return Diagnostic(
+            "F0107",
+            f"expected `,` or `{closer[char]}`, found `{token}`",
+            span,
+            f"close the `{char}` opened at line {at_line}, column {at_col}",
+        )
     shown = ", ".join(expected[:6]) + (" ..." if len(expected) > 6 else "")
     return Diagnostic("F0106", f"unexpected `{token}`", span, f"expected one of: {shown}")
+
+
+def _open_bracket(text: str, line: int, column: int) -> tuple[str, int, int] | None:
+    """The innermost bracket still open at `line:column`, with where it was opened."""
+    stack: list[tuple[str, int, int]] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    in_string = False
+    for number, content in enumerate(text.splitlines()[:line], start=1):
+        limit = column - 1 if number == line else len(content)
+        for index, ch in enumerate(content[:limit], start=1):
+            if ch == '"':
+                in_string = not in_string
+            elif in_string:
+                continue
+            elif ch == "#":
+                break
+            elif ch in "([{":
+                stack.append((ch, number, index))
+            elif ch in pairs and stack and stack[-1][0] == pairs[ch]:
+                stack.pop()
+    return stack[-1] if stack else None
 
 
 def _unclosed(text: str) -> str:

@@ -1,0 +1,246 @@
+"""The hello example, end to end and for real: runc, a bridge and netns, wasmtime, SQLite.
+
+One copy of examples/hello is applied once for the module; the tests then change it and check
+that only what changed is replaced, that tampered and stale plans are refused, and finally that
+destroy leaves nothing behind on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from executor import network
+from executor.paths import ProjectPaths
+from tests.conftest import REPO, needs
+
+pytestmark = needs("runc", "clang")
+
+SUBNET = "10.213.90.0/28"  # this test's own; the example's default is left for people
+
+
+@dataclass
+class Example:
+    folder: Path
+
+    def forge(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "forge", *args]
+        if args and args[0] in ("validate", "build", "plan", "apply", "destroy", "show"):
+            command += ["--var", f"subnet={SUBNET}"]
+        done = subprocess.run(command, cwd=self.folder, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"forge {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def plan_json(self, *args: str) -> dict:
+        return json.loads(self.forge("plan", "--json", *args).stdout)
+
+    def changes(self, *args: str) -> dict[str, str]:
+        plan = self.plan_json(*args)
+        return {a["address"]: a["action"] for a in plan["actions"] if a["action"] != "no-op"}
+
+    @property
+    def paths(self) -> ProjectPaths:
+        return ProjectPaths.for_state_dir(self.folder / ".forge")
+
+    def ps(self) -> dict[str, dict]:
+        rows = json.loads(self.forge("ps", "--json").stdout)["workloads"]
+        return {r["address"]: r for r in rows}
+
+    def page(self) -> str:
+        url = json.loads(self.forge("output", "web_url", "--json").stdout)
+        for _ in range(50):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return str(response.read().decode())
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"nothing answered at {url}")
+
+
+def leftovers(paths: ProjectPaths) -> list[str]:
+    """Everything of this project's that the kernel or runc still holds."""
+    found = [f"{k}: {v}" for k, v in network.list_owned(paths.project_id).items() if v]
+    if paths.runc_root.exists():
+        listing = subprocess.run(
+            ["runc", "--root", str(paths.runc_root), "list", "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        found += [f"runc container {c}" for c in listing]
+    if paths.bundles.exists():
+        found += [f"bundle {b.name}" for b in paths.bundles.iterdir()]
+    processes = subprocess.run(
+        ["ps", "-eo", "args"], capture_output=True, text=True, check=True
+    ).stdout
+    found += [
+        f"process {line}" for line in processes.splitlines() if f"forge-{paths.project_id}-" in line
+    ]
+    return found
+
+
+def force_cleanup(paths: ProjectPaths) -> None:
+    """Remove what a failed test may have left, so the host stays clean for the next run."""
+    if paths.runc_root.exists():
+        for cid in subprocess.run(
+            ["runc", "--root", str(paths.runc_root), "list", "-q"], capture_output=True, text=True
+        ).stdout.split():
+            subprocess.run(
+                ["runc", "--root", str(paths.runc_root), "delete", "-f", cid], capture_output=True
+            )
+    for netns in network.list_owned(paths.project_id)["netns"]:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+    for bridge in network.list_owned(paths.project_id)["bridges"]:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    shutil.rmtree(paths.run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
+    folder = tmp_path_factory.mktemp("hello")
+    shutil.copytree(
+        REPO / "examples" / "hello",
+        folder,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(".forge", "build"),
+    )
+    (folder / "build").mkdir()
+    subprocess.run(
+        ["clang", "--target=wasm32-wasi", "-O2", "-o", "build/greet.wasm", "wasm/greet.c"],
+        cwd=folder,
+        check=True,
+    )
+    ex = Example(folder)
+    ex.forge("key", "generate")
+    ex.forge("build")
+    ex.forge("plan", "-o", "build/hello.forgeplan")
+    applied = ex.forge("apply", "build/hello.forgeplan")
+    assert "Applied" in applied.stdout
+    try:
+        yield ex
+    finally:
+        ex.forge("destroy", "--auto-approve", check=False)
+        left = leftovers(ex.paths)
+        force_cleanup(ex.paths)
+        assert not left, f"destroy left {left}"
+
+
+def test_the_service_serves_the_page_from_the_forgefile(example: Example) -> None:
+    """service.web answers on its planned address with the page the Forgefile wrote."""
+    assert "<h1>Hello from Forge</h1>" in example.page()
+    assert example.ps()["service.web"]["status"] == "running"
+
+
+def test_the_job_printed_its_line_and_its_exit_code_was_recorded(example: Example) -> None:
+    """job.hello ran to completion under the monitor; its exit code 3 is in state."""
+    assert example.forge("logs", "job.hello").stdout == "hello from job.hello\n"
+    job = example.ps()["job.hello"]
+    assert (job["status"], job["detail"]) == ("completed", "exit 3")
+
+
+def test_the_wasm_module_read_its_inputs_and_wrote_its_result(example: Example) -> None:
+    """wasm.greet got its argument, its env var and the job's file from the shared volume."""
+    expected = "Hello, Forge (asked by examples/hello)"
+    assert example.forge("logs", "wasm.greet").stdout.strip() == expected
+    result = example.paths.volumes / "shared" / "result.txt"
+    assert result.read_text().strip() == expected
+
+
+def test_applying_again_changes_nothing(example: Example) -> None:
+    """With nothing changed the plan is all no-op and --detailed-exitcode says 0."""
+    assert example.changes() == {}
+    assert example.forge("plan", "--detailed-exitcode").returncode == 0
+
+
+def test_changing_the_page_replaces_only_the_service(example: Example) -> None:
+    """A new title rebuilds image.site and replaces service.web; nothing else moves."""
+    assert example.changes("--var", "title=Changed") == {
+        "image.site": "update",
+        "service.web": "replace",
+    }
+    example.forge("apply", "--auto-approve", "--var", "title=Changed")
+    assert "<h1>Changed</h1>" in example.page()
+
+
+def test_changing_the_jobs_command_replaces_only_the_job(example: Example) -> None:
+    """A new exit code changes job.hello's command: only the job runs again."""
+    vars_ = ("--var", "title=Changed", "--var", "job_exit_code=0")
+    assert example.changes(*vars_) == {"job.hello": "replace"}
+    example.forge("apply", "--auto-approve", *vars_)
+    assert example.ps()["job.hello"]["detail"] == "exit 0"
+
+
+def test_a_plan_with_one_byte_changed_is_refused(example: Example) -> None:
+    """Flipping one byte of a signed plan makes apply refuse it before acting."""
+    plan = example.folder / "build" / "tampered.forgeplan"
+    example.forge("plan", "-o", str(plan), "--var", "title=Tampered")
+    data = bytearray(plan.read_bytes())
+    middle = data.index(b'"payload":"') + 40
+    data[middle] = ord("A") if data[middle] != ord("A") else ord("B")
+    plan.write_bytes(bytes(data))
+    refused = example.forge("apply", str(plan), check=False)
+    assert refused.returncode in (10, 11), refused.stderr
+    assert "plan refused" in refused.stderr
+
+
+def test_a_plan_made_before_another_apply_is_refused_as_stale(example: Example) -> None:
+    """A plan bound to an older state serial is refused with exit code 14."""
+    old = example.folder / "build" / "old.forgeplan"
+    example.forge("plan", "-o", str(old), "--var", "title=Old")
+    example.forge("apply", "--auto-approve", "--var", "title=Newer")
+    refused = example.forge("apply", str(old), check=False)
+    assert refused.returncode == 14, refused.stderr
+    assert "stale" in refused.stderr
+    assert "<h1>Newer</h1>" in example.page()
+
+
+def test_policy_blocks_a_privileged_service_before_anything_runs(example: Example) -> None:
+    """Setting privileged = true makes plan fail with the rule's diagnostic and exit 3."""
+    forgefile = example.folder / "Forgefile"
+    original = forgefile.read_text()
+    try:
+        forgefile.write_text(
+            original.replace("image    = image.site", "image    = image.site\n  privileged = true")
+        )
+        blocked = example.forge("plan", check=False)
+    finally:
+        forgefile.write_text(original)
+    assert blocked.returncode == 3
+    assert "no-privileged" in blocked.stderr
+    assert "service.web must not run privileged" in blocked.stderr
+    assert "Forgefile:" in blocked.stderr
+
+
+def test_a_container_that_died_is_replaced_by_the_next_apply(example: Example) -> None:
+    """Drift: a service killed from outside shows as not running, and apply restarts it."""
+    web = example.ps()["service.web"]
+    subprocess.run(
+        ["runc", "--root", str(example.paths.runc_root), "kill", web["id"], "KILL"], check=True
+    )
+    for _ in range(50):
+        if example.ps()["service.web"]["status"] != "running":
+            break
+        time.sleep(0.1)
+    changes = example.changes("--var", "title=Newer")
+    assert changes == {"service.web": "replace"}
+    example.forge("apply", "--auto-approve", "--var", "title=Newer")
+    assert "<h1>Newer</h1>" in example.page()
+
+
+def test_destroy_leaves_nothing_behind(example: Example) -> None:
+    """destroy removes every container, bundle, netns, veth, bridge and process."""
+    example.forge("destroy", "--auto-approve")
+    assert leftovers(example.paths) == []
+    assert example.ps() == {}

@@ -1,0 +1,59 @@
+"""Golden tests: malformed Forgefiles in, the diagnostics a user sees out.
+
+Each `tests/golden/diagnostics/NAME.forge` has a `NAME.txt` beside it holding what `forge validate`
+prints, code frames and hints included; a person read each one. Regenerate after a deliberate
+change with FORGE_UPDATE_GOLDEN=1 and read the diff before committing it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from forge import render
+from forgefile.diagnostics import DiagnosticError
+from forgefile.lower import load
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "diagnostics"
+CASES = sorted(p.stem for p in GOLDEN.glob("*.forge"))
+
+
+def rendered(name: str) -> str:
+    with pytest.raises(DiagnosticError) as caught:
+        load(Path(f"{name}.forge"))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, color_system=None, highlight=False, soft_wrap=True)
+    for diagnostic in caught.value.diagnostics:
+        render.diagnostic(console, diagnostic)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed Forgefile gets exactly the reviewed diagnostics, with file:line:col and frame."""
+    monkeypatch.chdir(GOLDEN)
+    text = rendered(name)
+    expected = GOLDEN / f"{name}.txt"
+    if os.environ.get("FORGE_UPDATE_GOLDEN"):
+        expected.write_text(text)
+    assert text == expected.read_text()
+
+
+def test_there_are_golden_cases() -> None:
+    """The golden folder is not empty, so the parametrised test cannot pass vacuously."""
+    assert len(CASES) >= 3
+
+
+def test_every_diagnostic_has_a_location_and_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No golden diagnostic is missing its span or its hint: each says where and how to fix."""
+    monkeypatch.chdir(GOLDEN)
+    for name in CASES:
+        with pytest.raises(DiagnosticError) as caught:
+            load(Path(f"{name}.forge"))
+        for d in caught.value.diagnostics:
+            assert d.span is not None and d.span.file == f"{name}.forge", d
+            assert d.hint, d

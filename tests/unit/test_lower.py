@@ -1,0 +1,150 @@
+"""Lowering to the typed IR: defaults, references, variables, and the checks that run there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forgefile import ir
+from forgefile.diagnostics import DiagnosticError
+from forgefile.lower import load
+from forgefile.syntax import Size
+from forgefile.values import ResourceRef
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
+
+
+def lower(tmp_path: Path, text: str, **variables: str) -> ir.Document:
+    (tmp_path / "Forgefile").write_text(text)
+    return load(tmp_path, variables, environ={})
+
+
+def codes(tmp_path: Path, text: str, **variables: str) -> list[str]:
+    with pytest.raises(DiagnosticError) as caught:
+        lower(tmp_path, text, **variables)
+    return [d.code for d in caught.value.diagnostics]
+
+
+def test_example_lowers_to_typed_resources() -> None:
+    """The hello example gives every resource kind, typed, with references resolved."""
+    doc = load(EXAMPLE, environ={})
+    kinds = {r.address: type(r) for r in doc.resources}
+    assert kinds == {
+        "image.busybox": ir.Image,
+        "image.site": ir.Image,
+        "network.front": ir.Network,
+        "volume.shared": ir.Volume,
+        "service.web": ir.Service,
+        "job.hello": ir.Job,
+        "wasm.greet": ir.Wasm,
+    }
+    web = doc.resource("service.web")
+    assert isinstance(web, ir.Service)
+    assert web.image == ResourceRef("image", "site", web.span)
+    assert web.resources.memory == Size(32 << 20)
+    assert web.hostname == "web"  # defaults to the block name
+    job = doc.resource("job.hello")
+    assert isinstance(job, ir.Job) and job.success_codes == (0, 3)
+    assert [o.name for o in doc.outputs] == ["web_url", "web_address"]
+
+
+def test_ir_is_frozen_and_carries_spans() -> None:
+    """IR nodes cannot be changed after lowering and point back at their source lines."""
+    doc = load(EXAMPLE, environ={})
+    web = doc.resource("service.web")
+    assert web is not None
+    with pytest.raises(AttributeError):
+        web.name = "other"  # type: ignore[misc]
+    assert web.span.file.endswith("Forgefile")
+    assert web.span_of("command").line > web.span.line
+
+
+def test_variables_from_arguments_environment_and_defaults(tmp_path: Path) -> None:
+    """--var beats FORGE_VAR_x beats the default, and each is read as the declared type."""
+    text = (
+        'variable "n" { type = int  default = 1 }\nlocals { m = var.n * 2 }\n'
+        'network "x" { subnet = cidrsubnet("10.213.0.0/16", 8, local.m) }'
+    )
+    (tmp_path / "Forgefile").write_text(text)
+    net = load(tmp_path, {}, environ={}).resource("network.x")
+    assert isinstance(net, ir.Network) and net.subnet == "10.213.2.0/24"
+    net = load(tmp_path, {}, environ={"FORGE_VAR_n": "3"}).resource("network.x")
+    assert isinstance(net, ir.Network) and net.subnet == "10.213.6.0/24"
+    net = load(tmp_path, {"n": "4"}, environ={"FORGE_VAR_n": "3"}).resource("network.x")
+    assert isinstance(net, ir.Network) and net.subnet == "10.213.8.0/24"
+
+
+def test_unset_variable_is_an_error_never_an_empty_string(tmp_path: Path) -> None:
+    """A variable with no default and no value stops lowering with E0109."""
+    assert codes(tmp_path, 'variable "token" { type = string }') == ["E0109"]
+
+
+def test_variable_given_with_the_wrong_type(tmp_path: Path) -> None:
+    """`--var n=abc` for an int variable is a diagnostic naming the variable."""
+    assert codes(tmp_path, 'variable "n" { type = int  default = 1 }', n="abc") == ["E0107"]
+
+
+def test_unknown_attribute_suggests_the_right_one(tmp_path: Path) -> None:
+    """A misspelt attribute gets "did you mean" with the schema's name."""
+    with pytest.raises(DiagnosticError) as caught:
+        lower(tmp_path, 'network "n" { subnt = "10.213.1.0/24" }')
+    first = caught.value.diagnostics[0]
+    assert first.code == "E0120" and "subnet" in first.hint
+
+
+def test_required_attribute_missing(tmp_path: Path) -> None:
+    """A service without an image names the missing attribute."""
+    assert codes(tmp_path, 'service "s" { command = ["x"] }') == ["E0122"]
+
+
+def test_locals_in_a_cycle_are_named(tmp_path: Path) -> None:
+    """Locals that refer to each other in a circle are a diagnostic, not a RecursionError."""
+    assert "E0106" in codes(tmp_path, "locals {\n  a = local.b\n  b = local.a\n}")
+
+
+def test_env_function_needs_a_default_when_unset(tmp_path: Path) -> None:
+    """env() of an unset variable errors unless a default is given."""
+    text = 'network "n" { subnet = env("FORGE_TEST_UNSET_SUBNET") }'
+    assert codes(tmp_path, text) == ["E0211"]
+    doc = lower(tmp_path, 'network "n" { subnet = env("X", "10.213.1.0/24") }')
+    assert isinstance(doc.resource("network.n"), ir.Network)
+
+
+def test_invalid_subnet_and_gateway(tmp_path: Path) -> None:
+    """Host bits set and a gateway outside the subnet are both caught, with a fix."""
+    assert codes(tmp_path, 'network "n" { subnet = "10.213.1.1/24" }') == ["E0115"]
+    text = 'network "n" { subnet = "10.213.1.0/24"  gateway = "10.213.2.1" }'
+    assert codes(tmp_path, text) == ["E0117"]
+
+
+def test_all_errors_reported_at_once(tmp_path: Path) -> None:
+    """Problems in different blocks are collected, so one run shows every one of them."""
+    text = 'network "a" { subnet = 1 }\nnetwork "b" { subnet = 2 }\nvolume "v" { x = 1 }'
+    assert codes(tmp_path, text) == ["E0123", "E0123", "E0120"]
+
+
+def test_copy_step_needs_src_or_content(tmp_path: Path) -> None:
+    """A copy step with neither (or both) of src and content is refused."""
+    assert "E0112" in codes(tmp_path, 'image "i" { copy { dst = "/a" } }')
+
+
+def test_to_document_is_what_policy_reads() -> None:
+    """The document view fills defaults and turns references into addresses."""
+    doc = load(EXAMPLE, environ={})
+    web = doc.resource("service.web")
+    assert web is not None
+    view = web.to_document()
+    assert view["image"] == "image.site"
+    assert view["privileged"] is False
+    assert view["env"] == {}
+    assert view["resources"]["memory"] == 32 << 20
+
+
+def test_language_reference_matches_the_schema() -> None:
+    """docs/language.md's block tables are exactly what the schema says (regenerate if not)."""
+    from forgefile.schema import markdown_reference
+
+    doc = (EXAMPLE.parents[1] / "docs" / "language.md").read_text()
+    marker = "The tables below are generated from `forgefile/schema.py`, the schema the checker uses.\n\n"
+    assert doc.split(marker, 1)[1] == markdown_reference()

@@ -1,0 +1,146 @@
+"""The parser and the syntax tree: what each construct of the language parses to, with spans."""
+
+from __future__ import annotations
+
+import pytest
+
+from forgefile.diagnostics import DiagnosticError
+from forgefile.evaluate import Scope, evaluate
+from forgefile.syntax import (
+    MAX_NESTING,
+    Binary,
+    Call,
+    Conditional,
+    Duration,
+    ForExpr,
+    GetAttr,
+    Index,
+    Literal,
+    Size,
+    Template,
+    Variable,
+    parse,
+    parse_expression,
+)
+
+
+def value(text: str) -> object:
+    return evaluate(parse_expression(text, "t"), Scope())
+
+
+def test_blocks_labels_and_attributes_without_newlines() -> None:
+    """`a { x = 1  y = 2 }` on one line is two attributes; nested blocks keep their order."""
+    f = parse('image "web" { x = 1  y = "a"  copy { dst = "/a" }  link { target = "b" } }', "F")
+    block = f.body.blocks[0]
+    assert (block.type, block.labels) == ("image", ("web",))
+    assert [a.name for a in block.attributes] == ["x", "y"]
+    assert [b.type for b in block.blocks] == ["copy", "link"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1m30s", Duration(90 * 10**9)),
+        ("250ms", Duration(250 * 10**6)),
+        ("64MiB", Size(64 << 20)),
+        ("1GB", Size(10**9)),
+        ("1.5KiB", Size(1536)),
+        ("50_000_000", 50_000_000),
+        ("0.5", 0.5),
+        ("true", True),
+        ("null", None),
+    ],
+)
+def test_literals(text: str, expected: object) -> None:
+    """Durations and sizes carry their units; ints may hold underscores."""
+    assert value(text) == expected
+
+
+def test_interpolation_and_its_escape() -> None:
+    """`${}` interpolates, even holding quoted strings; `$${` is a literal `${`."""
+    assert value('"a ${join(",", ["x", "y"])} $${b}"') == "a x,y ${b}"
+
+
+def test_interpolation_spans_point_inside_the_string() -> None:
+    """An expression inside `${}` has the span of where it is written in the file."""
+    f = parse('x "y" {\n  s = "ab ${var.name}"\n}', "F")
+    template = f.body.blocks[0].attributes[0].value
+    assert isinstance(template, Template)
+    inner = template.parts[1]
+    assert isinstance(inner, GetAttr)
+    assert (inner.span.line, inner.span.column) == (2, 13)
+
+
+def test_heredoc_strips_common_indent() -> None:
+    """`<<-TAG` removes the indentation common to its lines and interpolates."""
+    f = parse('x "y" {\n  h = <<-EOT\n    one ${1 + 1}\n      two\n    EOT\n}', "F")
+    h = f.body.blocks[0].attributes[0].value
+    assert evaluate(h, Scope()) == "one 2\n  two\n"
+
+
+def test_operators_precedence_and_conditional() -> None:
+    """Arithmetic binds tighter than comparison, comparison than logic; `?:` is last."""
+    assert value("1 + 2 * 3 == 7 && !false ? 10 / 2 : 0") == 5
+    expr = parse_expression("a ? b : c", "t")
+    assert isinstance(expr, Conditional)
+    assert isinstance(parse_expression("a + b", "t"), Binary)
+
+
+def test_references_and_calls_parse_to_their_nodes() -> None:
+    """`service.api[0].address` is attribute and index access; `f(x)` is a call."""
+    expr = parse_expression("service.api[0].address", "t")
+    assert isinstance(expr, GetAttr) and expr.name == "address"
+    assert isinstance(expr.target, Index)
+    assert isinstance(expr.target.target, GetAttr)
+    assert isinstance(expr.target.target.target, Variable)
+    assert isinstance(parse_expression("upper(x)", "t"), Call)
+
+
+def test_for_expressions() -> None:
+    """List and map comprehensions, with a filter."""
+    assert value("[for x in [1, 2, 3] : x * 2 if x > 1]") == [4, 6]
+    assert value("{for k, v in {a = 1, b = 2} : upper(k) => v}") == {"A": 1, "B": 2}
+    assert isinstance(parse_expression("[for x in xs : x]", "t"), ForExpr)
+
+
+def test_string_escapes() -> None:
+    """`\\n`, `\\"`, `\\u00e9` decode; an unknown escape is a diagnostic, not a crash."""
+    assert value('"a\\n\\"\\u00e9"') == 'a\n"é'
+    with pytest.raises(DiagnosticError) as caught:
+        value('"\\q"')
+    assert caught.value.diagnostics[0].code == "F0004"
+
+
+def test_nesting_limit_is_a_diagnostic() -> None:
+    """Deeply nested input is refused with a diagnostic instead of exhausting the stack."""
+    deep = "x = " + "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1)
+    with pytest.raises(DiagnosticError) as caught:
+        parse(f"locals {{ {deep} }}", "F")
+    assert caught.value.diagnostics[0].code == "F0002"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ('service "a" {\n  x = "open\n}', "F0101"),
+        ("service 'a' {}", "F0102"),
+        ('service "a" {\n  x = [1, 2\n', "F0100"),
+        ('service "a" { x 1 }', "F0104"),
+    ],
+)
+def test_syntax_errors_are_diagnostics(text: str, code: str) -> None:
+    """Each kind of malformed input gets its own friendly diagnostic with a position."""
+    with pytest.raises(DiagnosticError) as caught:
+        parse(text, "F")
+    diagnostic = caught.value.diagnostics[0]
+    assert diagnostic.code == code
+    assert diagnostic.span is not None and diagnostic.span.file == "F"
+    assert diagnostic.hint
+
+
+def test_literal_keeps_its_span() -> None:
+    """A literal's span covers exactly its characters."""
+    f = parse('a "b" {\n  n = 12345\n}', "F")
+    lit = f.body.blocks[0].attributes[0].value
+    assert isinstance(lit, Literal)
+    assert (lit.span.line, lit.span.column, lit.span.end_column) == (2, 7, 11)
