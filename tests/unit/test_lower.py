@@ -146,5 +146,8 @@ def test_language_reference_matches_the_schema() -> None:
     from forgefile.schema import markdown_reference
 
     doc = (EXAMPLE.parents[1] / "docs" / "language.md").read_text()
-    marker = "The tables below are generated from `forgefile/schema.py`, the schema the checker uses.\n\n"
+    marker = (
+        "The tables below are generated from `forgefile/schema.py`, the schema the checker "
+        "uses.\n\n"
+    )
     assert doc.split(marker, 1)[1] == markdown_reference()
