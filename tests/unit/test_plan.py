@@ -1,0 +1,370 @@
+"""The planner: actions and their order, diffs against state, address allocation and outputs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compiler.envelope import canonical_json
+from compiler.plan import (
+    BuildFacts,
+    ImageFacts,
+    StateResource,
+    StateSnapshot,
+    plan,
+    spec_digest,
+)
+from forgefile import ir
+from forgefile.diagnostics import DiagnosticError
+from forgefile.lower import load
+
+CREATED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+BASE_DIGEST = "sha256:" + "a" * 64
+GREET_DIGEST = "sha256:" + "b" * 64
+EMPTY = StateSnapshot(lineage="fg-test-lineage", serial=0, digest="sha256:" + "0" * 64)
+
+HELLO = """\
+image "base" {
+  context = "ctx"
+}
+
+network "net" {
+  subnet = "10.213.60.0/28"
+}
+
+service "web" {
+  image    = image.base
+  command  = ["httpd", "-f", "-p", "80"]
+  networks = [network.net]
+}
+
+job "once" {
+  image    = image.base
+  command  = ["true"]
+  networks = [network.net]
+}
+
+wasm "greet" {
+  module = "greet.wasm"
+}
+
+output "web_address" {
+  value = service.web.address
+}
+
+output "web_url" {
+  value = "http://${service.web.address}/"
+}
+"""
+
+API = """\
+service "api" {
+  image    = image.base
+  command  = ["api"]
+  networks = [network.net]
+}
+"""
+
+
+def lower(tmp_path: Path, text: str) -> ir.Document:
+    """Write `text` as tmp_path/Forgefile (with the files it names) and lower it."""
+    (tmp_path / "ctx").mkdir(exist_ok=True)
+    (tmp_path / "greet.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (tmp_path / "Forgefile").write_text(textwrap.dedent(text))
+    return load(tmp_path / "Forgefile", {}, environ={})
+
+
+def facts(base: str = BASE_DIGEST) -> BuildFacts:
+    """Build facts with fake digests: no image store is involved in planning."""
+    return BuildFacts(
+        images={"image.base": ImageFacts(digest=base)},
+        modules={"wasm.greet": GREET_DIGEST},
+        policy={"verdict": "pass", "digest": None, "evaluated": 0, "findings": []},
+    )
+
+
+def snapshot_of(document: dict[str, Any], live: dict[str, bool] | None = None) -> StateSnapshot:
+    """The state an apply of `document` would leave, specs round-tripped through JSON."""
+    resources = {}
+    for action in document["actions"]:
+        if action["spec"] is None:
+            continue
+        spec = json.loads(json.dumps(action["spec"]))
+        running = (live or {}).get(action["address"], True) if action["kind"] == "service" else None
+        resources[action["address"]] = StateResource(
+            address=action["address"],
+            kind=action["kind"],
+            spec=spec,
+            spec_digest=spec_digest(spec),
+            depends_on=tuple(action["depends_on"]),
+            live=running,
+            note="" if running is not False else "exited with status 137",
+        )
+    return StateSnapshot(
+        lineage=EMPTY.lineage, serial=1, digest="sha256:" + "1" * 64, resources=resources
+    )
+
+
+def actions(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The plan's actions by address."""
+    return {a["address"]: a for a in document["actions"]}
+
+
+def kinds_of_action(document: dict[str, Any]) -> dict[str, str]:
+    """Each address mapped to what the plan does to it."""
+    return {a["address"]: a["action"] for a in document["actions"]}
+
+
+def address_of(document: dict[str, Any], address: str) -> str:
+    """The address (CIDR) the plan gives a workload on its first network."""
+    attachment: str = actions(document)[address]["spec"]["networks"][0]["address"]
+    return attachment
+
+
+def test_against_empty_state_everything_is_created_in_dependency_order(tmp_path: Path) -> None:
+    """With nothing applied every resource is created, each after everything it depends on."""
+    document = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    order = [a["address"] for a in document["actions"]]
+
+    assert sorted(order) == sorted(
+        ["image.base", "network.net", "service.web", "job.once", "wasm.greet"]
+    )
+    assert set(kinds_of_action(document).values()) == {"create"}
+    assert order.index("image.base") < order.index("service.web")
+    assert order.index("network.net") < order.index("service.web")
+    assert order.index("image.base") < order.index("job.once")
+    assert actions(document)["service.web"]["depends_on"] == ["image.base", "network.net"]
+    for position, action in enumerate(document["actions"]):
+        assert all(order.index(dep) < position for dep in action["depends_on"])
+
+
+def test_state_matching_the_plan_gives_only_no_ops(tmp_path: Path) -> None:
+    """Planning again against the state the plan's own specs describe changes nothing."""
+    doc = lower(tmp_path, HELLO)
+    first = plan(doc, EMPTY, facts(), CREATED)
+
+    second = plan(doc, snapshot_of(first), facts(), CREATED)
+
+    assert set(kinds_of_action(second).values()) == {"no-op"}
+    assert all(a["diff"] == {} for a in second["actions"])
+    assert second["prior_state"]["serial"] == 1
+
+
+def test_changing_a_command_replaces_only_that_service(tmp_path: Path) -> None:
+    """A new command replaces the service with a diff naming argv, and touches nothing else."""
+    before = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    changed = HELLO.replace('"httpd", "-f", "-p", "80"', '"httpd", "-f", "-p", "8080"')
+
+    after = plan(lower(tmp_path, changed), snapshot_of(before), facts(), CREATED)
+
+    moves = {a: k for a, k in kinds_of_action(after).items() if k != "no-op"}
+    assert moves == {"service.web": "replace"}
+    web = actions(after)["service.web"]
+    assert set(web["diff"]) == {"argv"}
+    assert web["diff"]["argv"] == {
+        "before": ["httpd", "-f", "-p", "80"],
+        "after": ["httpd", "-f", "-p", "8080"],
+    }
+    assert "argv" in web["reason"]
+
+
+def test_a_new_image_digest_updates_the_image_and_replaces_its_workloads(tmp_path: Path) -> None:
+    """A rebuilt image is updated in place and every workload on it is replaced; nothing else."""
+    doc = lower(tmp_path, HELLO)
+    before = plan(doc, EMPTY, facts(), CREATED)
+
+    after = plan(doc, snapshot_of(before), facts(base="sha256:" + "c" * 64), CREATED)
+
+    assert kinds_of_action(after) == {
+        "image.base": "update",
+        "network.net": "no-op",
+        "service.web": "replace",
+        "job.once": "replace",
+        "wasm.greet": "no-op",
+    }
+    assert set(actions(after)["service.web"]["diff"]) == {"image"}
+    assert set(actions(after)["job.once"]["diff"]) == {"image"}
+    assert actions(after)["image.base"]["diff"]["digest"]["after"] == "sha256:" + "c" * 64
+
+
+def test_removing_a_block_deletes_its_resource(tmp_path: Path) -> None:
+    """A block gone from the Forgefile is deleted, and the others are left as they are."""
+    before = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    without_job = HELLO.replace(
+        textwrap.dedent(
+            """\
+            job "once" {
+              image    = image.base
+              command  = ["true"]
+              networks = [network.net]
+            }
+            """
+        ),
+        "",
+    )
+    assert "job" not in without_job
+
+    after = plan(lower(tmp_path, without_job), snapshot_of(before), facts(), CREATED)
+
+    assert kinds_of_action(after) == {
+        "image.base": "no-op",
+        "network.net": "no-op",
+        "service.web": "no-op",
+        "job.once": "delete",
+        "wasm.greet": "no-op",
+    }
+    deleted = actions(after)["job.once"]
+    assert deleted["reason"] == "no longer in the Forgefile"
+    assert deleted["spec"] is None
+    assert deleted["kind"] == "job"
+
+
+def test_a_service_that_is_not_running_is_replaced(tmp_path: Path) -> None:
+    """A service whose state says it is not live is replaced, with a reason saying so."""
+    doc = lower(tmp_path, HELLO)
+    before = plan(doc, EMPTY, facts(), CREATED)
+
+    after = plan(doc, snapshot_of(before, live={"service.web": False}), facts(), CREATED)
+
+    moves = {a: k for a, k in kinds_of_action(after).items() if k != "no-op"}
+    assert moves == {"service.web": "replace"}
+    reason = actions(after)["service.web"]["reason"]
+    assert "not running" in reason
+    assert "exited with status 137" in reason
+
+
+def test_a_finished_job_is_not_drift(tmp_path: Path) -> None:
+    """A job that is not running (it finished) is left alone: only services are kept alive."""
+    doc = lower(tmp_path, HELLO)
+    before = plan(doc, EMPTY, facts(), CREATED)
+    snapshot = snapshot_of(before)
+    job = snapshot.resources["job.once"]
+    resources = {
+        **snapshot.resources,
+        "job.once": StateResource(job.address, job.kind, job.spec, job.spec_digest, live=False),
+    }
+    stopped = StateSnapshot(snapshot.lineage, snapshot.serial, snapshot.digest, resources)
+
+    assert kinds_of_action(plan(doc, stopped, facts(), CREATED))["job.once"] == "no-op"
+
+
+def test_addresses_are_kept_and_new_workloads_get_the_next_free_one(tmp_path: Path) -> None:
+    """A workload keeps its address across plans; one added before it gets the next free one."""
+    before = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    assert address_of(before, "service.web") == "10.213.60.2/28"  # .1 is the gateway
+    assert address_of(before, "job.once") == "10.213.60.3/28"
+    # Declared first, so without kept addresses it would take web's .2.
+    with_api = HELLO.replace('service "web" {', API + '\nservice "web" {')
+
+    after = plan(lower(tmp_path, with_api), snapshot_of(before), facts(), CREATED)
+
+    assert actions(after)["service.api"]["action"] == "create"
+    assert address_of(after, "service.web") == "10.213.60.2/28"
+    assert address_of(after, "job.once") == "10.213.60.3/28"
+    assert address_of(after, "service.api") == "10.213.60.4/28"
+    assert kinds_of_action(after)["service.web"] == "no-op"
+
+
+def test_the_gateway_is_never_handed_out(tmp_path: Path) -> None:
+    """A gateway in the middle of the subnet is skipped when workloads get addresses."""
+    text = HELLO.replace(
+        'subnet = "10.213.60.0/28"', 'subnet = "10.213.60.0/29"\n  gateway = "10.213.60.2"'
+    )
+    text += API
+
+    document = plan(lower(tmp_path, text), EMPTY, facts(), CREATED)
+
+    given = {address_of(document, a) for a in ("service.api", "service.web", "job.once")}
+    assert given == {"10.213.60.1/29", "10.213.60.3/29", "10.213.60.4/29"}
+    for action in document["actions"]:
+        for attachment in (action["spec"] or {}).get("networks", []):
+            assert attachment["gateway"] == "10.213.60.2"
+
+
+def test_a_kept_address_that_is_now_the_gateway_is_reallocated(tmp_path: Path) -> None:
+    """When the gateway moves onto a workload's old address, the workload gets a new one."""
+    before = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    moved = HELLO.replace(
+        'subnet = "10.213.60.0/28"', 'subnet = "10.213.60.0/28"\n  gateway = "10.213.60.2"'
+    )
+
+    after = plan(lower(tmp_path, moved), snapshot_of(before), facts(), CREATED)
+
+    assert address_of(after, "service.web") == "10.213.60.1/28"
+    assert address_of(after, "job.once") == "10.213.60.3/28"
+    assert kinds_of_action(after)["service.web"] == "replace"
+
+
+def test_a_full_subnet_is_a_diagnostic(tmp_path: Path) -> None:
+    """Two workloads on a /30 (one host besides the gateway) fail with P0003."""
+    small = HELLO.replace('subnet = "10.213.60.0/28"', 'subnet = "10.213.60.0/30"')
+
+    with pytest.raises(DiagnosticError) as caught:
+        plan(lower(tmp_path, small), EMPTY, facts(), CREATED)
+
+    [diagnostic] = caught.value.diagnostics
+    assert diagnostic.code == "P0003"
+    assert "10.213.60.0/30" in diagnostic.message
+    assert diagnostic.span is not None
+    assert (tmp_path / "Forgefile").read_text().splitlines()[diagnostic.span.line - 1].strip() == (
+        "networks = [network.net]"
+    )
+
+
+def test_the_same_inputs_give_the_same_bytes(tmp_path: Path) -> None:
+    """Planning twice from the same Forgefile, state, facts and time gives identical JSON."""
+    first = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    second = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    later = plan(lower(tmp_path, HELLO), EMPTY, facts(), datetime(2024, 5, 1, 12, 1, tzinfo=UTC))
+
+    assert canonical_json(first) == canonical_json(second)
+    assert canonical_json(first) != canonical_json(later)
+    assert first["created_at"] == "2024-05-01T12:00:00Z"
+    assert first["expires_at"] == "2024-05-01T13:00:00Z"
+
+
+def test_the_destroy_plan_deletes_everything_dependencies_first(tmp_path: Path) -> None:
+    """A destroy plan deletes every resource in state, listing what others need first."""
+    doc = lower(tmp_path, HELLO)
+    applied = snapshot_of(plan(doc, EMPTY, facts(), CREATED))
+
+    document = plan(doc, applied, facts(), CREATED, destroy=True)
+
+    assert document["destroy"] is True
+    assert kinds_of_action(document) == {address: "delete" for address in applied.resources}
+    assert {a["reason"] for a in document["actions"]} == {"destroy requested"}
+    assert document["outputs"] == {}
+    # Apply tears down in reverse plan order, so the service must come after its network.
+    order = [a["address"] for a in document["actions"]]
+    assert order.index("network.net") < order.index("service.web")
+    assert order.index("image.base") < order.index("job.once")
+
+
+def test_outputs_compute_a_service_address(tmp_path: Path) -> None:
+    """`service.web.address` in an output is the service's address without the prefix."""
+    document = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+
+    assert document["outputs"] == {
+        "web_address": {"value": "10.213.60.2", "sensitive": False},
+        "web_url": {"value": "http://10.213.60.2/", "sensitive": False},
+    }
+
+
+def test_an_output_naming_an_unknown_attribute_is_a_diagnostic(tmp_path: Path) -> None:
+    """An output using an attribute the planner cannot compute fails with P0004 at its span."""
+    text = HELLO + '\noutput "port" {\n  value = service.web.port\n}\n'
+
+    with pytest.raises(DiagnosticError) as caught:
+        plan(lower(tmp_path, text), EMPTY, facts(), CREATED)
+
+    [diagnostic] = caught.value.diagnostics
+    assert diagnostic.code == "P0004"
+    assert "service.web.port" in diagnostic.message
+    assert diagnostic.span is not None
+    line = (tmp_path / "Forgefile").read_text().splitlines()[diagnostic.span.line - 1]
+    assert line.strip() == "value = service.web.port"
