@@ -91,6 +91,13 @@ def open_envelope(data: bytes, trusted: dict[str, Ed25519PublicKey], threshold: 
         raise EnvelopeError(
             "format", "the plan envelope must hold exactly payloadType, payload and signatures"
         )
+    # Whitespace and key order are not signed, so only the one canonical form is accepted.
+    if data != canonical_json(envelope) + b"\n":
+        raise EnvelopeError(
+            "format",
+            "the plan envelope is not in canonical form",
+            "a plan file is written by `forge plan -o`; do not edit it",
+        )
     if envelope["payloadType"] != PAYLOAD_TYPE:
         raise EnvelopeError(
             "format",

@@ -202,7 +202,8 @@ def _rule(node: Any, path: str, out: Collector) -> Rule | None:
     if out.has_errors:
         return None
     kinds = _kinds(attrs["applies_to"], out)
-    scope = Scope(context=functions.CallContext(base_dir=Path(path).parent))
+    # No CallContext: a verdict must not depend on the host's files or environment.
+    scope = Scope()
     severity = _choice(attrs["severity"], SEVERITIES, scope, out)
     enforcement = _choice(attrs.get("enforcement"), ENFORCEMENT, scope, out, default="hard")
     verdict, condition = conditions[0]
@@ -274,12 +275,7 @@ def _choice(
 
 def _check_fields(expr: Expr, kinds: tuple[str, ...], out: Collector) -> None:
     """`resource.X` must name a field of every kind the rule applies to; calls must exist."""
-    fields = {"address", "kind", "name"}
-    for kind in kinds:
-        spec = SCHEMAS[kind]
-        fields |= {a.name for a in spec.attributes} | set(spec.blocks)
-        if kind == "image":
-            fields.add("steps")
+    fields = set.intersection(*(_fields(kind) for kind in kinds)) if kinds else set()
     for node in _walk(expr):
         if (
             isinstance(node, GetAttr)
@@ -300,6 +296,15 @@ def _check_fields(expr: Expr, kinds: tuple[str, ...], out: Collector) -> None:
                 node.span,
                 suggest(node.name, functions.NAMES),
             )
+
+
+def _fields(kind: str) -> set[str]:
+    """The fields `resource` has for one kind, as `Resource.to_document()` writes them."""
+    spec = SCHEMAS[kind]
+    fields = {"address", "kind", "name"} | {a.name for a in spec.attributes} | set(spec.blocks)
+    if kind == "image":  # its copy and link blocks appear as one ordered `steps` list
+        fields = (fields - set(spec.blocks)) | {"steps"}
+    return fields
 
 
 def _walk(expr: Any) -> Iterable[Expr]:

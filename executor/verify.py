@@ -53,6 +53,7 @@ def verify(
     except EnvelopeError as exc:
         raise PlanRejected(exc.check, str(exc), exc.hint) from None
     plan = opened.document
+    _shape(plan)
     _toolchain(plan)
     try:
         expires = parse_time(plan["expires_at"])
@@ -89,6 +90,54 @@ def verify(
             "plan again so the current policy judges it",
         )
     return VerifiedPlan(plan, opened.signers, opened.payload_digest)
+
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": int,
+    "toolchain": dict,
+    "created_at": str,
+    "expires_at": str,
+    "destroy": bool,
+    "inputs": dict,
+    "prior_state": dict,
+    "policy": dict,
+    "actions": list,
+    "outputs": dict,
+}
+_ACTION_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "address": str,
+    "kind": str,
+    "action": str,
+    "reason": str,
+    "diff": dict,
+    "spec": (dict, type(None)),
+    "span": (dict, type(None)),
+    "depends_on": list,
+}
+_KINDS = {"image", "network", "volume", "service", "job", "wasm"}
+_ACTIONS = {"create", "update", "replace", "delete", "no-op"}
+
+
+def _shape(plan: dict[str, Any]) -> None:
+    """A signed plan is still checked field by field: the executor acts on every one of them."""
+    _fields(plan, _FIELDS, "the plan")
+    for index, action in enumerate(plan["actions"]):
+        if not isinstance(action, dict):
+            raise PlanRejected("format", f"action {index} is not an object")
+        _fields(action, _ACTION_FIELDS, f"action {index}")
+        if action["kind"] not in _KINDS or action["action"] not in _ACTIONS:
+            raise PlanRejected("format", f"action {index} has an unknown kind or action")
+        if action["action"] != "delete" and action["spec"] is None:
+            raise PlanRejected("format", f"action {index} ({action['address']}) has no spec")
+
+
+def _fields(value: dict[str, Any], fields: dict[str, type | tuple[type, ...]], what: str) -> None:
+    if set(value) != set(fields):
+        unknown = sorted(set(value) ^ set(fields))
+        raise PlanRejected("format", f"{what} has missing or unknown fields: {', '.join(unknown)}")
+    for name, kind in fields.items():
+        if not isinstance(value[name], kind):
+            raise PlanRejected("format", f"{what}: `{name}` has the wrong type")
 
 
 def _toolchain(plan: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stdlib import functions
@@ -220,18 +221,20 @@ def _call(expr: Call, scope: Scope) -> Any:
             expr.span,
             suggest(expr.name, functions.NAMES) or "see the function reference in docs/language.md",
         )
+    if expr.name in functions.CONTEXTUAL and scope.context is None:
+        raise EvalError(
+            "E0220",
+            f"`{expr.name}()` reads the host, which is not allowed here",
+            expr.span,
+            "policy rules and command-line values judge only the "
+            "Forgefile; compute the value in the Forgefile instead",
+        )
     args = [evaluate(a, scope) for a in expr.args]
-    context = scope.context or functions.CallContext(base_dir=_cwd())
+    context = scope.context or functions.CallContext(base_dir=Path.cwd())
     try:
         return functions.call(expr.name, args, context)
     except functions.FunctionError as exc:
         raise EvalError("E0211", str(exc), expr.span) from None
-
-
-def _cwd() -> Any:
-    from pathlib import Path
-
-    return Path.cwd()
 
 
 def _binary(expr: Binary, scope: Scope) -> Any:

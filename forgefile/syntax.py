@@ -638,10 +638,10 @@ def syntax_diagnostic(
             span,
             "an attribute name must be a plain name, not a string or expression",
         )
-    opened = _open_bracket(text, line, column)
+    bracket = _open_bracket(text, line, column)
     closer = {"[": "]", "(": ")", "{": "}"}
-    if opened and {"RSQB", "RPAR"} & set(exc.expected):
-        char, at_line, at_col = opened
+    if bracket and {"RSQB", "RPAR"} & set(exc.expected):
+        char, at_line, at_col = bracket
         return Diagnostic(
             "F0107",
             f"expected `,` or `{closer[char]}`, found `{token}`",

@@ -134,11 +134,6 @@ def test_a_misspelt_resource_field_fails_to_load(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _check_fields accepts a field that any one of the kinds has (a union), though "
-    "its docstring says every kind; the rule then errors, fail-closed, on every wasm block",
-)
 def test_a_field_missing_from_one_of_the_kinds_fails_to_load(tmp_path: Path) -> None:
     """A rule for [service, wasm] reading `resource.privileged`, which wasm lacks, fails to load."""
     path = rule_file(tmp_path, rule("resource.privileged", "[service, wasm]"))
