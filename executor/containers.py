@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor.errors import ExecutorError
+
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -176,7 +178,7 @@ NOFILE_WANTED = 1_048_576
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
-class ContainerError(Exception):
+class ContainerError(ExecutorError):
     """A container specification that cannot become a valid runc bundle."""
 
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgefile.diagnostics import ForgeError
-
 from . import network
 from .containers import ContainerError, ContainerSpec, Mount, write_bundle
+from .errors import ExecutorError
 from .images import ImageError, ImageStore
 from .monitor import ContainerStatus, Monitor, MonitorError
 from .paths import ProjectPaths
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 5.0
 
 
-class ActionFailed(ForgeError):
+class ActionFailed(ExecutorError):
     """An action could not be carried out; `detail` is what the host said."""
 
     def __init__(self, address: str, message: str, hint: str = "") -> None:

@@ -42,6 +42,8 @@ from typing import IO, Any, Literal
 
 import zstandard
 
+from executor.errors import ExecutorError
+
 logger = logging.getLogger(__name__)
 
 LAYOUT_VERSION = "1.0.0"
@@ -80,7 +82,7 @@ _MACHINES = {
 }
 
 
-class ImageError(Exception):
+class ImageError(ExecutorError):
     """A build, lookup or unpack failed; the message names the step or path and the fix."""
 
 

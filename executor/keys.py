@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from compiler.envelope import key_id
-from forgefile.diagnostics import ForgeError
+
+from .errors import ExecutorError
 
 
-class KeyError_(ForgeError):
+class KeyStoreError(ExecutorError):
     """A key is missing, unreadable, or protected by a passphrase that was not given."""
 
 
@@ -39,10 +40,10 @@ class KeyStore:
 
     def generate(self, name: str, passphrase: bytes | None = None, trust: bool = True) -> KeyInfo:
         if not name.replace("-", "").replace("_", "").isalnum():
-            raise KeyError_(f"`{name}` is not a valid key name; use letters, digits, - and _")
+            raise KeyStoreError(f"`{name}` is not a valid key name; use letters, digits, - and _")
         private_path = self.root / f"{name}.key"
         if private_path.exists():
-            raise KeyError_(
+            raise KeyStoreError(
                 f"a key named {name} already exists at {private_path}",
             )
         key = Ed25519PrivateKey.generate()
@@ -84,24 +85,24 @@ class KeyStore:
         if name is not None:
             candidates = [p for p in candidates if p.stem == name]
         if not candidates:
-            raise KeyError_(
+            raise KeyStoreError(
                 f"no signing key{' named ' + name if name else ''} in {self.root}; "
                 "run `forge key generate`"
             )
         if len(candidates) > 1:
             names = ", ".join(p.stem for p in candidates)
-            raise KeyError_(f"several signing keys ({names}); choose one with --key NAME")
+            raise KeyStoreError(f"several signing keys ({names}); choose one with --key NAME")
         data = candidates[0].read_bytes()
         try:
             key = serialization.load_pem_private_key(data, password=passphrase)
         except TypeError:
-            raise KeyError_(
+            raise KeyStoreError(
                 f"key {candidates[0].stem} is protected by a passphrase; set FORGE_KEY_PASSPHRASE"
             ) from None
         except ValueError as exc:
-            raise KeyError_(f"cannot load key {candidates[0]}: {exc}") from None
+            raise KeyStoreError(f"cannot load key {candidates[0]}: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise KeyError_(f"{candidates[0]} is not an Ed25519 key")
+            raise KeyStoreError(f"{candidates[0]} is not an Ed25519 key")
         return key
 
     def list(self) -> list[KeyInfo]:
@@ -125,7 +126,7 @@ def _load_public(data: bytes) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
-        raise KeyError_(f"not a public key: {exc}") from None
+        raise KeyStoreError(f"not a public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyError_("only Ed25519 public keys can be trusted")
+        raise KeyStoreError("only Ed25519 public keys can be trusted")
     return key

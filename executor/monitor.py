@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from executor.errors import ExecutorError
 from executor.paths import RUN_ROOT
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ PR_SET_CHILD_SUBREAPER = 36
 CONTAINER_ID = re.compile(r"[A-Za-z0-9_][\w+.-]*", re.ASCII)
 
 
-class MonitorError(Exception):
+class MonitorError(ExecutorError):
     """The monitor could not be reached, or refused or failed a request."""
 
 

@@ -28,6 +28,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+from executor.errors import ExecutorError
+
 log = logging.getLogger(__name__)
 
 NETNS_DIR = "/var/run/netns"
@@ -42,7 +44,7 @@ _IFALIASZ = 255  # the kernel's limit on an interface alias, without the trailin
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 
-class NetworkError(Exception):
+class NetworkError(ExecutorError):
     """A Forge network or a workload's attachment could not be made, repaired or removed."""
 
     def __init__(

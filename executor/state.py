@@ -24,12 +24,13 @@ import sqlite_utils
 
 from compiler.envelope import canonical_json
 from compiler.plan import StateResource, StateSnapshot
-from forgefile.diagnostics import ForgeError
+
+from .errors import ExecutorError
 
 SCHEMA_VERSION = 1
 
 
-class StateError(ForgeError):
+class StateError(ExecutorError):
     """The state database is locked, unreadable or from an incompatible version."""
 
 

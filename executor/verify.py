@@ -12,8 +12,8 @@ from typing import Any
 from compiler.envelope import EnvelopeError, Opened, open_envelope
 from compiler.plan import parse_time
 from compiler.version import PLAN_FORMAT, VERSION
-from forgefile.diagnostics import ForgeError
 
+from .errors import ExecutorError
 from .keys import KeyStore
 from .state import State
 
@@ -29,7 +29,7 @@ EXIT_CODES = {
 }
 
 
-class PlanRejected(ForgeError):
+class PlanRejected(ExecutorError):
     def __init__(self, check: str, message: str, hint: str = "") -> None:
         self.check = check
         self.hint = hint
