@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor.errors import ExecutorError
+
 log = logging.getLogger(__name__)
 
 # Outcomes a run can end with; `WasmResult.outcome` is one of these.
@@ -44,7 +46,7 @@ _STDERR_TAIL = 2000
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-class WasmError(Exception):
+class WasmError(ExecutorError):
     """A module could not be loaded, compiled or linked, or its worker process died."""
 
 
