@@ -54,7 +54,8 @@ def diagnostic(console: Console, d: Diagnostic) -> None:
     where = f"{d.span}: " if d.span else ""
     style = _STYLE.get(str(d.severity), "bold")
     console.print(
-        f"[bold]{escape(where)}[/][{style}]{d.severity}[/][dim][{d.code}][/] {escape(d.message)}"
+        f"[bold]{escape(where)}[/][{style}]{d.severity}[/][dim]{escape(f'[{d.code}]')}[/] "
+        f"{escape(d.message)}"
     )
     if d.span:
         for line in code_frame(d.span):
@@ -71,7 +72,7 @@ def findings(console: Console, verdict: Verdict) -> None:
         style = _STYLE[level]
         console.print(
             f"[bold]{escape(str(f.span))}:[/] [{style}]policy {level}[/] "
-            f"[dim][{f.rule.id} {f.rule.severity}/{f.rule.enforcement}][/] "
+            f"[dim]{escape(f'[{f.rule.id} {f.rule.severity}/{f.rule.enforcement}]')}[/] "
             f"{escape(f.message)}"
         )
         for line in code_frame(f.span, context=0):
