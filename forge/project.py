@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,7 +167,9 @@ def apply(
             result = apply_plan(verified.document, host, state, progress)
         finally:
             state.close()
-    if verified.document.get("destroy"):
-        # Nothing of this project runs any more: let the host's monitor go if it is idle.
+    if verified.document.get("destroy") and result.failed is None:
+        # Nothing of this project runs any more: drop its run-time folder, and let the host's
+        # monitor go if no other project needs it.
+        shutil.rmtree(project.paths.run_dir, ignore_errors=True)
         host.monitor.shutdown_if_idle()
     return verified, result
