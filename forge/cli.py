@@ -42,7 +42,8 @@ key_app = typer.Typer(
 )
 app.add_typer(key_app, name="key")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is read by scripts and people's pagers: don't squeeze tables into 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_DIAGNOSTIC = 1
