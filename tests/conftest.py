@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -28,3 +33,16 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is not present")
     return SHARED
+
+
+@pytest.fixture
+def runtime_spec_validator(shared: Path) -> jsonschema.Draft4Validator:
+    """A Draft 4 validator for OCI runtime-spec config.json, resolving sibling files offline."""
+    folder = shared / "schemas" / "runtime-spec"
+    registry: Registry[Any] = Registry().with_resources(
+        (path.as_uri(), Resource.from_contents(json.loads(path.read_text()), DRAFT4))
+        for path in folder.glob("*.json")
+    )
+    schema = json.loads((folder / "config-schema.json").read_text())
+    schema["id"] = (folder / "config-schema.json").as_uri()
+    return jsonschema.Draft4Validator(schema, registry=registry)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from executor import network
@@ -141,6 +142,20 @@ def test_the_service_serves_the_page_from_the_forgefile(example: Example) -> Non
     """service.web answers on its planned address with the page the Forgefile wrote."""
     assert "<h1>Hello from Forge</h1>" in example.page()
     assert example.ps()["service.web"]["status"] == "running"
+
+
+def test_the_service_bundle_validates_against_the_runtime_spec(
+    example: Example, runtime_spec_validator: jsonschema.Draft4Validator
+) -> None:
+    """The config.json runc runs service.web with is valid against the official schema."""
+    container = example.ps()["service.web"]["id"]
+    config = json.loads((example.paths.bundles / container / "config.json").read_text())
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}" for e in runtime_spec_validator.iter_errors(config)
+    ]
+    assert errors == []
+    [net] = [ns for ns in config["linux"]["namespaces"] if ns["type"] == "network"]
+    assert net["path"].startswith("/var/run/netns/forge-")
 
 
 def test_the_job_printed_its_line_and_its_exit_code_was_recorded(example: Example) -> None:

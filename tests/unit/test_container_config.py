@@ -9,8 +9,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT4
 
 from executor.containers import (
     ALL_CAPABILITIES,
@@ -39,16 +37,9 @@ LIMITED = ContainerSpec(
 
 
 @pytest.fixture
-def validator(shared: Path) -> jsonschema.Draft4Validator:
-    """A Draft 4 validator for runtime-spec config.json resolving sibling files offline."""
-    folder = shared / "schemas" / "runtime-spec"
-    registry: Registry[Any] = Registry().with_resources(
-        (path.as_uri(), Resource.from_contents(json.loads(path.read_text()), DRAFT4))
-        for path in folder.glob("*.json")
-    )
-    schema = json.loads((folder / "config-schema.json").read_text())
-    schema["id"] = (folder / "config-schema.json").as_uri()
-    return jsonschema.Draft4Validator(schema, registry=registry)
+def validator(runtime_spec_validator: jsonschema.Draft4Validator) -> jsonschema.Draft4Validator:
+    """The runtime-spec validator of tests/conftest.py."""
+    return runtime_spec_validator
 
 
 def denied_syscalls(config: dict[str, Any]) -> set[str]:
