@@ -36,6 +36,8 @@ def apply_plan(
     plan: dict[str, Any], host: Host, state: State, progress: Progress | None = None
 ) -> ApplyResult:
     """Carry out `plan`, which `verify` has accepted; stops at the first failed action."""
+    # TODO(#5): journal each step's intent before it runs, so an apply killed midway can be
+    # resumed or rolled back; today state records only the steps that finished.
     say = progress or (lambda phase, address, message: None)
     result = ApplyResult()
     actions = plan["actions"]
@@ -120,6 +122,8 @@ def _describe(kind: str, runtime: dict[str, Any]) -> str:
 
 def live_status(host: Host, state: State) -> dict[str, tuple[bool | None, str]]:
     """Which long-running workloads are running now: the drift the next plan repairs."""
+    # TODO(#8): refresh networks too, so a bridge deleted from outside is recreated and its
+    # workloads re-attached.
     live: dict[str, tuple[bool | None, str]] = {}
     for address, record in state.records().items():
         if record.kind != "service":

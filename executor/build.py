@@ -49,6 +49,8 @@ def build_images(
     facts: dict[str, ImageFacts] = {}
     epoch = source_date_epoch()
 
+    # TODO(#10): a step cache keyed by the parent's digest and the step's inputs, so that an
+    # unchanged image costs nothing; today every build re-hashes its context (reproducibly).
     def build(image: ir.Image) -> ImageFacts:
         if image.address in facts:
             return facts[image.address]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,13 +168,9 @@ def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None
 
 
 def _remove_bundle(bundle: Path) -> None:
-    # Layers may hold read-only folders; make them writable so removal is complete.
-    for attempt in range(3):
-        shutil.rmtree(bundle, ignore_errors=True)
-        if not bundle.exists():
-            return
-        time.sleep(0.1 * (attempt + 1))
-    log.warning("could not remove bundle %s", bundle)
+    shutil.rmtree(bundle, ignore_errors=True)
+    if bundle.exists():
+        log.warning("could not remove bundle %s; `forge destroy` tries again", bundle)
 
 
 def create_service(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:

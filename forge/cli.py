@@ -217,7 +217,10 @@ def build(
     policy: PolicyOption = None,
     var: VarOption = None,
 ) -> None:
-    """Build every image block into the project's image store (cache hits cost nothing)."""
+    """Build every image block into the project's image store.
+
+    Builds are reproducible: the same Forgefile and context give the same image digests.
+    """
     from .project import build as build_images
     from .project import check
 
