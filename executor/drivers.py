@@ -28,12 +28,18 @@ STOP_GRACE = 5.0
 
 
 class ActionFailed(ExecutorError):
-    """An action could not be carried out; `detail` is what the host said."""
+    """An action could not be carried out; the message is what the host said."""
+
+    exit_code = 4
 
     def __init__(self, address: str, message: str, hint: str = "") -> None:
         self.address = address
         self.hint = hint
         super().__init__(message)
+
+    @property
+    def headline(self) -> str:
+        return f"{self.address} failed"
 
 
 @dataclass

@@ -30,11 +30,17 @@ EXIT_CODES = {
 
 
 class PlanRejected(ExecutorError):
+    """A plan failed one of the checks before apply; nothing was done."""
+
     def __init__(self, check: str, message: str, hint: str = "") -> None:
         self.check = check
         self.hint = hint
         self.exit_code = EXIT_CODES[check]
         super().__init__(message)
+
+    @property
+    def headline(self) -> str:
+        return f"plan refused ({self.check} check)"
 
 
 @dataclass(frozen=True)

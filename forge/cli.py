@@ -20,10 +20,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from compiler.version import VERSION
-from executor.drivers import ActionFailed
-from executor.verify import PlanRejected
 from forgefile.diagnostics import DiagnosticError, ForgeError
 
 from . import render
@@ -94,22 +93,11 @@ def reports(fn: F) -> F:
             errors = sum(1 for d in exc.diagnostics if str(d.severity) == "error")
             err.print(f"[red]{errors} error(s).[/]")
             raise typer.Exit(EXIT_DIAGNOSTIC) from None
-        except PlanRejected as exc:
-            err.print(f"[bold red]plan refused[/] [dim]({exc.check} check)[/]: {exc}")
-            if exc.hint:
-                err.print(f"  [green]hint:[/] {exc.hint}")
-            raise typer.Exit(exc.exit_code) from None
-        except ActionFailed as exc:
-            err.print(f"[bold red]{exc.address} failed:[/] {exc}")
-            if exc.hint:
-                err.print(f"  [green]hint:[/] {exc.hint}")
-            raise typer.Exit(EXIT_ACTION_FAILED) from None
         except ForgeError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
-            hint = getattr(exc, "hint", "")
-            if hint:
-                err.print(f"  [green]hint:[/] {hint}")
-            raise typer.Exit(EXIT_DIAGNOSTIC) from None
+            err.print(f"[bold red]{escape(exc.headline)}:[/] {escape(str(exc))}")
+            if exc.hint:
+                err.print(f"  [green]hint:[/] {escape(exc.hint)}")
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from compiler.policy import Verdict
-from forgefile.diagnostics import Diagnostic, Span
+if TYPE_CHECKING:  # the command starts faster without the front end loaded
+    from compiler.policy import Verdict
+    from forgefile.diagnostics import Diagnostic, Span
 
 _SOURCES: dict[str, list[str]] = {}
 

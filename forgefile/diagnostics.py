@@ -70,7 +70,18 @@ class Diagnostic:
 
 
 class ForgeError(Exception):
-    """The root of every error Forge reports to a user rather than as a bug."""
+    """The root of every error Forge reports to a user rather than as a bug.
+
+    Subclasses set how the command line reports them: the exit code, a headline naming what
+    failed, and a hint saying what to do.
+    """
+
+    exit_code: int = 1
+    hint: str = ""
+
+    @property
+    def headline(self) -> str:
+        return "error"
 
 
 class DiagnosticError(ForgeError):
