@@ -169,7 +169,7 @@ def validate(
                 data={
                     "version": 1,
                     "valid": False,
-                    "diagnostics": [d.to_json() for d in exc.diagnostics],
+                    "diagnostics": render.diagnostics_json(exc.diagnostics),
                 }
             )
             raise typer.Exit(EXIT_DIAGNOSTIC) from None
@@ -180,7 +180,7 @@ def validate(
             data={
                 "version": 1,
                 "valid": not blocked,
-                "diagnostics": [d.to_json() for d in checked.warnings],
+                "diagnostics": render.diagnostics_json(checked.warnings),
                 "policy": checked.verdict.to_json() if checked.verdict else None,
             }
         )

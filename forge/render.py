@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,8 @@ def diagnostic(console: Console, d: Diagnostic) -> None:
     if d.span:
         for line in code_frame(d.span):
             console.print(line)
+    if d.context:
+        console.print(f"  [dim]{escape(d.context)}[/]")
     for related in d.related:
         console.print(f"  [cyan]note:[/] {escape(str(related.span))}: {escape(related.message)}")
     if d.hint:
@@ -130,3 +134,61 @@ def table(console: Console, title: str, columns: list[str], rows: list[list[str]
     for row in rows:
         t.add_row(*(escape(str(c)) for c in row))
     console.print(t)
+
+
+JSON_VERSION = 1
+
+
+def diagnostics_json(diagnostics: Iterable[Diagnostic]) -> list[dict[str, Any]]:
+    """Diagnostics in the versioned JSON form: severity, code, summary, detail and range."""
+    return [_diagnostic_json(d) for d in diagnostics]
+
+
+def _diagnostic_json(d: Diagnostic) -> dict[str, Any]:
+    return {
+        "severity": str(d.severity),
+        "code": d.code,
+        "summary": d.message,
+        "detail": d.hint,
+        "context": d.context,
+        "range": _range(d.span) if d.span else None,
+        "related": [{"message": r.message, "range": _range(r.span)} for r in d.related],
+    }
+
+
+def _range(span: Span) -> dict[str, Any]:
+    return {
+        "file": span.file,
+        "start": {
+            "line": span.line,
+            "column": span.column,
+            "byte": _byte(span.file, span.line, span.column),
+        },
+        "end": {
+            "line": span.end_line,
+            "column": span.end_column,
+            "byte": _byte(span.file, span.end_line, span.end_column + 1),
+        },
+    }
+
+
+@functools.cache
+def _file_lines(file: str) -> list[bytes] | None:
+    try:
+        return Path(file).read_bytes().split(b"\n")
+    except OSError:
+        return None
+
+
+def _byte(file: str, line: int, column: int) -> int | None:
+    """The UTF-8 byte offset of line:column in the file as it is on disk (BOM and CRs counted)."""
+    lines = _file_lines(file)
+    if lines is None:
+        return None
+    if line > len(lines):
+        return None
+    start = sum(len(ln) + 1 for ln in lines[: line - 1])
+    text = lines[line - 1].decode("utf-8", errors="replace")
+    if line == 1 and text.startswith("\ufeff"):
+        text, start = text[1:], start + 3
+    return start + len(text[: column - 1].encode())

@@ -57,6 +57,8 @@ class Diagnostic:
     hint: str = ""
     severity: Severity = Severity.ERROR
     related: tuple[Related, ...] = field(default=())
+    # Where evaluation was when it failed: "while evaluating `command` of service.web".
+    context: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -66,6 +68,7 @@ class Diagnostic:
             "span": self.span.to_json() if self.span else None,
             "hint": self.hint,
             "related": [{"span": r.span.to_json(), "message": r.message} for r in self.related],
+            "context": self.context,
         }
 
 
@@ -119,7 +122,25 @@ class Collector:
 
     def raise_if_errors(self) -> None:
         if self.has_errors:
-            raise DiagnosticError(sorted(self.items, key=_order))
+            raise DiagnosticError(capped(sorted(self.items, key=_order)))
+
+
+MAX_DIAGNOSTICS = 50
+
+
+def capped(diagnostics: list[Diagnostic], limit: int = MAX_DIAGNOSTICS) -> list[Diagnostic]:
+    """At most `limit` diagnostics, and a note saying how many more there were."""
+    if len(diagnostics) <= limit:
+        return diagnostics
+    rest = len(diagnostics) - limit
+    note = Diagnostic(
+        "F0010",
+        f"{rest} more diagnostic(s) not shown",
+        None,
+        "fix these first; the rest are often consequences",
+        Severity.NOTE,
+    )
+    return [*diagnostics[:limit], note]
 
 
 def _order(d: Diagnostic) -> tuple[str, int, int]:

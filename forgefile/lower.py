@@ -7,6 +7,7 @@ attributes, duplicate addresses and unset variables.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -499,7 +500,12 @@ class Lowering:
             try:
                 raw = evaluate(attr.value, scope)
             except DiagnosticError as exc:
-                self.errors.items.extend(exc.diagnostics)
+                where = f"{block.type}.{block.labels[0]}" if block.labels else f"`{block.type}`"
+                context = f"while evaluating `{key}` of {where}"
+                self.errors.items.extend(
+                    d if d.context else dataclasses.replace(d, context=context)
+                    for d in exc.diagnostics
+                )
                 ok = False
                 continue
             checked = self._check(attr_spec, raw, attr.value.span, block)

@@ -193,6 +193,7 @@ def _expression_parser() -> lark.Lark:
 
 def parse(text: str, path: str) -> File:
     """Parse one Forgefile; raise `DiagnosticError` for anything malformed."""
+    text = normalise(text)
     _check_limits(text, path)
     try:
         tree = _forgefile_parser().parse(text)
@@ -201,6 +202,11 @@ def parse(text: str, path: str) -> File:
     builder = _Builder(path)
     body = builder.body(tree.children[0], _span_of(tree, path))
     return File(path=path, text=text, body=body)
+
+
+def normalise(text: str) -> str:
+    """Drop a UTF-8 byte-order mark and turn CRLF line endings into LF: the same IR as clean."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n")
 
 
 def parse_expression(text: str, path: str, line: int = 1, column: int = 1) -> Expr:
@@ -548,6 +554,22 @@ def _position(text: str, offset: int, line: int, column: int) -> tuple[int, int]
 
 # -- syntax errors ------------------------------------------------------------------------------
 
+# Characters that look like Forgefile syntax but are not, named so the user can find them.
+CONFUSABLES = {
+    "\u00a0": "a no-break space",
+    "\u2007": "a figure space",
+    "\u202f": "a narrow no-break space",
+    "\u200b": "a zero-width space",
+    "\u2018": "a left single quotation mark",
+    "\u2019": "a right single quotation mark",
+    "\u201c": "a left double quotation mark",
+    "\u201d": "a right double quotation mark",
+    "\u2013": "an en dash",
+    "\u2014": "an em dash",
+    "\u2212": "a minus sign",
+    "\uff1d": "a fullwidth equals sign",
+}
+
 _TOKEN_WORDS = {
     "EQUAL": '"="',
     "LBRACE": '"{"',
@@ -607,6 +629,21 @@ def syntax_diagnostic(
         if char == "'":
             return Diagnostic(
                 "F0102", "strings use double quotes", span, "write \"...\" instead of '...'"
+            )
+        if char in CONFUSABLES:
+            return Diagnostic(
+                "F0108",
+                f"{CONFUSABLES[char]} (U+{ord(char):04X}) where Forgefile syntax is expected",
+                span,
+                "replace it with the plain ASCII character; editors and web pages often "
+                "substitute these",
+            )
+        if not char.isascii():
+            return Diagnostic(
+                "F0109",
+                f"`{char}` (U+{ord(char):04X}) cannot appear outside a string",
+                span,
+                "names are ASCII letters, digits and _; put other text inside quotes",
             )
         return Diagnostic(
             "F0103",

@@ -57,3 +57,29 @@ def test_every_diagnostic_has_a_location_and_hint(monkeypatch: pytest.MonkeyPatc
         for d in caught.value.diagnostics:
             assert d.span is not None and d.span.file == f"{name}.forge", d
             assert d.hint, d
+
+
+def test_errors_are_capped_with_a_note(tmp_path: Path) -> None:
+    """Hundreds of errors stop at the cap, with a note counting the rest."""
+    from forgefile.diagnostics import MAX_DIAGNOSTICS
+
+    blocks = "\n".join(f'network "n{i}" {{ subnet = {i} }}' for i in range(MAX_DIAGNOSTICS + 7))
+    (tmp_path / "Forgefile").write_text(blocks)
+    with pytest.raises(DiagnosticError) as caught:
+        load(tmp_path)
+    shown = caught.value.diagnostics
+    assert len(shown) == MAX_DIAGNOSTICS + 1
+    assert shown[-1].message == "7 more diagnostic(s) not shown"
+
+
+def test_json_ranges_count_bytes_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON range's byte offsets index the file as stored: BOM, CRLF and UTF-8 included."""
+    raw = '\ufeffvariable "é" {}\r\nnetwork "n" {\r\n  subnet = 7\r\n}\r\n'.encode()
+    (tmp_path / "Forgefile").write_bytes(raw)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DiagnosticError) as caught:
+        load(Path("Forgefile"))
+    [entry] = [d for d in render.diagnostics_json(caught.value.diagnostics) if d["code"] == "E0123"]
+    start, end = entry["range"]["start"], entry["range"]["end"]
+    assert (start["line"], start["column"]) == (3, 12)
+    assert raw[start["byte"] : end["byte"]] == b"7"

@@ -144,3 +144,31 @@ def test_literal_keeps_its_span() -> None:
     lit = f.body.blocks[0].attributes[0].value
     assert isinstance(lit, Literal)
     assert (lit.span.line, lit.span.column, lit.span.end_column) == (2, 7, 11)
+
+
+def test_bom_crlf_and_missing_final_newline_give_the_same_tree() -> None:
+    """A UTF-8 BOM, CRLF endings and no final newline parse exactly like clean input."""
+    clean = 'service "a" {\n  x = <<EOT\nline\nEOT\n  y = [1, 2]\n}\n'
+    messy = "\ufeff" + clean.replace("\n", "\r\n").rstrip("\r\n")
+    assert parse(messy, "F").body == parse(clean, "F").body
+
+
+@pytest.mark.parametrize(
+    ("char", "name"),
+    [("\u00a0", "no-break space"), ("\u201c", "left double quotation mark"), ("\u2212", "minus")],
+)
+def test_confusable_characters_are_named(char: str, name: str) -> None:
+    """A no-break space or a typographic quote is named, with its code point, not just shown."""
+    with pytest.raises(DiagnosticError) as caught:
+        parse(f'service "a" {{\n  x ={char}1\n}}', "F")
+    diagnostic = caught.value.diagnostics[0]
+    assert diagnostic.code == "F0108"
+    assert name in diagnostic.message and f"U+{ord(char):04X}" in diagnostic.message
+    assert diagnostic.span is not None and (diagnostic.span.line, diagnostic.span.column) == (2, 6)
+
+
+def test_non_ascii_names_are_refused_with_the_rule() -> None:
+    """Names are ASCII; a non-ASCII letter outside a string says so."""
+    with pytest.raises(DiagnosticError) as caught:
+        parse('service "a" {\n  café = 1\n}', "F")
+    assert caught.value.diagnostics[0].code == "F0109"
