@@ -17,7 +17,7 @@ from typing import Any
 from forgefile import ir
 from forgefile.diagnostics import Diagnostic, DiagnosticError, Span
 from forgefile.evaluate import EvalError, Scope, evaluate
-from forgefile.values import AttributeRef
+from forgefile.values import AttributeRef, instance_name
 
 from .envelope import canonical_json
 from .version import PLAN_FORMAT, VERSION
@@ -202,9 +202,9 @@ def _spec(
         case ir.Image():
             return {"digest": _image(facts, r.address, r.span).digest}
         case ir.Network():
-            return {"subnet": r.subnet, "gateway": r.gateway}
+            return {"name": r.instance, "subnet": r.subnet, "gateway": r.gateway}
         case ir.Volume():
-            return {}
+            return {"name": r.instance}
         case ir.Container():
             return _container_spec(r, facts, addresses.get(r.address, {}), networks)
         case ir.Wasm():
@@ -253,13 +253,13 @@ def _container_spec(
         "hostname": r.hostname,
         "networks": [
             {
-                "network": n.name,
+                "network": instance_name(n.name, n.key),
                 "address": addresses[n.address],
                 "gateway": networks[n.address].gateway,
             }
             for n in r.networks
         ],
-        "volumes": [{"target": t, "volume": v.name} for t, v in r.volumes],
+        "volumes": [{"target": t, "volume": instance_name(v.name, v.key)} for t, v in r.volumes],
         "read_only": r.read_only,
         "privileged": r.privileged,
         "cap_add": list(r.cap_add),
@@ -282,7 +282,10 @@ def _wasm_spec(r: ir.Wasm, facts: BuildFacts) -> dict[str, Any]:
         "mode": r.mode,
         "args": list(r.args),
         "env": dict(r.env),
-        "mounts": [{"guest": g, "volume": v.name, "writable": True} for g, v in r.mounts],
+        "mounts": [
+            {"guest": g, "volume": instance_name(v.name, v.key), "writable": True}
+            for g, v in r.mounts
+        ],
         "success_codes": list(r.success_codes),
         "limits": {
             "memory": r.limits.memory.bytes if r.limits.memory else None,
@@ -333,7 +336,7 @@ def _kept_address(old: StateResource | None, net: ir.Network) -> str | None:
     if old is None:
         return None
     for attachment in old.spec.get("networks", []):
-        if attachment.get("network") == net.name:
+        if attachment.get("network") == net.instance:
             iface = ipaddress.IPv4Interface(attachment["address"])
             if iface.network == ipaddress.IPv4Network(net.subnet):
                 return str(iface.ip)
@@ -357,7 +360,10 @@ def _outputs(doc: ir.Document, specs: Mapping[str, Mapping[str, Any]]) -> dict[s
         )
 
     scope = Scope(
-        variables=dict(doc.variable_values), attributes=attributes, resources=_declared(doc)
+        variables=dict(doc.variable_values),
+        attributes=attributes,
+        resources=doc.declared(),
+        instances=doc.instances(),
     )
     values: dict[str, Any] = {}
     errors: list[Diagnostic] = []
@@ -375,13 +381,6 @@ def _outputs(doc: ir.Document, specs: Mapping[str, Mapping[str, Any]]) -> dict[s
     if errors:
         raise DiagnosticError(errors)
     return values
-
-
-def _declared(doc: ir.Document) -> dict[str, set[str]]:
-    declared: dict[str, set[str]] = {}
-    for r in doc.resources:
-        declared.setdefault(r.kind, set()).add(r.name)
-    return declared
 
 
 def _plain(value: Any) -> Any:

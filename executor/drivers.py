@@ -82,28 +82,28 @@ def delete_image(host: Host, address: str, runtime: dict[str, Any]) -> None:
 
 
 def create_network(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
-    name = address.split(".", 1)[1]
+    name = spec["name"]
     try:
         bridge = network.ensure_network(
             host.paths.project_id, name, spec["subnet"], spec["gateway"]
         )
     except network.NetworkError as exc:
         raise ActionFailed(address, str(exc)) from None
-    return {"bridge": bridge}
+    return {"bridge": bridge, "name": name}
 
 
 def delete_network(host: Host, address: str, runtime: dict[str, Any]) -> None:
-    network.remove_network(host.paths.project_id, address.split(".", 1)[1])
+    network.remove_network(host.paths.project_id, runtime["name"])
 
 
 def create_volume(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
-    folder = host.volume_dir(address.split(".", 1)[1])
+    folder = host.volume_dir(spec["name"])
     folder.mkdir(parents=True, exist_ok=True)
-    return {"path": str(folder)}
+    return {"path": str(folder), "name": spec["name"]}
 
 
 def delete_volume(host: Host, address: str, runtime: dict[str, Any]) -> None:
-    shutil.rmtree(host.volume_dir(address.split(".", 1)[1]), ignore_errors=True)
+    shutil.rmtree(host.volume_dir(runtime["name"]), ignore_errors=True)
 
 
 # -- containers -------------------------------------------------------------------------------

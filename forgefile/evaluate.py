@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from .syntax import (
     Unary,
     Variable,
 )
-from .values import AttributeRef, ResourceRef, type_name
+from .values import AttributeRef, Key, ResourceRef, type_name
 
 
 class EvalError(DiagnosticError):
@@ -44,6 +45,8 @@ class Scope:
     variables: Mapping[str, Any] = field(default_factory=dict)
     locals: Mapping[str, Any] = field(default_factory=dict)
     resources: Mapping[str, set[str]] = field(default_factory=dict)  # kind -> declared names
+    # Resources with `count` or `for_each`: group address -> the keys of its instances.
+    instances: Mapping[str, tuple[Key, ...]] = field(default_factory=dict)
     context: functions.CallContext | None = None
     bindings: Mapping[str, Any] = field(default_factory=dict)
     # Resolves `kind.name.attr...` when the caller knows computed attributes (the planner does).
@@ -52,16 +55,7 @@ class Scope:
     lazy_local: Callable[[str, Span], Any] | None = None
 
     def child(self, bindings: Mapping[str, Any]) -> Scope:
-        merged = {**self.bindings, **bindings}
-        return Scope(
-            self.variables,
-            self.locals,
-            self.resources,
-            self.context,
-            merged,
-            self.attributes,
-            self.lazy_local,
-        )
+        return dataclasses.replace(self, bindings={**self.bindings, **bindings})
 
 
 class _Kind:
@@ -113,7 +107,10 @@ def evaluate(expr: Expr, scope: Scope) -> Any:
         case GetAttr(target=target, name=name):
             return _get(evaluate(target, scope), name, expr.span, scope)
         case Index(target=target, key=key):
-            return _get(evaluate(target, scope), evaluate(key, scope), expr.span, scope)
+            found = evaluate(target, scope)
+            if isinstance(found, ResourceRef):
+                return _instance(found, evaluate(key, scope), expr.span, scope)
+            return _get(found, evaluate(key, scope), expr.span, scope)
         case Call():
             return _call(expr, scope)
         case ListExpr(items=items):
@@ -179,6 +176,16 @@ def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
                 or f'declare it with a `{target.kind} "{key}" {{ ... }}` block',
             )
         return ResourceRef(target.kind, str(key), span)
+    if isinstance(target, ResourceRef) and target.key is None and target.address in scope.instances:
+        keys = scope.instances[target.address]
+        raise EvalError(
+            "E0222",
+            f"{target.address} has {len(keys)} instances; choose one",
+            span,
+            f"write {ResourceRef(target.kind, target.name, span, keys[0]).address}.{key}"
+            if keys
+            else f"{target.address} has no instances (its count is 0)",
+        )
     if isinstance(target, ResourceRef | AttributeRef):
         ref = (
             AttributeRef(target, (key,), span)
@@ -211,6 +218,27 @@ def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
             )
         return target[key]
     raise EvalError("E0209", f"a {type_name(target)} has no attributes or elements", span)
+
+
+def _instance(ref: ResourceRef, key: Any, span: Span, scope: Scope) -> ResourceRef:
+    """`service.web[0]`: one instance of a resource with `count` or `for_each`."""
+    keys = scope.instances.get(ref.address)
+    if ref.key is not None or keys is None:
+        raise EvalError(
+            "E0223",
+            f"{ref.address} has no count or for_each, so it cannot be indexed",
+            span,
+            f"refer to it as {ref.address}",
+        )
+    if key not in keys or isinstance(key, bool):
+        shown = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+        raise EvalError(
+            "E0224",
+            f"{ref.address} has no instance [{key!r}]",
+            span,
+            f"its instances are: {shown}" if keys else "its count is 0",
+        )
+    return ResourceRef(ref.kind, ref.name, span, key)
 
 
 def _call(expr: Call, scope: Scope) -> Any:

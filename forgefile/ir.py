@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .diagnostics import Span
 from .syntax import Duration, Expr, Size
-from .values import ResourceRef
+from .values import Key, ResourceRef, instance_address, instance_name
 
 Pairs = tuple[tuple[str, Any], ...]
 
@@ -35,11 +35,18 @@ class Node:
 @dataclass(frozen=True)
 class Resource(Node):
     name: str = ""
+    # The instance key under `count` (an int) or `for_each` (a string); None otherwise.
+    key: Key | None = None
     kind: ClassVar[str] = ""
 
     @property
     def address(self) -> str:
-        return f"{self.kind}.{self.name}"
+        return instance_address(self.kind, self.name, self.key)
+
+    @property
+    def instance(self) -> str:
+        """The instance's name where a plain name is needed: a folder, a hostname."""
+        return instance_name(self.name, self.key)
 
     def references(self) -> tuple[ResourceRef, ...]:
         """Every resource this one names, in the order written: the edges of the graph."""
@@ -189,9 +196,25 @@ class Document:
     inputs: Pairs = ()
     # The values variables took, sensitive ones included: never serialised as they are.
     variable_values: Pairs = field(default=(), repr=False)
+    # Resources with `count` or `for_each`: group address -> instance keys, in order.
+    groups: tuple[tuple[str, tuple[Key, ...]], ...] = ()
 
     def resource(self, address: str) -> Resource | None:
         return next((r for r in self.resources if r.address == address), None)
+
+    def declared(self) -> dict[str, set[str]]:
+        """Kind to the names declared (a group with count = 0 too): what references may name."""
+        names: dict[str, set[str]] = {}
+        for r in self.resources:
+            names.setdefault(r.kind, set()).add(r.name)
+        for address, _keys in self.groups:
+            kind, name = address.split(".", 1)
+            names.setdefault(kind, set()).add(name)
+        return names
+
+    def instances(self) -> dict[str, tuple[Key, ...]]:
+        """Group address to instance keys, for resources with `count` or `for_each`."""
+        return dict(self.groups)
 
     def to_document(self) -> dict[str, Any]:
         return {

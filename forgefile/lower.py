@@ -22,9 +22,9 @@ from stdlib.functions import CallContext
 from . import ir
 from .diagnostics import Collector, DiagnosticError, Related, Span, suggest
 from .evaluate import EvalError, Scope, evaluate
-from .schema import SCHEMAS, Attr, BlockSpec, Mismatch, RefTo, coerce
-from .syntax import Block, File, parse
-from .values import ResourceRef, type_name
+from .schema import RESOURCE_KINDS, SCHEMAS, Attr, BlockSpec, Mismatch, RefTo, coerce
+from .syntax import Attribute, Block, File, parse
+from .values import Key, ResourceRef, instance_name, type_name
 
 FORGEFILE = "Forgefile"
 
@@ -103,6 +103,7 @@ class Lowering:
         self.local_values: dict[str, Any] = {}
         self.local_stack: list[str] = []
         self.variable_values: dict[str, Any] = {}
+        self.instances: dict[str, tuple[Key, ...]] = {}
 
     def run(self, digest: str) -> ir.Document:
         blocks = self._declarations()
@@ -113,12 +114,15 @@ class Lowering:
         scope = self._scope()
         for name in list(self.local_exprs):
             self._local(name, self.local_exprs[name].span)
+        resource_blocks = [b for kind in RESOURCE_KINDS for b in blocks.get(kind, [])]
+        expansions = {id(b): self._expansion(b, scope) for b in resource_blocks}
+        scope = self._scope()
         resources = [
-            self._resource(block, scope)
-            for kind in SCHEMAS
-            if kind not in ("variable", "locals", "output")
-            for block in blocks.get(kind, [])
+            self._resource(block, scope.child(bindings), key)
+            for block in resource_blocks
+            for key, bindings in expansions[id(block)]
         ]
+        resources = [self._resolve_groups(r) for r in resources if r is not None]
         outputs = [self._output(b) for b in blocks.get("output", [])]
         self.errors.raise_if_errors()
         inputs = {self.file.path: digest, **self.context.files_read}
@@ -129,7 +133,122 @@ class Lowering:
             outputs=tuple(o for o in outputs if o is not None),
             inputs=tuple(sorted(inputs.items())),
             variable_values=tuple(sorted(self.variable_values.items())),
+            groups=tuple(self.instances.items()),
         )
+
+    # -- count and for_each ---------------------------------------------------------------------
+
+    def _expansion(self, block: Block, scope: Scope) -> list[tuple[Key | None, dict[str, Any]]]:
+        """The instances a block stands for: (key, bindings) pairs; one unkeyed if plain."""
+        count, for_each = block.attribute("count"), block.attribute("for_each")
+        if count is None and for_each is None:
+            return [(None, {})]
+        address = f"{block.type}.{block.labels[0]}"
+        if block.type == "image" or (count is not None and for_each is not None):
+            meta = count or for_each
+            assert meta is not None
+            self.errors.error(
+                "E0130",
+                "an image cannot have count or for_each"
+                if block.type == "image"
+                else f"{address} has both count and for_each",
+                meta.name_span,
+                "build one image and use it from many workloads"
+                if block.type == "image"
+                else "keep one of them",
+            )
+            return []
+        try:
+            if count is not None:
+                value = evaluate(count.value, scope)
+                pairs = self._count(value, count)
+            else:
+                assert for_each is not None
+                value = evaluate(for_each.value, scope)
+                pairs = self._for_each(value, for_each)
+        except DiagnosticError as exc:
+            self.errors.items.extend(exc.diagnostics)
+            return []
+        self.instances[address] = tuple(key for key, _ in pairs)
+        return list(pairs)
+
+    def _count(self, value: Any, attr: Attribute) -> list[tuple[Key, dict[str, Any]]]:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise EvalError(
+                "E0131",
+                f"count must be an int from 0 to {MAX_COUNT}, found {type_name(value)} "
+                f"{_show(value)}",
+                attr.value.span,
+                "count is how many instances to make, e.g. count = 3",
+            )
+        return [(i, {"count": {"index": i}}) for i in range(value)]
+
+    def _for_each(self, value: Any, attr: Attribute) -> list[tuple[Key, dict[str, Any]]]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            if len(set(value)) != len(value):
+                raise EvalError(
+                    "E0132",
+                    "for_each lists a key twice",
+                    attr.value.span,
+                    "each key names one instance; remove the duplicate",
+                )
+            items = [(v, v) for v in value]
+        elif isinstance(value, dict):
+            items = list(value.items())
+        else:
+            raise EvalError(
+                "E0133",
+                f"for_each takes a map or a list of strings, found {type_name(value)}",
+                attr.value.span,
+                'e.g. for_each = { eu = "10.213.1.0/24" } or for_each = ["a", "b"]',
+            )
+        if len(items) > MAX_COUNT:
+            raise EvalError(
+                "E0131",
+                f"for_each makes more than {MAX_COUNT} instances",
+                attr.value.span,
+                "split the resource",
+            )
+        bad = next((k for k, _ in items if not _valid_name(k)), None)
+        if bad is not None:
+            raise EvalError(
+                "E0134",
+                f"for_each key {bad!r} is not a valid instance name",
+                attr.value.span,
+                "keys name instances: letters, digits, _ and -, starting with a letter",
+            )
+        return [(k, {"each": {"key": k, "value": v}}) for k, v in items]
+
+    def _resolve_groups(self, resource: ir.Resource) -> ir.Resource:
+        """`depends_on = [service.web]` means every instance; elsewhere one must be chosen."""
+        for ref in resource.references():
+            if (
+                ref.key is None
+                and ref.address in self.instances
+                and not self._in_depends_on(resource, ref)
+            ):
+                keys = self.instances[ref.address]
+                example = f"{ref.address}[{keys[0]!r}]" if keys else ref.address
+                self.errors.error(
+                    "E0135",
+                    f"{ref.address} has count or for_each; name one instance",
+                    ref.span,
+                    f"write {example.replace(chr(39), chr(34))}",
+                )
+        depends_on = getattr(resource, "depends_on", None)
+        if not depends_on:
+            return resource
+        expanded: list[ResourceRef] = []
+        for ref in depends_on:
+            group = self.instances.get(ref.address) if ref.key is None else None
+            if group is None:
+                expanded.append(ref)
+            else:
+                expanded.extend(ResourceRef(ref.kind, ref.name, ref.span, k) for k in group)
+        return dataclasses.replace(resource, depends_on=tuple(expanded))  # type: ignore[call-arg]
+
+    def _in_depends_on(self, resource: ir.Resource, ref: ResourceRef) -> bool:
+        return any(r is ref for r in getattr(resource, "depends_on", ()))
 
     # -- declarations ---------------------------------------------------------------------------
 
@@ -194,6 +313,7 @@ class Lowering:
             variables=self.variable_values,
             locals=self.local_values,
             resources=self.resources,
+            instances=self.instances,
             context=self.context,
             lazy_local=self._local,
         )
@@ -310,7 +430,7 @@ class Lowering:
 
     # -- resources ------------------------------------------------------------------------------
 
-    def _resource(self, block: Block, scope: Scope) -> ir.Resource | None:
+    def _resource(self, block: Block, scope: Scope, key: Key | None) -> ir.Resource | None:
         spec = SCHEMAS[block.type]
         values = self._attributes(block, spec, scope)
         nested = self._nested(block, spec, scope)
@@ -321,6 +441,7 @@ class Lowering:
             "span": block.span,
             "spans": self._attr_spans(block),
             "name": name,
+            "key": key,
         }
         match block.type:
             case "image":
@@ -332,7 +453,7 @@ class Lowering:
             case "service" | "job":
                 limits = nested.get("resources", [{}])[0]
                 values["resources"] = ir.Limits(**limits)
-                values["hostname"] = values["hostname"] or name
+                values["hostname"] = values["hostname"] or instance_name(name, key)
                 cls = ir.Service if block.type == "service" else ir.Job
                 return cls(**common, **values)
             case "wasm":
@@ -447,6 +568,8 @@ class Lowering:
     def _unknown_attributes(self, block: Block, spec: BlockSpec) -> None:
         names = [a.name for a in spec.attributes]
         for attr in block.attributes:
+            if spec.kind in RESOURCE_KINDS and attr.name in META_ARGUMENTS:
+                continue
             if spec.attribute(attr.name) is None and not spec.open:
                 hint = suggest(attr.name, names) or (
                     f"`{spec.kind}` takes: {', '.join(names)}"
@@ -586,6 +709,8 @@ class Lowering:
 
 
 _INVALID = object()
+META_ARGUMENTS = ("count", "for_each")
+MAX_COUNT = 10_000
 _WASM_LIMIT_DEFAULTS = {"memory": ir.WASM_MEMORY, "fuel": None, "timeout": ir.WASM_TIMEOUT}
 
 

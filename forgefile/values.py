@@ -7,29 +7,61 @@ from dataclasses import dataclass
 from .diagnostics import Span
 from .syntax import Duration, Size
 
-__all__ = ["AttributeRef", "Duration", "ResourceRef", "Size", "type_name"]
+__all__ = [
+    "AttributeRef",
+    "Duration",
+    "Key",
+    "ResourceRef",
+    "Size",
+    "instance_address",
+    "instance_name",
+    "type_name",
+]
+
+
+Key = int | str
 
 
 @dataclass(frozen=True)
 class ResourceRef:
-    """`service.api`: a resource named by its kind and name, with where it was written."""
+    """`service.api` or `service.api[0]`: a resource (instance) by kind, name and key.
+
+    A reference without a key to a resource with `count` or `for_each` names the whole group.
+    """
 
     kind: str
     name: str
     span: Span
+    key: Key | None = None
 
     @property
     def address(self) -> str:
-        return f"{self.kind}.{self.name}"
+        return instance_address(self.kind, self.name, self.key)
 
     def __str__(self) -> str:
         return self.address
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ResourceRef) and (self.kind, self.name) == (other.kind, other.name)
+        return isinstance(other, ResourceRef) and (self.kind, self.name, self.key) == (
+            other.kind,
+            other.name,
+            other.key,
+        )
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.name))
+        return hash((self.kind, self.name, self.key))
+
+
+def instance_address(kind: str, name: str, key: Key | None) -> str:
+    """`service.web`, `service.web[0]` or `service.web["eu"]`."""
+    if key is None:
+        return f"{kind}.{name}"
+    return f"{kind}.{name}[{key}]" if isinstance(key, int) else f'{kind}.{name}["{key}"]'
+
+
+def instance_name(name: str, key: Key | None) -> str:
+    """A name for one instance that is safe in host names, folders and hostnames: `web-0`."""
+    return name if key is None else f"{name}-{key}"
 
 
 @dataclass(frozen=True)

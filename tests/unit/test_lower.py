@@ -151,3 +151,75 @@ def test_language_reference_matches_the_schema() -> None:
         "uses.\n\n"
     )
     assert doc.split(marker, 1)[1] == markdown_reference()
+
+
+COUNTED = """
+image "b" {
+  copy { content = "x"  dst = "/x" }
+}
+network "n" { subnet = "10.213.3.0/24" }
+volume "v" {
+  for_each = { a = "first", b = "second" }
+}
+service "api" {
+  count    = 2
+  image    = image.b
+  command  = ["echo", "${count.index}"]
+  networks = [network.n]
+  volumes  = { "/data" = volume.v[count.index == 0 ? "a" : "b"] }
+}
+job "after" {
+  image      = image.b
+  command    = ["echo", volume.v["b"].name]
+  depends_on = [service.api]
+}
+"""
+
+
+def test_count_and_for_each_make_one_resource_per_instance(tmp_path: Path) -> None:
+    """count gives [0], [1]...; for_each gives ["key"]; each instance is its own resource."""
+    doc = lower(tmp_path, COUNTED.replace('volume.v["b"].name', '"x"'))
+    addresses = [r.address for r in doc.resources]
+    assert 'volume.v["a"]' in addresses and 'volume.v["b"]' in addresses
+    first, second = doc.resource("service.api[0]"), doc.resource("service.api[1]")
+    assert isinstance(first, ir.Service) and isinstance(second, ir.Service)
+    assert (first.command, second.command) == (("echo", "0"), ("echo", "1"))
+    assert (first.hostname, second.hostname) == ("api-0", "api-1")
+    assert [v.address for _, v in second.volumes] == ['volume.v["b"]']
+    assert doc.instances() == {"volume.v": ("a", "b"), "service.api": (0, 1)}
+
+
+def test_depends_on_a_group_means_every_instance(tmp_path: Path) -> None:
+    """`depends_on = [service.api]` waits for service.api[0] and service.api[1]."""
+    doc = lower(tmp_path, COUNTED.replace('volume.v["b"].name', '"x"'))
+    job = doc.resource("job.after")
+    assert isinstance(job, ir.Job)
+    assert [d.address for d in job.depends_on] == ["service.api[0]", "service.api[1]"]
+
+
+def test_each_value_is_bound(tmp_path: Path) -> None:
+    """Inside a for_each block, each.key and each.value are the map's entries."""
+    text = 'network "n" {\n  for_each = { a = 1, b = 2 }\n  subnet = "10.213.${each.value}.0/24"\n}'
+    doc = lower(tmp_path, text)
+    subnets = {r.address: r.subnet for r in doc.resources if isinstance(r, ir.Network)}
+    assert subnets == {'network.n["a"]': "10.213.1.0/24", 'network.n["b"]': "10.213.2.0/24"}
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (("networks = [network.n]", "networks = [service.api]"), "E0123"),
+        (('volume.v[count.index == 0 ? "a" : "b"]', "volume.v"), "E0135"),
+        (("image    = image.b", "image    = image.b[0]"), "E0223"),
+        (('volume.v[count.index == 0 ? "a" : "b"]', 'volume.v["c"]'), "E0224"),
+        (("count    = 2", "count    = -1"), "E0131"),
+        (("count    = 2", "count    = 2\n  for_each = []"), "E0130"),
+        (("count    = 2", 'count    = "2"'), "E0131"),
+    ],
+)
+def test_instance_mistakes_are_diagnostics(
+    tmp_path: Path, change: tuple[str, str], code: str
+) -> None:
+    """Naming a group where one instance is needed, a missing key, or a bad count."""
+    text = COUNTED.replace('volume.v["b"].name', '"x"').replace(*change)
+    assert code in codes(tmp_path, text)

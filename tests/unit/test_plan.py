@@ -368,3 +368,23 @@ def test_an_output_naming_an_unknown_attribute_is_a_diagnostic(tmp_path: Path) -
     assert diagnostic.span is not None
     line = (tmp_path / "Forgefile").read_text().splitlines()[diagnostic.span.line - 1]
     assert line.strip() == "value = service.web.port"
+
+
+def test_counted_instances_get_their_own_addresses_and_outputs(tmp_path: Path) -> None:
+    """service.api[0] and [1] are planned apart, each with an address an output can name."""
+    text = (
+        HELLO
+        + API.replace('service "api" {', 'service "api" {\n  count    = 2')
+        + """
+output "second" {
+  value = service.api[1].address
+}
+"""
+    )
+    document = plan(lower(tmp_path, text), EMPTY, facts(), CREATED)
+    actions = {a["address"]: a for a in document["actions"]}
+    assert {"service.api[0]", "service.api[1]"} <= set(actions)
+    first = actions["service.api[0]"]["spec"]["networks"][0]["address"]
+    second = actions["service.api[1]"]["spec"]["networks"][0]["address"]
+    assert first != second
+    assert document["outputs"]["second"]["value"] == second.split("/")[0]
