@@ -576,6 +576,71 @@ def show(
 
 
 @app.command()
+@reports
+def graph(
+    fmt: Annotated[
+        str, typer.Option("--format", help="text, or dot for Graphviz (`| dot -Tsvg`).")
+    ] = "text",
+    file: FileOption = HERE,
+    var: VarOption = None,
+) -> None:
+    """Print the dependency graph: which resource needs which."""
+    from compiler import graph as graphs
+    from forgefile.lower import load
+
+    if fmt not in ("text", "dot"):
+        err.print(f"[bold red]error:[/] --format is text or dot, not {escape(fmt)}")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    project = _project(file, None, None, var)
+    doc = load(project.forgefile, project.variables)
+    sys.stdout.write(graphs.to_dot(doc) if fmt == "dot" else graphs.to_text(doc))
+
+
+@app.command()
+def schema() -> None:
+    """Print a JSON Schema of every block and attribute, for editors and linters."""
+    from forgefile.schema import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command()
+@reports
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the starter files.")] = HERE,
+    subnet: Annotated[
+        str, typer.Option("--subnet", help="The starter network's subnet.")
+    ] = "10.213.50.0/28",
+) -> None:
+    """Write a starter Forgefile and policy folder that validate and apply as they are."""
+    import ipaddress
+
+    from stdlib import template
+
+    try:
+        ipaddress.IPv4Network(subnet)
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] --subnet {escape(subnet)}: {escape(str(exc))}")
+        raise typer.Exit(EXIT_DIAGNOSTIC) from None
+    starter = template("init")
+    targets = {
+        folder / "Forgefile": starter.joinpath("Forgefile").read_text().replace("SUBNET", subnet),
+        folder / "policy" / "baseline.policy": starter.joinpath(
+            "policy", "baseline.policy"
+        ).read_text(),
+    }
+    existing = [str(p) for p in targets if p.exists()]
+    if existing:
+        err.print(f"[bold red]error:[/] {', '.join(existing)} already exist; nothing was written")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    for path, text in targets.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        out.print(f"[green]wrote[/] {path}")
+    out.print("Next: `forge key generate`, then `forge apply`.")
+
+
+@app.command()
 def version() -> None:
     """Print Forge's version."""
     out.print(f"forge {VERSION}")

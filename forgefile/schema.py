@@ -367,3 +367,88 @@ def _shown_default(value: Any) -> str:
     if isinstance(value, str):
         return f'`"{value}"`'
     return f"`{value}`"
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema (2020-12) of the blocks, in the JSON form `{"service": {"NAME": {...}}}`.
+
+    Editors use it to complete and check attribute names and types; it is made from the same
+    table the checker uses.
+    """
+    properties: dict[str, Any] = {}
+    for kind, spec in SCHEMAS.items():
+        body = _block_schema(spec)
+        if kind in RESOURCE_KINDS and kind != "image":
+            body["properties"]["count"] = {"type": "integer", "minimum": 0}
+            body["properties"]["for_each"] = {"type": ["object", "array"]}
+        if spec.labels:
+            properties[kind] = {
+                "type": "object",
+                "additionalProperties": body,
+                "propertyNames": {"pattern": NAME_PATTERN},
+            }
+        else:
+            properties[kind] = body
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://forge.invalid/schema/forgefile-v1.json",
+        "title": "Forgefile",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_-]*$"
+_DURATION_PATTERN = "^([0-9]+(ns|us|ms|s|m|h))+$"
+_SIZE_PATTERN = "^[0-9]+(\\.[0-9]+)?(KiB|MiB|GiB|TiB|KB|MB|GB|TB|B)$"
+
+
+def _block_schema(spec: BlockSpec) -> dict[str, Any]:
+    if spec.open:
+        return {"type": "object", "description": spec.doc}
+    props: dict[str, Any] = {a.name: _type_schema(a) for a in spec.attributes}
+    for name, (child, repeats) in spec.blocks.items():
+        one = _block_schema(child)
+        props[name] = {"type": "array", "items": one} if repeats else one
+    return {
+        "type": "object",
+        "description": spec.doc,
+        "additionalProperties": False,
+        "properties": props,
+        "required": [a.name for a in spec.attributes if a.required],
+    }
+
+
+def _type_schema(attr: Attr) -> dict[str, Any]:
+    out = _json_type(attr.type)
+    if attr.doc:
+        out["description"] = attr.doc
+    if attr.choices:
+        out["enum"] = list(attr.choices)
+    return out
+
+
+def _json_type(type_: Type) -> dict[str, Any]:
+    if isinstance(type_, ListOf):
+        return {"type": "array", "items": _json_type(type_.element)}
+    if isinstance(type_, MapOf):
+        return {"type": "object", "additionalProperties": _json_type(type_.element)}
+    if isinstance(type_, RefTo):
+        kinds = "|".join(type_.kinds)
+        return {
+            "type": "string",
+            "pattern": f"^({kinds})\\.[A-Za-z_][A-Za-z0-9_-]*(\\[.+\\])?$",
+        }
+    if isinstance(type_, OneOf):
+        return {"anyOf": [_json_type(o) for o in type_.options]}
+    simple = {
+        "string": {"type": "string"},
+        "int": {"type": "integer"},
+        "number": {"type": "number"},
+        "bool": {"type": "boolean"},
+        "duration": {"type": "string", "pattern": _DURATION_PATTERN},
+        "size": {"type": "string", "pattern": _SIZE_PATTERN},
+        "any": {},
+    }
+    return dict(simple[type_.name])

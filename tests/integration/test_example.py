@@ -60,14 +60,18 @@ class Example:
         return {r["address"]: r for r in rows}
 
     def page(self) -> str:
-        url = json.loads(self.forge("output", "web_url", "--json").stdout)
-        for _ in range(50):
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return str(response.read().decode())
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"nothing answered at {url}")
+        return fetch(json.loads(self.forge("output", "web_url", "--json").stdout))
+
+
+def fetch(url: str) -> str:
+    """The body at `url`, retried briefly: a service that just started may not listen yet."""
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing answered at {url}")
 
 
 def leftovers(paths: ProjectPaths) -> list[str]:

@@ -1,0 +1,92 @@
+"""Commands that read a Forgefile and print something about it: graph, schema, init, show."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+from typer.testing import CliRunner
+
+from compiler import graph
+from forge.cli import app
+from forgefile.lower import load
+from forgefile.schema import SCHEMAS, json_schema
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
+runner = CliRunner()
+
+
+def test_graph_edges_follow_references() -> None:
+    """Every reference in the example is an edge from the dependent to what it needs."""
+    doc = load(EXAMPLE, environ={})
+    edges = set(graph.edges(doc))
+    assert ("service.web", "image.site") in edges
+    assert ("wasm.greet", "job.hello") in edges
+    assert ("image.site", "image.busybox") in edges
+    assert not any(dependent.startswith("network.") for dependent, _ in edges)
+
+
+def test_graph_dot_is_one_statement_per_node_and_edge() -> None:
+    """The DOT output declares each resource once and each distinct edge once."""
+    doc = load(EXAMPLE, environ={})
+    dot = graph.to_dot(doc)
+    assert dot.startswith("digraph forge {") and dot.rstrip().endswith("}")
+    assert dot.count(" -> ") == len(set(graph.edges(doc)))
+    assert dot.count("[label=") == len(doc.resources)
+
+
+def test_schema_is_valid_and_judges_blocks() -> None:
+    """The exported JSON Schema is itself valid, accepts good blocks and names bad ones."""
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    good = {
+        "service": {"web": {"image": "image.site", "count": 2, "resources": {"memory": "64MiB"}}},
+        "network": {"front": {"subnet": "10.213.47.0/28"}},
+        "image": {"site": {"copy": [{"content": "x", "dst": "/x"}]}},
+    }
+    assert list(validator.iter_errors(good)) == []
+    bad = {"service": {"web": {"image": "site", "privileged": "yes", "imgae": 1}}}
+    messages = sorted(e.message for e in validator.iter_errors(bad))
+    assert len(messages) == 3
+    assert set(schema["properties"]) == set(SCHEMAS)
+
+
+def test_schema_command_prints_the_schema() -> None:
+    """`forge schema` prints exactly json_schema()."""
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == json_schema()
+
+
+def test_init_writes_a_starter_that_validates(tmp_path: Path) -> None:
+    """`forge init DIR` writes a Forgefile and a policy folder that validate as they are."""
+    result = runner.invoke(app, ["init", str(tmp_path), "--subnet", "10.213.92.0/28"])
+    assert result.exit_code == 0, result.output
+    doc = load(tmp_path, environ={})
+    assert {r.address for r in doc.resources} >= {"service.web", "network.app"}
+    assert 'default     = "10.213.92.0/28"' in (tmp_path / "Forgefile").read_text()
+    checked = runner.invoke(app, ["validate", "-f", str(tmp_path)])
+    assert checked.exit_code == 0, checked.output
+
+
+def test_init_never_overwrites(tmp_path: Path) -> None:
+    """An existing Forgefile is left alone and the command fails, writing nothing."""
+    (tmp_path / "Forgefile").write_text("# mine\n")
+    result = runner.invoke(app, ["init", str(tmp_path)])
+    assert result.exit_code == 1
+    assert (tmp_path / "Forgefile").read_text() == "# mine\n"
+    assert not (tmp_path / "policy").exists()
+
+
+def test_validate_json_reports_diagnostics_with_ranges(tmp_path: Path) -> None:
+    """`forge validate --json` exits 1 and lists each diagnostic with its range."""
+    (tmp_path / "Forgefile").write_text('network "n" {\n  subnet = 1\n}\n')
+    result = runner.invoke(app, ["validate", "--json", "-f", str(tmp_path)])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["version"] == 1 and report["valid"] is False
+    [diagnostic] = report["diagnostics"]
+    assert diagnostic["code"] == "E0123"
+    assert diagnostic["range"]["start"]["line"] == 2
