@@ -86,6 +86,20 @@ def missing_inputs(doc: ir.Document, out: Collector) -> None:
             )
 
 
+def unused_resources(doc: ir.Document, out: Collector) -> None:
+    """A network nothing joins or a volume nothing mounts is usually a forgotten reference."""
+    referenced = {ref.address for r in doc.resources for ref in r.references()}
+    for r in doc.resources:
+        if isinstance(r, ir.Network | ir.Volume) and r.address not in referenced:
+            verb = "joins" if isinstance(r, ir.Network) else "mounts"
+            out.warning(
+                "W0301",
+                f"{r.address} is declared but no workload {verb} it",
+                r.span,
+                "reference it from a workload, or remove it",
+            )
+
+
 def unsupported(doc: ir.Document, out: Collector) -> None:
     """Attributes the schema accepts but this executor cannot carry out yet."""
     for r in doc.resources:
@@ -111,6 +125,7 @@ PASSES: tuple[Callable[[ir.Document, Collector], None], ...] = (
     dependency_cycles,
     overlapping_subnets,
     missing_inputs,
+    unused_resources,
     unsupported,
 )
 
@@ -118,6 +133,7 @@ PASSES: tuple[Callable[[ir.Document, Collector], None], ...] = (
 def check(doc: ir.Document) -> list[Diagnostic]:
     """Run every pass; raise `DiagnosticError` on errors, return the warnings otherwise."""
     out = Collector()
+    out.items.extend(doc.warnings)
     for run in PASSES:
         run(doc, out)
     out.raise_if_errors()

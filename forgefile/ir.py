@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from .diagnostics import Span
+from .diagnostics import Diagnostic, Span
 from .syntax import Duration, Expr, Size
 from .values import Key, ResourceRef, instance_address, instance_name
 
@@ -198,6 +198,8 @@ class Document:
     variable_values: Pairs = field(default=(), repr=False)
     # Resources with `count` or `for_each`: group address -> instance keys, in order.
     groups: tuple[tuple[str, tuple[Key, ...]], ...] = ()
+    # What lowering noticed but did not refuse: unused variables and locals.
+    warnings: tuple[Diagnostic, ...] = ()
 
     def resource(self, address: str) -> Resource | None:
         return next((r for r in self.resources if r.address == address), None)

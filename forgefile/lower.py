@@ -20,10 +20,10 @@ from typing import Any
 from stdlib.functions import CallContext
 
 from . import ir
-from .diagnostics import Collector, DiagnosticError, Related, Span, suggest
+from .diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
 from .evaluate import EvalError, Scope, evaluate
 from .schema import RESOURCE_KINDS, SCHEMAS, Attr, BlockSpec, Mismatch, RefTo, coerce
-from .syntax import Attribute, Block, File, parse
+from .syntax import Attribute, Block, Expr, File, GetAttr, Variable, parse
 from .values import Key, ResourceRef, instance_name, type_name
 
 FORGEFILE = "Forgefile"
@@ -124,6 +124,7 @@ class Lowering:
         ]
         resources = [self._resolve_groups(r) for r in resources if r is not None]
         outputs = [self._output(b) for b in blocks.get("output", [])]
+        self._unused(variables)
         self.errors.raise_if_errors()
         inputs = {self.file.path: digest, **self.context.files_read}
         return ir.Document(
@@ -134,7 +135,28 @@ class Lowering:
             inputs=tuple(sorted(inputs.items())),
             variable_values=tuple(sorted(self.variable_values.items())),
             groups=tuple(self.instances.items()),
+            warnings=tuple(d for d in self.errors.items if d.severity is Severity.WARNING),
         )
+
+    def _unused(self, variables: list[ir.Variable | None]) -> None:
+        """Variables and locals that nothing reads are usually a typo on one side."""
+        read = _names_read(self.file.body)
+        for variable in variables:
+            if variable is not None and ("var", variable.name) not in read:
+                self.errors.warning(
+                    "W0101",
+                    f"variable `{variable.name}` is declared but never used",
+                    variable.span,
+                    "remove it, or use it as var." + variable.name,
+                )
+        for name, attr in self.local_exprs.items():
+            if ("local", name) not in read:
+                self.errors.warning(
+                    "W0102",
+                    f"local `{name}` is declared but never used",
+                    attr.span,
+                    "remove it, or use it as local." + name,
+                )
 
     # -- count and for_each ---------------------------------------------------------------------
 
@@ -720,6 +742,30 @@ def _valid_name(name: str) -> bool:
         and (name[0].isalpha() or name[0] == "_")
         and all(c.isalnum() or c in "_-" for c in name)
     )
+
+
+def _names_read(body: Block) -> set[tuple[str, str]]:
+    """Every `var.X` and `local.X` the file reads, anywhere."""
+    found: set[tuple[str, str]] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, GetAttr) and isinstance(node.target, Variable):
+            found.add((node.target.name, node.name))
+        if isinstance(node, Expr):
+            for value in vars(node).values():
+                walk(value)
+        elif isinstance(node, tuple):
+            for item in node:
+                walk(item)
+
+    def block(b: Block) -> None:
+        for attr in b.attributes:
+            walk(attr.value)
+        for child in b.blocks:
+            block(child)
+
+    block(body)
+    return found
 
 
 def _closest(name: str, spec: BlockSpec) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 
 from compiler import checks
 from forgefile import ir
-from forgefile.diagnostics import Diagnostic, DiagnosticError
+from forgefile.diagnostics import Diagnostic, DiagnosticError, Severity
 from forgefile.lower import load
 
 CYCLE = """\
@@ -48,7 +48,7 @@ def errors(doc: ir.Document) -> list[Diagnostic]:
     """Run every check on `doc` and return the diagnostics they must fail with."""
     with pytest.raises(DiagnosticError) as caught:
         checks.check(doc)
-    return list(caught.value.diagnostics)
+    return [d for d in caught.value.diagnostics if d.severity is Severity.ERROR]
 
 
 def networks(first: str, second: str) -> str:
@@ -103,4 +103,16 @@ def test_overlapping_subnets_are_diagnosed(tmp_path: Path) -> None:
 
 def test_adjacent_subnets_do_not_overlap(tmp_path: Path) -> None:
     """Two halves of a /24, which touch but share no address, pass the checks."""
-    assert checks.check(lower(tmp_path, networks("10.213.62.0/25", "10.213.62.128/25"))) == []
+    found = checks.check(lower(tmp_path, networks("10.213.62.0/25", "10.213.62.128/25")))
+    assert [d for d in found if d.severity is Severity.ERROR] == []
+
+
+def test_unused_declarations_are_warnings(tmp_path: Path) -> None:
+    """A variable, a local, a network and a volume that nothing uses each get a warning."""
+    text = (
+        'variable "spare" { default = 1 }\nlocals { idle = 2 }\n'
+        'network "lonely" { subnet = "10.213.70.0/28" }\nvolume "unmounted" {}\n'
+    )
+    found = checks.check(lower(tmp_path, text))
+    assert sorted(d.code for d in found) == ["W0101", "W0102", "W0301", "W0301"]
+    assert all(d.severity is Severity.WARNING and d.span is not None for d in found)
