@@ -413,6 +413,8 @@ class Lowering:
                 f"pass --var {name}=VALUE, set FORGE_VAR_{name}, or give the variable a default",
             )
             return None
+        if not self._validate(block, name, value):
+            return None
         self.variable_values[name] = value
         return ir.Variable(
             block.span,
@@ -424,6 +426,56 @@ class Lowering:
             description=values["description"],
             sensitive=values["sensitive"],
         )
+
+    def _validate(self, block: Block, name: str, value: Any) -> bool:
+        """Run the variable's `validation` blocks against its value; False if one fails."""
+        spec, _ = SCHEMAS["variable"].blocks["validation"]
+        scope = Scope(variables={name: value}, context=None)
+        ok = True
+        for child in block.blocks:
+            if child.type != "validation":
+                self.errors.error(
+                    "E0125",
+                    f"`variable` has no block `{child.type}`",
+                    child.type_span,
+                    "its blocks are: validation",
+                )
+                ok = False
+                continue
+            self._unknown_attributes(child, spec)
+            condition, message = child.attribute("condition"), child.attribute("message")
+            if condition is None or message is None:
+                self.errors.error(
+                    "E0122",
+                    "a validation block needs `condition` and `message`",
+                    child.span,
+                    'add condition = <bool> and message = "..."',
+                )
+                ok = False
+                continue
+            try:
+                passed = evaluate(condition.value, scope)
+                if not isinstance(passed, bool):
+                    raise EvalError(
+                        "E0217",
+                        f"a condition must be a bool, found {type_name(passed)}",
+                        condition.value.span,
+                    )
+                text = "" if passed else str(evaluate(message.value, scope))
+            except DiagnosticError as exc:
+                self.errors.items.extend(exc.diagnostics)
+                ok = False
+                continue
+            if not passed:
+                shown = "(sensitive)" if block.attribute("sensitive") else _show(value)
+                self.errors.error(
+                    "E0140",
+                    f"var.{name} = {shown}: {text}",
+                    condition.value.span,
+                    "give the variable a value that meets its validation",
+                )
+                ok = False
+        return ok
 
     def _output(self, block: Block) -> ir.Output | None:
         spec = SCHEMAS["output"]

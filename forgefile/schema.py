@@ -203,6 +203,25 @@ SCHEMAS: dict[str, BlockSpec] = {
             Attr("description", STRING, "", "What the variable is for."),
             Attr("sensitive", BOOL, False, "Hide the value in plans and output."),
         ),
+        blocks={
+            "validation": (
+                BlockSpec(
+                    "validation",
+                    "A rule the value must meet; checked before anything else is evaluated.",
+                    labels=(),
+                    attributes=(
+                        Attr(
+                            "condition",
+                            BOOL,
+                            REQUIRED,
+                            "A bool over var.NAME, e.g. var.replicas > 0.",
+                        ),
+                        Attr("message", STRING, REQUIRED, "Says what a good value is."),
+                    ),
+                ),
+                True,
+            )
+        },
     ),
     "locals": BlockSpec("locals", "Named values computed once.", labels=(), open=True),
     "output": BlockSpec(

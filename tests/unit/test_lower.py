@@ -223,3 +223,20 @@ def test_instance_mistakes_are_diagnostics(
     """Naming a group where one instance is needed, a missing key, or a bad count."""
     text = COUNTED.replace('volume.v["b"].name', '"x"').replace(*change)
     assert code in codes(tmp_path, text)
+
+
+def test_variable_validation(tmp_path: Path) -> None:
+    """A validation block refuses a value that breaks its condition, with its message."""
+    text = (
+        'variable "replicas" {\n  type = int\n  default = 2\n  validation {\n'
+        "    condition = var.replicas > 0 && var.replicas <= 10\n"
+        '    message   = "replicas must be 1 to 10"\n  }\n}\n'
+        "locals { n = var.replicas }\n"
+    )
+    assert lower(tmp_path, text).variable_values == (("replicas", 2),)
+    (tmp_path / "Forgefile").write_text(text)
+    with pytest.raises(DiagnosticError) as caught:
+        load(tmp_path, {"replicas": "0"}, environ={})
+    [diagnostic] = [d for d in caught.value.diagnostics if d.code == "E0140"]
+    assert diagnostic.message == "var.replicas = `0`: replicas must be 1 to 10"
+    assert diagnostic.span is not None and diagnostic.span.line == 5
