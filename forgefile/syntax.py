@@ -22,6 +22,7 @@ Tree = Any
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NESTING = 64
+MAX_NODES = 250_000
 
 
 # -- expressions --------------------------------------------------------------------------------
@@ -199,6 +200,18 @@ def parse(text: str, path: str) -> File:
         tree = _forgefile_parser().parse(text)
     except lark.exceptions.UnexpectedInput as exc:
         raise DiagnosticError([syntax_diagnostic(exc, text, path)]) from None
+    nodes = sum(1 for _ in tree.iter_subtrees())
+    if nodes > MAX_NODES:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "F0006",
+                    f"the file has {nodes} syntax nodes, more than the limit of {MAX_NODES}",
+                    Span(path, 1, 1, 1, 1),
+                    "split it into several Forgefiles, or generate fewer blocks with count",
+                )
+            ]
+        )
     builder = _Builder(path)
     body = builder.body(tree.children[0], _span_of(tree, path))
     return File(path=path, text=text, body=body)

@@ -172,3 +172,23 @@ def test_non_ascii_names_are_refused_with_the_rule() -> None:
     with pytest.raises(DiagnosticError) as caught:
         parse('service "a" {\n  café = 1\n}', "F")
     assert caught.value.diagnostics[0].code == "F0109"
+
+
+def test_node_limit_is_a_diagnostic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Input with more syntax nodes than the limit is refused with a diagnostic."""
+    import forgefile.syntax as syntax
+
+    monkeypatch.setattr(syntax, "MAX_NODES", 50)
+    text = "locals {\n" + "\n".join(f"  v{i} = [{i}, {i}]" for i in range(40)) + "\n}"
+    with pytest.raises(DiagnosticError) as caught:
+        parse(text, "F")
+    assert caught.value.diagnostics[0].code == "F0006"
+
+
+def test_file_size_limit_is_a_diagnostic() -> None:
+    """A Forgefile over the size limit is refused before it is parsed."""
+    from forgefile.syntax import MAX_FILE_BYTES
+
+    with pytest.raises(DiagnosticError) as caught:
+        parse("#" * (MAX_FILE_BYTES + 1), "F")
+    assert caught.value.diagnostics[0].code == "F0001"
