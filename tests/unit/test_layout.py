@@ -62,3 +62,20 @@ def test_version_is_declared_once() -> None:
     """The package metadata and the toolchain version that plans record agree."""
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert meta["project"]["version"] == VERSION
+
+
+def test_every_diagnostic_code_is_documented() -> None:
+    """docs/errors.md lists exactly the codes the code can emit."""
+    import re
+
+    pattern = re.compile(r'"([EFPRWB][0-9]{4})"')
+    used = {
+        code
+        for package in ("forgefile", "compiler", "executor")
+        for path in (REPO / package).rglob("*.py")
+        for code in pattern.findall(path.read_text())
+    }
+    documented = set(
+        re.findall(r"^\| ([EFPRWB][0-9]{4}) \|", (REPO / "docs" / "errors.md").read_text(), re.M)
+    )
+    assert used == documented
