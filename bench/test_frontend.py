@@ -1,0 +1,156 @@
+"""Front-end benchmarks: load + check of generated Forgefiles, the baseline policy, start-up.
+
+Targets (issues 3 and 4): 1,000 services load and check in under 1 s with growth no worse than
+linear; the baseline policy judges 10,000 services in under 1 s; `forge version` and
+`forge validate --help` start in under 0.15 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from compiler import policy
+
+from .conftest import BASELINE, Corpus, Shape, collect, cpu_median, median, pedantic
+
+SIZES = (100, 1_000, 10_000)
+# One round of 10,000 services takes about half a minute here; the whole run stays under 3.
+ROUNDS = {100: 5, 1_000: 3, 10_000: 1}
+STARTUP_ROUNDS = 9
+
+
+@pytest.mark.parametrize("services", SIZES)
+def test_load_and_check(benchmark: BenchmarkFixture, corpus: Corpus, services: int) -> None:
+    """Parse, lower and check a generated Forgefile: 1,000 services in under 1 s, linear growth."""
+    shape, size = Shape(services), corpus.size(services)
+    corpus.documents.pop(services, None)
+    doc = pedantic(benchmark, corpus.load_and_check, services, rounds=ROUNDS[services])
+    corpus.documents[services] = doc
+    assert len(doc.resources) == shape.resources
+
+    benchmark.extra_info.update(forgefile_bytes=size, resources=shape.resources)
+    took = median(benchmark)
+    if took is None:
+        return
+    cpu = cpu_median(benchmark)
+    corpus.medians[f"load-{services}"], corpus.medians[f"load-{services}-cpu"] = took, cpu
+    lifted = " (limits lifted)" if corpus.over_limits(services) else ""
+    corpus.note(
+        f"load+check {services:>6} services, {shape.networks:>3} networks, "
+        f"{size / 1e6:.2f} MB{lifted}: {took:.3f} s wall, {cpu:.3f} s CPU, "
+        f"{took / services * 1e6:.0f} us wall per service"
+    )
+    if services == 10_000 and "load-1000" in corpus.medians:
+        ratio = took / corpus.medians["load-1000"]
+        cpu_ratio = cpu / corpus.medians["load-1000-cpu"]
+        benchmark.extra_info.update(ratio_to_1000=round(ratio, 2), cpu_ratio_to_1000=cpu_ratio)
+        corpus.note(
+            f"load+check 10000/1000 ratio: {ratio:.1f} wall, {cpu_ratio:.1f} CPU "
+            "(linear would be 10)"
+        )
+
+
+@pytest.mark.parametrize("services", (1_000, 10_000))
+def test_policy_baseline(benchmark: BenchmarkFixture, corpus: Corpus, services: int) -> None:
+    """The example's baseline policy judges every service: 10,000 in under 1 s."""
+    doc = corpus.document(services)
+    files = policy.policy_files([BASELINE])
+
+    def judge() -> policy.Verdict:
+        rules, digest = policy.load(files)
+        return policy.evaluate_rules(rules, doc, digest)
+
+    verdict = pedantic(benchmark, judge, rounds=3)
+    # Two rules apply to each service; the advisory one fires on every tenth, which lacks memory.
+    assert verdict.evaluated == 2 * services
+    assert len(verdict.findings) == services // 10
+    assert not verdict.blocked
+
+    # The evaluation's own allocations, measured apart: tracemalloc slows what it watches.
+    collect()
+    tracemalloc.start()
+    try:
+        judge()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    benchmark.extra_info["peak_alloc_mib"] = round(peak / (1 << 20), 1)
+    if services == max(SIZES):
+        # A live 10,000-service IR makes every later garbage collection slower: drop it.
+        corpus.documents.pop(services)
+    took = median(benchmark)
+    if took is not None:
+        corpus.note(
+            f"policy baseline over {services:>6} services: {took:.3f} s wall, "
+            f"{cpu_median(benchmark):.3f} s CPU, "
+            f"{took / services * 1e6:.0f} us per service, "
+            f"peak allocation {peak / (1 << 20):.1f} MiB"
+        )
+
+
+def _commands() -> dict[str, list[str]]:
+    python = sys.executable
+    forge = shutil.which("forge", path=str(Path(python).parent)) or shutil.which("forge")
+    validate = [forge] if forge else [python, "-m", "forge"]
+    return {
+        "python -c pass": [python, "-c", "pass"],
+        "python -m forge version": [python, "-m", "forge", "version"],
+        "forge validate --help": [*validate, "validate", "--help"],
+    }
+
+
+def _environment(cache: Path) -> dict[str, str]:
+    """The caller's environment with a bytecode cache, as a user's installed toolchain has."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: Path) -> None:
+    subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+
+
+def _wall(argv: list[str], env: dict[str, str], cwd: Path, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        _run(argv, env, cwd)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@pytest.mark.parametrize("command", list(_commands()))
+def test_startup(benchmark: BenchmarkFixture, corpus: Corpus, tmp_path: Path, command: str) -> None:
+    """`forge version` and `forge validate --help` start in under 0.15 s; `python -c pass` is
+    the floor."""
+    argv = _commands()[command]
+    env = _environment(corpus.root / "pycache")
+    pedantic(
+        benchmark, _run, argv, env, tmp_path, rounds=STARTUP_ROUNDS, warmup_rounds=1, setup=None
+    )
+
+    took = median(benchmark)
+    if took is None:
+        return
+    if command == "python -c pass":
+        corpus.medians["floor"] = took
+        corpus.note(f"startup {command}: {took * 1000:.0f} ms (the floor)")
+        return
+    floor = corpus.medians.get("floor")
+    if floor is None:
+        floor = _wall(_commands()["python -c pass"], env, tmp_path, STARTUP_ROUNDS)
+    benchmark.extra_info["ratio_to_floor"] = round(took / floor, 1)
+    corpus.note(
+        f"startup {command}: {took * 1000:.0f} ms, {took / floor:.1f}x the floor "
+        f"({floor * 1000:.0f} ms), {(took - floor) * 1000:.0f} ms above it"
+    )
