@@ -54,6 +54,7 @@ class ImageFacts:
     entrypoint: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
     working_dir: str = ""
+    user: str = ""
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,8 @@ def _container_spec(
         "argv": argv,
         "env": env,
         "working_dir": r.working_dir or image.working_dir or "/",
+        "user": _user(r, image),
+        "stop_grace_period": r.stop_grace_period.seconds,
         "hostname": r.hostname,
         "networks": [
             {
@@ -273,6 +276,26 @@ def _container_spec(
         spec["success_codes"] = list(r.success_codes)
         spec["timeout"] = r.timeout.seconds
     return spec
+
+
+def _user(r: ir.Container, image: ImageFacts) -> list[int]:
+    """[uid, gid] to run as: the workload's, else the image's, else root."""
+    text = r.user or image.user or "0"
+    uid, _, gid = text.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        assert r.image is not None
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "P0005",
+                    f'{r.address} runs as {r.image.address}\'s user "{text}", a name; names '
+                    "are not carried out by this version of Forge yet",
+                    r.span,
+                    'set user = "UID:GID" on the workload',
+                )
+            ]
+        )
+    return [int(uid), int(gid or uid)]
 
 
 def _wasm_spec(r: ir.Wasm, facts: BuildFacts) -> dict[str, Any]:

@@ -117,4 +117,5 @@ def _facts(store: ImageStore, digest: str) -> ImageFacts:
         entrypoint=tuple(config.get("Entrypoint") or ()),
         command=tuple(config.get("Cmd") or ()),
         working_dir=config.get("WorkingDir") or "",
+        user=config.get("User") or "",
     )

@@ -24,7 +24,7 @@ from .paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE = 5.0
+STOP_GRACE = 10.0  # for state written before stop_grace_period
 
 
 class ActionFailed(ExecutorError):
@@ -118,6 +118,7 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
         "bundle": str(bundle),
         "log": str(host.log_file(address)),
         "netns": None,
+        "stop_grace": spec["stop_grace_period"],
     }
     try:
         shutil.rmtree(bundle, ignore_errors=True)
@@ -141,6 +142,7 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
                 env=tuple(sorted(spec["env"].items())),
                 working_dir=spec["working_dir"],
                 hostname=spec["hostname"],
+                user=(spec["user"][0], spec["user"][1]),
                 netns_path=netns_path,
                 mounts=mounts,
                 read_only=spec["read_only"],
@@ -165,7 +167,8 @@ def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None
     cid, bundle = runtime.get("container_id"), runtime.get("bundle")
     if cid and bundle:
         try:
-            host.monitor.stop(host.paths.runc_root, cid, Path(bundle), grace=STOP_GRACE)
+            grace = runtime.get("stop_grace", STOP_GRACE)
+            host.monitor.stop(host.paths.runc_root, cid, Path(bundle), grace=grace)
         except MonitorError as exc:
             log.warning("stopping %s (%s): %s", address, cid, exc)
     network.detach(host.paths.project_id, address)

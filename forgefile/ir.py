@@ -18,6 +18,7 @@ Pairs = tuple[tuple[str, Any], ...]
 
 # Defaults shared with forgefile/schema.py; frozen values, so sharing one instance is safe.
 JOB_TIMEOUT = Duration(600 * 10**9)
+STOP_GRACE = Duration(10 * 10**9)
 WASM_MEMORY = Size(64 << 20)
 WASM_TIMEOUT = Duration(60 * 10**9)
 
@@ -119,6 +120,7 @@ class Container(Resource):
     entrypoint: tuple[str, ...] = ()
     env: Pairs = ()
     working_dir: str = ""
+    user: str = ""  # numeric uid or uid:gid; empty means the image's
     hostname: str = ""
     networks: tuple[ResourceRef, ...] = ()
     volumes: Pairs = ()
@@ -126,6 +128,7 @@ class Container(Resource):
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
     depends_on: tuple[ResourceRef, ...] = ()
+    stop_grace_period: Duration = STOP_GRACE
     resources: Limits = field(default_factory=Limits)
 
 

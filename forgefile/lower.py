@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ class Lowering:
         scope = self._scope()
         for name in list(self.local_exprs):
             self._local(name, self.local_exprs[name].span)
+        self._pending_kinds(blocks)
         resource_blocks = [b for kind in RESOURCE_KINDS for b in blocks.get(kind, [])]
         expansions = {id(b): self._expansion(b, scope) for b in resource_blocks}
         scope = self._scope()
@@ -156,6 +158,17 @@ class Lowering:
                     f"local `{name}` is declared but never used",
                     attr.span,
                     "remove it, or use it as local." + name,
+                )
+
+    def _pending_kinds(self, blocks: dict[str, list[Block]]) -> None:
+        for kind, spec in SCHEMAS.items():
+            for block in blocks.get(kind, []) if spec.pending else []:
+                self.errors.error(
+                    "E0307",
+                    f"{spec.pending} ({kind} blocks) are not carried out by this version of "
+                    "Forge yet",
+                    block.type_span,
+                    f"remove the `{kind}` block for now",
                 )
 
     # -- count and for_each ---------------------------------------------------------------------
@@ -506,10 +519,20 @@ class Lowering:
 
     def _resource(self, block: Block, scope: Scope, key: Key | None) -> ir.Resource | None:
         spec = SCHEMAS[block.type]
+        if spec.pending:
+            return None  # reported once per block by _pending_kinds
         values = self._attributes(block, spec, scope)
         nested = self._nested(block, spec, scope)
         if values is None or nested is None:
             return None
+        if not self._consistent(block, values):
+            return None
+        # What is only parsed (or only carried out at its default) has no place in the IR yet.
+        values = {
+            k: v
+            for k, v in values.items()
+            if not (a := spec.attribute(k)) or not (a.pending or a.ready)
+        }
         name = block.labels[0]
         common: dict[str, Any] = {
             "span": block.span,
@@ -536,6 +559,29 @@ class Lowering:
                 values["module"] = str((self.base_dir / values["module"]).resolve())
                 return ir.Wasm(**common, **values)
         return None  # pragma: no cover - every schema kind is handled above
+
+    def _consistent(self, block: Block, values: dict[str, Any]) -> bool:
+        """Attributes that are fine alone but contradict each other."""
+        spans = dict(self._attr_spans(block))
+        if values.get("network_mode") == "none" and values.get("networks"):
+            self.errors.error(
+                "E0308",
+                'network_mode = "none" but networks are listed',
+                spans.get("network_mode", block.span),
+                "remove one of them",
+                [Related(spans.get("networks", block.span), "networks listed here")],
+            )
+            return False
+        user = values.get("user", "")
+        if user and not _NUMERIC_USER.fullmatch(user):
+            self.errors.error(
+                "E0307",
+                f'user names ("{user}") are not carried out by this version of Forge yet',
+                spans.get("user", block.span),
+                'give a numeric uid or uid:gid, e.g. "1000:1000"',
+            )
+            return False
+        return True
 
     def _image(
         self,
@@ -709,7 +755,30 @@ class Lowering:
             if checked is _INVALID:
                 ok = False
             values[key] = checked
+        ok = self._not_pending(block, spec, values) and ok
         return values if ok else None
+
+    def _not_pending(self, block: Block, spec: BlockSpec, values: dict[str, Any]) -> bool:
+        """Refuse what is parsed but not carried out yet, rather than silently ignore it."""
+        ok = True
+        for attr_spec in spec.attributes:
+            attr = block.attribute(attr_spec.name)
+            if attr is None or attr_spec.name not in values:
+                continue
+            value = values[attr_spec.name]
+            if attr_spec.pending or (attr_spec.ready and value not in attr_spec.ready):
+                what = attr_spec.pending or f"{attr_spec.name} = {_show(value) or value}"
+                allowed = ", ".join(_show(v) or repr(v) for v in attr_spec.ready)
+                self.errors.error(
+                    "E0307",
+                    f"{what} is not carried out by this version of Forge yet",
+                    attr.span,
+                    f"remove `{attr_spec.name}` for now"
+                    if attr_spec.pending
+                    else f"the values carried out today: {allowed}",
+                )
+                ok = False
+        return ok
 
     def _check(self, spec: Attr, raw: Any, span: Span, block: Block) -> Any:
         try:
@@ -774,6 +843,16 @@ class Lowering:
                 )
                 ok = False
                 continue
+            if child_spec.pending:
+                self.errors.error(
+                    "E0307",
+                    f"{child_spec.pending} ({child.type} blocks) are not carried out by this "
+                    "version of Forge yet",
+                    child.type_span,
+                    f"remove the `{child.type}` block for now",
+                )
+                ok = False
+                continue
             values = self._attributes(child, child_spec, scope)
             if values is None:
                 ok = False
@@ -783,6 +862,7 @@ class Lowering:
 
 
 _INVALID = object()
+_NUMERIC_USER = re.compile(r"[0-9]+(:[0-9]+)?")
 META_ARGUMENTS = ("count", "for_each")
 MAX_COUNT = 10_000
 _WASM_LIMIT_DEFAULTS = {"memory": ir.WASM_MEMORY, "fuel": None, "timeout": ir.WASM_TIMEOUT}

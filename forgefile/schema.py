@@ -138,6 +138,11 @@ class Attr:
     default: Any = None
     doc: str = ""
     choices: tuple[str, ...] = ()
+    # Parsed and type-checked, but not carried out yet: the text names the missing feature.
+    # Setting it is an error (E0307) rather than a silent no-op.
+    pending: str = ""
+    # Where only some values are carried out yet: those values; any other is E0307.
+    ready: tuple[Any, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -154,6 +159,7 @@ class BlockSpec:
         default_factory=dict
     )  # name -> (spec, repeats)
     open: bool = False  # `locals`: any attribute name is allowed
+    pending: str = ""  # as for Attr: the whole block is parsed but not carried out yet
 
     def attribute(self, name: str) -> Attr | None:
         return next((a for a in self.attributes if a.name == name), None)
@@ -172,20 +178,121 @@ RESOURCES_BLOCK = BlockSpec(
     ),
 )
 
+
+def _pending_block(kind: str, doc: str, pending: str, *attributes: Attr) -> BlockSpec:
+    return BlockSpec(kind, doc, labels=(), attributes=attributes, pending=pending)
+
+
+HEALTHCHECK_BLOCK = _pending_block(
+    "healthcheck",
+    "A command run inside the container to tell whether it is healthy.",
+    "health checks",
+    Attr("command", ListOf(STRING), REQUIRED, "Exit 0 means healthy."),
+    Attr("interval", DURATION, Duration(30 * 10**9), "Time between checks."),
+    Attr("timeout", DURATION, Duration(30 * 10**9), "How long one check may take."),
+    Attr("retries", INT, 3, "Failures in a row before the container is unhealthy."),
+    Attr("start_period", DURATION, Duration(0), "Grace time after start."),
+)
+PORT_BLOCK = _pending_block(
+    "port",
+    "A published port, long form.",
+    "published ports",
+    Attr("target", INT, REQUIRED, "The container's port."),
+    Attr("published", STRING, "", 'Host port or range, e.g. "8080" or "8080-8090".'),
+    Attr("host_ip", STRING, "", 'Host address to bind, e.g. "127.0.0.1".'),
+    Attr("protocol", STRING, "tcp", "tcp or udp.", ("tcp", "udp")),
+)
+NETWORK_ATTACHMENT_BLOCK = _pending_block(
+    "network",
+    "Joining a network, long form: aliases and a static address.",
+    "aliases and static addresses",
+    Attr("name", RefTo(("network",)), REQUIRED, "The network, e.g. network.backend."),
+    Attr("aliases", ListOf(STRING), (), "More names the workload answers to on it."),
+    Attr("ipv4_address", STRING, "", "A static address inside the network's subnet."),
+)
+SECRET_MOUNT_BLOCK = _pending_block(
+    "secret",
+    "A secret delivered as a file, long form.",
+    "secrets",
+    Attr("source", RefTo(("secret",)), REQUIRED, "The secret, e.g. secret.db."),
+    Attr("target", STRING, "", "File name under /run/secrets; defaults to the label."),
+    Attr("uid", INT, 0, "Owner of the file."),
+    Attr("gid", INT, 0, "Group of the file."),
+    Attr("mode", STRING, "0400", "Octal mode of the file."),
+)
+
 _CONTAINER_ATTRS = (
     Attr("image", RefTo(("image",)), REQUIRED, "The image to run, e.g. image.web."),
     Attr("command", ListOf(STRING), (), "The command; empty means the image's default."),
     Attr("entrypoint", ListOf(STRING), (), "Replaces the image's entrypoint."),
     Attr("env", MapOf(STRING), (), "Environment variables."),
     Attr("working_dir", STRING, "", "Working directory; empty means the image's."),
+    Attr("user", STRING, "", 'Numeric uid or uid:gid to run as, e.g. "1000:1000".'),
     Attr("hostname", STRING, "", "Host name inside the container; defaults to the block name."),
     Attr("networks", ListOf(RefTo(("network",))), (), "Networks to join; none means no network."),
+    Attr(
+        "network_mode",
+        STRING,
+        "",
+        '"none" for no network at all, or "host".',
+        ("", "none", "host"),
+        ready=("", "none"),
+    ),
     Attr("volumes", MapOf(RefTo(("volume",))), (), "Mount points to volumes."),
     Attr("read_only", BOOL, False, "Mount the root filesystem read-only."),
+    Attr("tmpfs", ListOf(STRING), (), "Paths to mount a fresh tmpfs on.", pending="tmpfs mounts"),
     Attr("privileged", BOOL, False, "Every capability and no confinement; policy forbids it."),
     Attr("cap_add", ListOf(STRING), (), "Capabilities beyond the hardened default set."),
+    Attr(
+        "cap_drop",
+        ListOf(STRING),
+        (),
+        "Capabilities to drop from the default set.",
+        pending="cap_drop",
+    ),
+    Attr("sysctls", MapOf(STRING), (), "Namespaced kernel parameters.", pending="sysctls"),
+    Attr("ulimits", MapOf(INT), (), "Resource limits, e.g. { nofile = 1024 }.", pending="ulimits"),
+    Attr(
+        "init",
+        BOOL,
+        False,
+        "Run a tiny init as PID 1 that forwards signals and reaps.",
+        ready=(False,),
+    ),
+    Attr(
+        "stop_signal", STRING, "TERM", "The signal that asks the workload to stop.", ready=("TERM",)
+    ),
+    Attr(
+        "stop_grace_period",
+        DURATION,
+        Duration(10 * 10**9),
+        "How long to wait after stop_signal before KILL.",
+    ),
+    Attr("restart", STRING, "no", "no, on-failure[:N], always or unless-stopped.", ready=("no",)),
+    Attr(
+        "ports",
+        ListOf(STRING),
+        (),
+        'Published ports, e.g. "127.0.0.1:8080:80/tcp".',
+        pending="published ports",
+    ),
+    Attr(
+        "secrets",
+        ListOf(RefTo(("secret",))),
+        (),
+        "Secrets delivered under /run/secrets.",
+        pending="secrets",
+    ),
+    Attr("runtime", STRING, "runc", "The OCI runtime.", ("runc", "crun"), ready=("runc",)),
     Attr("depends_on", ListOf(RefTo(_WORKLOAD_REFS)), (), "Workloads to start first."),
 )
+_CONTAINER_BLOCKS: dict[str, tuple[BlockSpec, bool]] = {
+    "resources": (RESOURCES_BLOCK, False),
+    "healthcheck": (HEALTHCHECK_BLOCK, False),
+    "port": (PORT_BLOCK, True),
+    "network": (NETWORK_ATTACHMENT_BLOCK, True),
+    "secret": (SECRET_MOUNT_BLOCK, True),
+}
 
 SCHEMAS: dict[str, BlockSpec] = {
     "variable": BlockSpec(
@@ -249,6 +356,23 @@ SCHEMAS: dict[str, BlockSpec] = {
             Attr("command", ListOf(STRING), (), "Default command of workloads."),
             Attr("working_dir", STRING, "", "Default working directory of workloads."),
             Attr("user", STRING, "", 'Default user of workloads, e.g. "1000:1000".'),
+            Attr(
+                "labels", MapOf(STRING), (), "OCI annotations of the image.", pending="image labels"
+            ),
+            Attr(
+                "expose",
+                ListOf(STRING),
+                (),
+                'Ports the image documents, e.g. "80/tcp".',
+                pending="expose",
+            ),
+            Attr(
+                "build_args",
+                MapOf(STRING),
+                (),
+                "Defaults of build arguments.",
+                pending="build arguments",
+            ),
         ),
         blocks={
             "copy": (
@@ -261,7 +385,31 @@ SCHEMAS: dict[str, BlockSpec] = {
                         Attr("content", STRING, None, "Inline file content, instead of src."),
                         Attr("dst", STRING, REQUIRED, "Absolute path in the image."),
                         Attr("mode", STRING, None, 'Octal file mode, e.g. "0755".'),
+                        Attr(
+                            "chown",
+                            STRING,
+                            None,
+                            "uid:gid of the copied files.",
+                            pending="chown on copy",
+                        ),
+                        Attr(
+                            "from",
+                            RefTo(("image",)),
+                            None,
+                            "Copy out of another image.",
+                            pending="multi-stage copies",
+                        ),
                     ),
+                ),
+                True,
+            ),
+            "run": (
+                _pending_block(
+                    "run",
+                    "Run a command in the image being built, in runc.",
+                    "run steps",
+                    Attr("command", ListOf(STRING), REQUIRED, "The command."),
+                    Attr("network", BOOL, False, "Give the step a network."),
                 ),
                 True,
             ),
@@ -285,14 +433,37 @@ SCHEMAS: dict[str, BlockSpec] = {
         attributes=(
             Attr("subnet", STRING, REQUIRED, 'IPv4 CIDR, e.g. "10.213.47.0/24".'),
             Attr("gateway", STRING, "", "The bridge's address; defaults to the first host."),
+            Attr("internal", BOOL, False, "No route out of the network.", ready=(False,)),
         ),
     ),
     "volume": BlockSpec("volume", "A named, persistent folder that workloads mount."),
+    "secret": BlockSpec(
+        "secret",
+        "Where a secret's value lives; the value itself never enters the Forgefile or a plan.",
+        attributes=(
+            Attr("vault", STRING, None, "A name in Forge's encrypted vault."),
+            Attr("env", STRING, None, "An environment variable of the forge command."),
+            Attr("file", STRING, None, "A file, relative to the Forgefile."),
+        ),
+        pending="secrets",
+    ),
+    "waiver": BlockSpec(
+        "waiver",
+        "An exception to a policy rule for one resource, with a reason, an owner and an expiry.",
+        attributes=(
+            Attr("rule", STRING, REQUIRED, "The rule id."),
+            Attr("resource", ANY, REQUIRED, "The resource waived, e.g. service.web."),
+            Attr("reason", STRING, REQUIRED, "Why."),
+            Attr("owner", STRING, REQUIRED, "Who answers for it."),
+            Attr("expires", STRING, REQUIRED, 'A date, e.g. "2027-01-31".'),
+        ),
+        pending="waivers",
+    ),
     "service": BlockSpec(
         "service",
         "A long-running container.",
         attributes=_CONTAINER_ATTRS,
-        blocks={"resources": (RESOURCES_BLOCK, False)},
+        blocks=_CONTAINER_BLOCKS,
     ),
     "job": BlockSpec(
         "job",
@@ -302,7 +473,7 @@ SCHEMAS: dict[str, BlockSpec] = {
             Attr("success_codes", ListOf(INT), (0,), "Exit codes that count as success."),
             Attr("timeout", DURATION, Duration(600 * 10**9), "How long the job may run."),
         ),
-        blocks={"resources": (RESOURCES_BLOCK, False)},
+        blocks=_CONTAINER_BLOCKS,
     ),
     "wasm": BlockSpec(
         "wasm",
@@ -340,7 +511,7 @@ SCHEMAS: dict[str, BlockSpec] = {
     ),
 }
 
-RESOURCE_KINDS = ("image", "network", "volume", "service", "job", "wasm")
+RESOURCE_KINDS = ("image", "network", "volume", "secret", "service", "job", "wasm")
 
 
 def markdown_reference() -> str:
@@ -348,11 +519,18 @@ def markdown_reference() -> str:
     lines: list[str] = []
     for spec in SCHEMAS.values():
         labels = " ".join(f'"{label.upper()}"' for label in spec.labels)
-        lines += [f"### `{spec.kind}{' ' + labels if labels else ''} {{ ... }}`", "", spec.doc, ""]
+        status = " *Checked, not carried out yet (E0307).*" if spec.pending else ""
+        lines += [
+            f"### `{spec.kind}{' ' + labels if labels else ''} {{ ... }}`",
+            "",
+            spec.doc + status,
+            "",
+        ]
         lines += _attribute_table(spec)
         for name, (child, repeats) in spec.blocks.items():
             times = "repeatable, in order" if repeats else "at most once"
-            lines += [f"#### `{name} {{ ... }}` ({times})", "", child.doc, ""]
+            status = " *Checked, not carried out yet (E0307).*" if child.pending else ""
+            lines += [f"#### `{name} {{ ... }}` ({times})", "", child.doc + status, ""]
             lines += _attribute_table(child)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -368,7 +546,13 @@ def _attribute_table(spec: BlockSpec) -> list[str]:
         if isinstance(attr.type, MapOf) and attr.default == ():
             default = "`{}`"
         choices = f" One of {', '.join(repr(c) for c in attr.choices)}." if attr.choices else ""
-        rows.append(f"| `{attr.name}` | {attr.type} | {default} | {attr.doc}{choices} |")
+        status = ""
+        if attr.pending:
+            status = " *Checked, not carried out yet (E0307).*"
+        elif attr.ready:
+            shown = ", ".join(_shown_default(v) for v in attr.ready)
+            status = f" *Carried out today: {shown}.*"
+        rows.append(f"| `{attr.name}` | {attr.type} | {default} | {attr.doc}{choices}{status} |")
     return [*rows, ""]
 
 

@@ -240,3 +240,55 @@ def test_variable_validation(tmp_path: Path) -> None:
     [diagnostic] = [d for d in caught.value.diagnostics if d.code == "E0140"]
     assert diagnostic.message == "var.replicas = `0`: replicas must be 1 to 10"
     assert diagnostic.span is not None and diagnostic.span.line == 5
+
+
+@pytest.mark.parametrize(
+    ("attribute", "feature"),
+    [
+        ('ports = ["127.0.0.1:8080:80"]', "published ports"),
+        ('restart = "always"', "restart"),
+        ('healthcheck {\n    command = ["true"]\n  }', "health checks"),
+        ("secrets = [secret.db]", "secrets"),
+        ('tmpfs = ["/tmp"]', "tmpfs mounts"),
+        ("init = true", "init"),
+    ],
+)
+def test_parsed_but_not_yet_carried_out_is_refused(
+    tmp_path: Path, attribute: str, feature: str
+) -> None:
+    """What the schema checks but the executor cannot do yet is E0307, never a silent no-op."""
+    text = (
+        'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
+        'secret "db" { vault = "db/password" }\n'
+        f'service "s" {{\n  image = image.b\n  command = ["x"]\n  {attribute}\n}}\n'
+    )
+    with pytest.raises(DiagnosticError) as caught:
+        lower(tmp_path, text)
+    pending = [d for d in caught.value.diagnostics if d.code == "E0307"]
+    assert any(feature in d.message for d in pending), pending
+    assert any("secrets (secret blocks)" in d.message for d in pending)
+
+
+def test_pending_attributes_are_still_type_checked(tmp_path: Path) -> None:
+    """A parsed-only attribute with the wrong type is a type error first."""
+    text = (
+        'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
+        'service "s" {\n  image = image.b\n  ports = 8080\n}\n'
+    )
+    assert "E0123" in codes(tmp_path, text)
+
+
+def test_numeric_user_and_grace_period_reach_the_ir(tmp_path: Path) -> None:
+    """user "1000:1000" and stop_grace_period are carried; a user name is E0307."""
+    base = 'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
+    doc = lower(
+        tmp_path,
+        base + 'service "s" {\n  image = image.b\n  user = "1000:1000"\n'
+        "  stop_grace_period = 2s\n}\n",
+    )
+    service = doc.resource("service.s")
+    assert isinstance(service, ir.Service)
+    assert (service.user, service.stop_grace_period.seconds) == ("1000:1000", 2.0)
+    assert codes(tmp_path, base + 'service "s" {\n  image = image.b\n  user = "www"\n}\n') == [
+        "E0307"
+    ]
