@@ -21,7 +21,7 @@ import lark
 from forgefile import ir
 from forgefile.diagnostics import Collector, Diagnostic, DiagnosticError, Span, suggest
 from forgefile.evaluate import Scope, evaluate
-from forgefile.schema import SCHEMAS
+from forgefile.schema import RESOURCE_KINDS, SCHEMAS
 from forgefile.syntax import (
     Call,
     Expr,
@@ -239,8 +239,8 @@ def _kinds(entry: tuple[Expr, Span], out: Collector) -> tuple[str, ...]:
     kinds = []
     for item in names:
         name = item.name if isinstance(item, Variable) else None
-        if name is None or name not in SCHEMAS or name in ("variable", "locals", "output"):
-            known = [k for k in SCHEMAS if k not in ("variable", "locals", "output")]
+        if name is None or name not in RESOURCE_KINDS:
+            known = list(RESOURCE_KINDS)
             out.error(
                 "R0004",
                 "applies_to lists resource kinds, such as [service, job]",
