@@ -7,6 +7,7 @@ a crash finishes the job.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -47,8 +48,12 @@ class Host:
     """What the drivers work with: the project's folders, image store and monitor."""
 
     paths: ProjectPaths
-    store: ImageStore
     monitor: Monitor
+
+    @functools.cached_property
+    def store(self) -> ImageStore:
+        # Opened on first use: asking the monitor about a service must not create a store.
+        return ImageStore(self.paths.images)
 
     def log_file(self, address: str) -> Path:
         return self.paths.logs / f"{address}.log"

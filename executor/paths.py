@@ -61,6 +61,10 @@ class ProjectPaths:
         return self.run_dir / "runc"
 
     def ensure(self) -> None:
-        for folder in (self.state_dir, self.images, self.logs, self.volumes, self.bundles):
-            folder.mkdir(parents=True, exist_ok=True)
+        """Make the state folders; commands that only read never call this."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def ensure_run(self) -> None:
+        """Make the run-time folders under /run/forge; only an apply needs them."""
+        self.bundles.mkdir(parents=True, exist_ok=True)

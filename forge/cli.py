@@ -42,8 +42,16 @@ key_app = typer.Typer(
 app.add_typer(key_app, name="key")
 
 # Piped output is read by scripts and people's pagers: don't squeeze tables into 80 columns.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(
+    highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 160
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def e(value: object) -> str:
+    """User text inside rich markup: `[/]` in a name must print, not close a style."""
+    return escape(str(value))
+
 
 EXIT_DIAGNOSTIC = 1
 EXIT_CHANGES = 2
@@ -91,7 +99,7 @@ def reports(fn: F) -> F:
             for d in exc.diagnostics:
                 render.diagnostic(err, d)
             errors = sum(1 for d in exc.diagnostics if str(d.severity) == "error")
-            err.print(f"[red]{errors} error(s).[/]")
+            err.print(f"[red]{e(errors)} error(s).[/]")
             raise typer.Exit(EXIT_DIAGNOSTIC) from None
         except ForgeError as exc:
             err.print(f"[bold red]{escape(exc.headline)}:[/] {escape(str(exc))}")
@@ -106,7 +114,7 @@ def reports(fn: F) -> F:
         except Exception as exc:
             if os.environ.get("FORGE_DEBUG"):
                 raise
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}")
+            err.print(f"[bold red]internal error:[/] {e(type(exc).__name__)}: {e(exc)}")
             err.print("  this is a bug in Forge; run again with FORGE_DEBUG=1 for the traceback")
             raise typer.Exit(EXIT_INTERNAL) from None
 
@@ -125,7 +133,7 @@ def _project(
     for item in var or []:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            err.print(f"[bold red]error:[/] --var {item!r} is not NAME=VALUE")
+            err.print(f"[bold red]error:[/] --var {e(repr(item))} is not NAME=VALUE")
             raise typer.Exit(EXIT_DIAGNOSTIC)
         variables[name] = value
     return Project.locate(file, state_dir, list(policy or []), variables)
@@ -191,7 +199,8 @@ def validate(
             render.findings(err, checked.verdict)
         if not blocked:
             out.print(
-                f"[green]Valid:[/] {len(checked.doc.resources)} resources in {project.forgefile}."
+                f"[green]Valid:[/] {len(checked.doc.resources)} resources in "
+                f"{e(project.forgefile)}."
             )
     if blocked:
         raise typer.Exit(EXIT_POLICY)
@@ -217,13 +226,19 @@ def build(
     started = time.monotonic()
     images = build_images(project, checked.doc)
     for address, facts in images.items():
-        out.print(f"[green]built[/] {address} [dim]{facts.digest}[/]")
-    out.print(f"{len(images)} image(s) in {time.monotonic() - started:.1f}s.")
+        out.print(f"[green]built[/] {e(address)} [dim]{e(facts.digest)}[/]")
+    out.print(f"{e(len(images))} image(s) in {time.monotonic() - started:.1f}s.")
 
 
 def _planned(project: Any, destroy: bool) -> dict[str, Any]:
-    from .project import check, make_plan
+    from forgefile import ir
 
+    from .project import Checked, check, make_plan
+
+    if destroy:
+        # Destroying reads only state: a broken or deleted Forgefile must not keep things running.
+        nothing = ir.Document(path=str(project.forgefile), resources=())
+        return make_plan(project, Checked(nothing, [], None), destroy=True)
     checked = check(project)
     if checked.verdict:
         render.findings(err, checked.verdict)
@@ -278,7 +293,7 @@ def plan(
     if output is not None:
         output.write_bytes(sign(project, document, key))
         out.print(
-            f"Signed plan written to [bold]{output}[/]; apply it with `forge apply {output}`."
+            f"Signed plan written to [bold]{e(output)}[/]; apply it with `forge apply {e(output)}`."
         )
     changes = any(a["action"] != "no-op" for a in document["actions"])
     if detailed_exitcode and changes:
@@ -290,11 +305,11 @@ def plan(
 
 def _progress(phase: str, address: str, message: str) -> None:
     if phase == "done":
-        out.print(f"  [green]✓[/] {address}: {message}")
+        out.print(f"  [green]✓[/] {e(address)}: {e(message)}")
     elif phase == "delete":
-        out.print(f"  [red]-[/] {address}: {message}")
+        out.print(f"  [red]-[/] {e(address)}: {e(message)}")
     else:
-        out.print(f"  [cyan]…[/] {address}: {message}")
+        out.print(f"  [cyan]…[/] {e(address)}: {e(message)}")
 
 
 def _run(project: Any, envelope: bytes) -> None:
@@ -308,18 +323,18 @@ def _run(project: Any, envelope: bytes) -> None:
         if action and action.get("span"):
             span = action["span"]
             where = f" (declared at {span['file']}:{span['line']}:{span['column']})"
-        err.print(f"[bold red]{result.failed.address} failed{where}:[/] {result.failed}")
+        err.print(f"[bold red]{e(result.failed.address)} failed{e(where)}:[/] {e(result.failed)}")
         if result.failed.hint:
-            err.print(f"  [green]hint:[/] {result.failed.hint}")
+            err.print(f"  [green]hint:[/] {e(result.failed.hint)}")
         err.print(
-            f"{len(result.changed)} change(s) were made before the failure; run "
+            f"{e(len(result.changed))} change(s) were made before the failure; run "
             "`forge plan` to see where things stand."
         )
         raise typer.Exit(EXIT_ACTION_FAILED)
     verb = "Destroyed" if verified.document.get("destroy") else "Applied"
     out.print(
-        f"[green]{verb}:[/] {len(result.changed)} change(s) in "
-        f"{time.monotonic() - started:.1f}s (state serial {result.serial or 'unchanged'})."
+        f"[green]{e(verb)}:[/] {e(len(result.changed))} change(s) in "
+        f"{time.monotonic() - started:.1f}s (state serial {e(result.serial or 'unchanged')})."
     )
     render.outputs(out, verified.document.get("outputs", {}))
 
@@ -367,7 +382,7 @@ def apply(
         try:
             envelope = plan_file.read_bytes()
         except OSError as exc:
-            err.print(f"[bold red]error:[/] cannot read {plan_file}: {exc.strerror}")
+            err.print(f"[bold red]error:[/] cannot read {e(plan_file)}: {e(exc.strerror)}")
             raise typer.Exit(EXIT_DIAGNOSTIC) from None
         _run(_project(file, state_dir, policy, var), envelope)
         return
@@ -406,6 +421,9 @@ def destroy(
     from .project import sign
 
     project = _project(file, state_dir, policy, var)
+    if not project.paths.database.is_file():
+        out.print(f"[green]Nothing to destroy.[/] Nothing was applied with {e(project.state_dir)}.")
+        return
     document = _planned(project, destroy=True)
     render.plan(out, document)
     if not any(a["action"] != "no-op" for a in document["actions"]):
@@ -428,28 +446,24 @@ def ps(
     from executor.drivers import container_status
 
     project = _project(file, state_dir)
-    state = project.state()
     host = project.host()
     rows = []
-    try:
-        for address, record in state.records().items():
-            if record.kind not in ("service", "job", "wasm"):
-                continue
-            status, detail = _status_of(record, container_status(host, record.runtime))
-            ip = ", ".join(n["address"].split("/")[0] for n in record.spec.get("networks", []))
-            rows.append(
-                {
-                    "address": address,
-                    "kind": record.kind,
-                    "status": status,
-                    "detail": detail,
-                    "ip": ip,
-                    "id": record.runtime.get("container_id", ""),
-                    "updated": record.updated_at[:19].replace("T", " "),
-                }
-            )
-    finally:
-        state.close()
+    for address, record in _records(project).items():
+        if record.kind not in ("service", "job", "wasm"):
+            continue
+        status, detail = _status_of(record, container_status(host, record.runtime))
+        ip = ", ".join(n["address"].split("/")[0] for n in record.spec.get("networks", []))
+        rows.append(
+            {
+                "address": address,
+                "kind": record.kind,
+                "status": status,
+                "detail": detail,
+                "ip": ip,
+                "id": record.runtime.get("container_id", ""),
+                "updated": record.updated_at[:19].replace("T", " "),
+            }
+        )
     if as_json:
         out.print_json(data={"version": 1, "workloads": rows})
         return
@@ -469,6 +483,18 @@ def ps(
             for r in rows
         ],
     )
+
+
+def _records(project: Any) -> dict[str, Any]:
+    """What state holds, without creating a state database where there is none."""
+    state = project.existing_state()
+    if state is None:
+        return {}
+    try:
+        records: dict[str, Any] = state.records()
+        return records
+    finally:
+        state.close()
 
 
 def _status_of(record: Any, status: Any) -> tuple[str, str]:
@@ -494,17 +520,13 @@ def logs(
     project = _project(file, state_dir)
     path = project.paths.logs / f"{address}.log"
     if not path.exists():
-        state = project.state()
-        try:
-            known = [a for a, r in state.records().items() if r.kind in ("service", "job", "wasm")]
-        finally:
-            state.close()
+        known = [a for a, r in _records(project).items() if r.kind in ("service", "job", "wasm")]
         from forgefile.diagnostics import suggest
 
         hint = suggest(address, known) or (
-            f"workloads: {', '.join(known)}" if known else "nothing has been applied yet"
+            f"workloads: {', '.join(known)}" if known else "nothing has been applied here"
         )
-        err.print(f"[bold red]error:[/] no logs for {address}; {hint}")
+        err.print(f"[bold red]error:[/] no logs for {e(address)}; {e(hint)}")
         raise typer.Exit(EXIT_DIAGNOSTIC)
     with path.open("rb") as stream:
         while True:
@@ -528,11 +550,13 @@ def output(
 ) -> None:
     """Print the outputs of the last apply (`forge output web_url` prints just the value)."""
     project = _project(file, state_dir)
-    state = project.state()
-    try:
-        values = state.outputs()
-    finally:
-        state.close()
+    state = project.existing_state()
+    values: dict[str, Any] = {}
+    if state is not None:
+        try:
+            values = state.outputs()
+        finally:
+            state.close()
     if name is None:
         if as_json:
             out.print_json(data={k: v["value"] for k, v in values.items()})
@@ -543,8 +567,8 @@ def output(
         from forgefile.diagnostics import suggest
 
         err.print(
-            f"[bold red]error:[/] no output named {name}; "
-            f"{suggest(name, values) or 'apply first, or check the name'}"
+            f"[bold red]error:[/] no output named {e(name)}; "
+            f"{e(suggest(name, values) or 'apply first, or check the name')}"
         )
         raise typer.Exit(EXIT_DIAGNOSTIC)
     value = values[name]["value"]
@@ -569,10 +593,10 @@ def show(
         out.print_json(data={"version": 1, **document})
         return
     for resource in document["resources"]:
-        out.print(f"[bold]{resource['address']}[/]")
+        out.print(f"[bold]{e(resource['address'])}[/]")
         for key, value in resource.items():
             if key not in ("address", "kind", "name"):
-                out.print(f"  {key} = {json.dumps(value)}")
+                out.print(f"  {e(key)} = {e(json.dumps(value))}")
 
 
 @app.command()
@@ -631,19 +655,21 @@ def init(
     }
     existing = [str(p) for p in targets if p.exists()]
     if existing:
-        err.print(f"[bold red]error:[/] {', '.join(existing)} already exist; nothing was written")
+        err.print(
+            f"[bold red]error:[/] {e(', '.join(existing))} already exist; nothing was written"
+        )
         raise typer.Exit(EXIT_DIAGNOSTIC)
     for path, text in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        out.print(f"[green]wrote[/] {path}")
+        out.print(f"[green]wrote[/] {e(path)}")
     out.print("Next: `forge key generate`, then `forge apply`.")
 
 
 @app.command()
 def version() -> None:
     """Print Forge's version."""
-    out.print(f"forge {VERSION}")
+    out.print(f"forge {e(VERSION)}")
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -666,7 +692,7 @@ def key_generate(
         err.print("[bold red]error:[/] --passphrase needs FORGE_KEY_PASSPHRASE to be set")
         raise typer.Exit(EXIT_DIAGNOSTIC)
     info = _project(file, state_dir).keys().generate(name, secret)
-    out.print(f"[green]Generated[/] key {info.name} [dim]{info.keyid}[/] (trusted).")
+    out.print(f"[green]Generated[/] key {e(info.name)} [dim]{e(info.keyid)}[/] (trusted).")
 
 
 @key_app.command("list")

@@ -59,12 +59,18 @@ class Project:
         return KeyStore(self.paths.keys)
 
     def state(self) -> State:
+        """The state database, made if this is the project's first plan."""
         self.paths.ensure()
         return State.open(self.paths.database)
 
+    def existing_state(self) -> State | None:
+        """The state database if anything was ever planned here; reading never creates one."""
+        if not self.paths.database.is_file():
+            return None
+        return State.open(self.paths.database)
+
     def host(self) -> Host:
-        self.paths.ensure()
-        return Host(self.paths, ImageStore(self.paths.images), Monitor())
+        return Host(self.paths, Monitor())
 
 
 @dataclass
@@ -152,6 +158,7 @@ def apply(
 ) -> tuple[VerifiedPlan, ApplyResult]:
     """Verify a signed plan against the current state and policy, then carry it out."""
     host = project.host()
+    project.paths.ensure_run()
     with locked(project.state_dir):
         state = project.state()
         try:

@@ -36,21 +36,36 @@ def _lines(file: str) -> list[str]:
     return _SOURCES[file]
 
 
+FRAME_WIDTH = 120
+
+
 def code_frame(span: Span, context: int = 1) -> list[str]:
-    """The lines around a span with a caret under it, as rich markup."""
+    """The lines around a span with a caret under it, as rich markup.
+
+    Long lines are cut to a window around the caret, so a 1 MiB line prints as one screen line.
+    """
     lines = _lines(span.file)
     if not lines or span.line > len(lines):
         return []
     first = max(1, span.line - context)
     width = len(str(span.line + context))
+    start = max(0, span.column - 1 - FRAME_WIDTH // 2)
     out = []
     for number in range(first, min(len(lines), span.line) + 1):
         marker = ">" if number == span.line else " "
-        out.append(f"[dim]{marker} {number:>{width}} |[/] {escape(lines[number - 1])}")
+        shown = _window(lines[number - 1], start)
+        out.append(f"[dim]{marker} {number:>{width}} |[/] {escape(shown)}")
     end = span.end_column if span.end_line == span.line else len(lines[span.line - 1])
+    end = min(end, start + FRAME_WIDTH)
     carets = "^" * max(1, end - span.column + 1)
-    out.append(f"[dim]  {' ' * width} |[/] {' ' * (span.column - 1)}[bold red]{carets}[/]")
+    pad = span.column - 1 - start + (1 if start else 0)
+    out.append(f"[dim]  {' ' * width} |[/] {' ' * pad}[bold red]{carets}[/]")
     return out
+
+
+def _window(line: str, start: int) -> str:
+    shown = line[start : start + FRAME_WIDTH]
+    return ("…" if start else "") + shown + ("…" if len(line) > start + FRAME_WIDTH else "")
 
 
 def diagnostic(console: Console, d: Diagnostic) -> None:
@@ -84,7 +99,7 @@ def findings(console: Console, verdict: Verdict) -> None:
             console.print(line)
         console.print(
             f"  [dim]rule at {escape(str(f.rule.span))}"
-            + (f"; controls {', '.join(f.rule.controls)}" if f.rule.controls else "")
+            + (f"; controls {escape(', '.join(f.rule.controls))}" if f.rule.controls else "")
             + "[/]"
         )
         if f.rule.remediation:
@@ -94,7 +109,10 @@ def findings(console: Console, verdict: Verdict) -> None:
 def plan(console: Console, document: dict[str, Any]) -> None:
     changes = [a for a in document["actions"] if a["action"] != "no-op"]
     if not changes:
-        console.print("[green]No changes.[/] The host matches the Forgefile.")
+        if document.get("destroy"):
+            console.print("[green]Nothing to destroy.[/] State holds no resources.")
+        else:
+            console.print("[green]No changes.[/] The host matches the Forgefile.")
         return
     for action in document["actions"]:
         symbol, style = _SYMBOL[action["action"]]
