@@ -384,6 +384,7 @@ def _outputs(doc: ir.Document, specs: Mapping[str, Mapping[str, Any]]) -> dict[s
 
     scope = Scope(
         variables=dict(doc.variable_values),
+        locals=dict(doc.local_values),
         attributes=attributes,
         resources=doc.declared(),
         instances=doc.instances(),

@@ -99,8 +99,11 @@ def evaluate(expr: Expr, scope: Scope) -> Any:
         case Literal(value=value):
             return value
         case Template(parts=parts):
-            return "".join(
-                p if isinstance(p, str) else _to_text(evaluate(p, scope), p.span) for p in parts
+            return _bounded(
+                "".join(
+                    p if isinstance(p, str) else _to_text(evaluate(p, scope), p.span) for p in parts
+                ),
+                expr.span,
             )
         case Variable(name=name):
             return _variable(name, expr.span, scope)
@@ -112,7 +115,7 @@ def evaluate(expr: Expr, scope: Scope) -> Any:
                 return _instance(found, evaluate(key, scope), expr.span, scope)
             return _get(found, evaluate(key, scope), expr.span, scope)
         case Call():
-            return _call(expr, scope)
+            return _bounded(_call(expr, scope), expr.span)
         case ListExpr(items=items):
             return [evaluate(i, scope) for i in items]
         case MapExpr(items=items):
@@ -130,8 +133,31 @@ def evaluate(expr: Expr, scope: Scope) -> Any:
             chosen = then if _bool(evaluate(condition, scope), condition.span) else otherwise
             return evaluate(chosen, scope)
         case ForExpr():
-            return _for(expr, scope)
+            return _bounded(_for(expr, scope), expr.span)
     raise EvalError("E0200", "this expression cannot be evaluated", expr.span)  # pragma: no cover
+
+
+MAX_STRING = 1 << 20
+MAX_ITEMS = 100_000
+
+
+def _bounded(value: Any, span: Span) -> Any:
+    """Refuse values that grew without bound: a string doubled in a loop of locals, say."""
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        raise EvalError(
+            "E0225",
+            f"a string grew to {len(value)} characters, past the limit of {MAX_STRING}",
+            span,
+            "look for a value that is doubled repeatedly",
+        )
+    if isinstance(value, list | dict) and len(value) > MAX_ITEMS:
+        raise EvalError(
+            "E0225",
+            f"a collection grew to {len(value)} items, past the limit of {MAX_ITEMS}",
+            span,
+            "look for a value that is doubled repeatedly",
+        )
+    return value
 
 
 def _variable(name: str, span: Span, scope: Scope) -> Any:
@@ -254,8 +280,8 @@ def _call(expr: Call, scope: Scope) -> Any:
             "E0220",
             f"`{expr.name}()` reads the host, which is not allowed here",
             expr.span,
-            "policy rules and command-line values judge only the "
-            "Forgefile; compute the value in the Forgefile instead",
+            'in an output, read it into a local (locals { x = env("X") }) and use local.x; '
+            "policy rules cannot read the host at all",
         )
     args = [evaluate(a, scope) for a in expr.args]
     context = scope.context or functions.CallContext(base_dir=Path.cwd())

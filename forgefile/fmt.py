@@ -13,8 +13,9 @@ attributes aligned (a nested block, a blank line or a multi-line attribute ends 
 line between top-level blocks and at most one wherever the author left some; every non-empty
 block body expanded. A list, a map or a call's arguments stay on one line when they were on one
 line and still end within `WIDTH` columns, else they take one item a line, each with a trailing
-comma. Map items are written `key = value` (a `:` becomes `=`), one-line maps `{ a = 1 }`, and
-`for` expressions on one line.
+comma. An attribute whose one-line list would pass `WIDTH` only once padded starts a new run
+rather than being expanded: that keeps formatting idempotent. Map items are written `key = value`
+(a `:` becomes `=`), one-line maps `{ a = 1 }`, and `for` expressions on one line.
 
 A comment stays on its line. One that had a line to itself goes before the token that followed it,
 at that line's indent; one after code goes at the end of the line holding the token before it, two
@@ -34,7 +35,7 @@ from typing import Any, NamedTuple
 import lark
 
 from .diagnostics import DiagnosticError
-from .syntax import parse, syntax_diagnostic
+from .syntax import normalise, parse, syntax_diagnostic
 
 # Lark's trees, with None where an optional part is missing, as the layout walks them.
 Node = Any
@@ -47,7 +48,7 @@ _CLOSERS = frozenset("}])")
 
 def format_source(text: str, path: str = "<input>") -> str:
     """The canonical form of a Forgefile; raises `DiagnosticError` if it does not parse."""
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    text = normalise(text)
     parse(text, path)
     tree, comments = _parse_keeping_comments(text, path)
     source = _Source.of(text, tree, comments)
@@ -158,20 +159,10 @@ class _Source:
         i = bisect.bisect_left(self.comment_starts, start)
         return i < len(self.comment_starts) and self.comment_starts[i] < end
 
-    def place(self, comment: _Comment) -> str:
-        """`inline`, `trailing` or `own_line`, from the tokens beside the comment on its lines."""
+    def code_before(self, comment: _Comment) -> bool:
+        """Whether a token ends on the line where the comment starts, before it."""
         i = bisect.bisect_left(self.token_starts, comment.at.start)
-        before = i > 0 and _at(self.tokens[i - 1]).end_line == comment.at.line
-        after = self.tokens[i] if i < len(self.tokens) else None
-        # Before a closing bracket a comment ends the line instead: `{ /* none */ }` is not empty.
-        if (
-            comment.fits_inline
-            and after is not None
-            and _at(after).line == comment.at.line
-            and str(after) not in _CLOSERS
-        ):
-            return "inline"
-        return "trailing" if before else "own_line"
+        return i > 0 and _at(self.tokens[i - 1]).end_line == comment.at.line
 
 
 # -- layout -------------------------------------------------------------------------------------
@@ -300,7 +291,9 @@ class _Layout:
             return False
         # A longer name pushes every value right, and a list that fitted may no longer fit.
         width = _name_width(items[start : end + 1])
-        return all(self.single_line(a, indent, width) for a in items[start : end + 1])
+        wider = width > _name_width(items[start:end])
+        members = [item]
+        return all(self.single_line(a, indent, width) for a in members)
 
     def single_line(self, attribute: Node, indent: int, width: int) -> bool:
         mark = self.mark()
@@ -433,18 +426,16 @@ def _weave(lines: list[_Line], source: _Source) -> str:
     starts = [start for start, _, _ in printed]
     at_end: list[_Comment] = []
     for comment in source.comments:
-        place = source.place(comment)
         before = bisect.bisect_left(starts, comment.at.start)
-        if place == "trailing" and before > 0:
-            lines[printed[before - 1][1]].trailing.append(comment)
-            continue
         after = bisect.bisect_left(starts, comment.at.end)
-        if after == len(printed):
+        _, n, k = printed[after] if after < len(printed) else (0, -1, -1)
+        following = lines[n].pieces[k] if n >= 0 else None
+        if following is not None and _stays_inline(comment, following):
+            following.inline.append(comment.text)
+        elif before > 0 and source.code_before(comment):
+            lines[printed[before - 1][1]].trailing.append(comment)
+        elif following is None:
             at_end.append(comment)
-            continue
-        _, n, k = printed[after]
-        if place == "inline":
-            lines[n].pieces[k].inline.append(comment.text)
         else:
             lines[n].before.append((comment, k > 0))
     writer = _Writer(source)
@@ -453,6 +444,19 @@ def _weave(lines: list[_Line], source: _Source) -> str:
     for comment in at_end:
         writer.emit(comment.text, comment.at.line, comment.at.end_line, writer.gap(comment.at.line))
     return "".join(text + "\n" for text in writer.out)
+
+
+def _stays_inline(comment: _Comment, following: _Piece) -> bool:
+    """A one-line `/* */` followed on its line by a written token stays just before that token.
+
+    Before a closing bracket it ends the line instead, so `{ /* none */ }` is not an empty block.
+    """
+    return (
+        comment.fits_inline
+        and following.at is not None
+        and following.at.line == comment.at.line
+        and following.text not in _CLOSERS
+    )
 
 
 class _Writer:
@@ -501,7 +505,7 @@ def _render(line: _Line, trailing: list[_Comment]) -> str:
     text = ""
     for piece in line.pieces:
         for comment in piece.inline:
-            if text and not text.endswith(" "):
+            if text and text[-1] not in _OPENERS and not text.endswith(" "):
                 text += " "
             text += comment + " "
         text += piece.text

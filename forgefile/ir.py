@@ -201,6 +201,8 @@ class Document:
     variable_values: Pairs = field(default=(), repr=False)
     # Resources with `count` or `for_each`: group address -> instance keys, in order.
     groups: tuple[tuple[str, tuple[Key, ...]], ...] = ()
+    # The values of locals, for the outputs the planner evaluates.
+    local_values: Pairs = field(default=(), repr=False)
     # What lowering noticed but did not refuse: unused variables and locals.
     warnings: tuple[Diagnostic, ...] = ()
 

@@ -24,8 +24,8 @@ from . import ir
 from .diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
 from .evaluate import EvalError, Scope, evaluate
 from .schema import RESOURCE_KINDS, SCHEMAS, Attr, BlockSpec, Mismatch, RefTo, coerce
-from .syntax import Attribute, Block, Expr, File, GetAttr, Variable, parse
-from .values import Key, ResourceRef, instance_name, type_name
+from .syntax import MAX_FILE_BYTES, Attribute, Block, Expr, File, GetAttr, Variable, parse
+from .values import AttributeRef, Key, ResourceRef, instance_name, type_name
 
 FORGEFILE = "Forgefile"
 
@@ -42,7 +42,9 @@ def load(
     """
     path = path / FORGEFILE if path.is_dir() else path
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            # One byte past the limit is enough to refuse it; never read /dev/zero to the end.
+            data = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise DiagnosticError(
             [
@@ -137,6 +139,7 @@ class Lowering:
             inputs=tuple(sorted(inputs.items())),
             variable_values=tuple(sorted(self.variable_values.items())),
             groups=tuple(self.instances.items()),
+            local_values=tuple(sorted(self.local_values.items())),
             warnings=tuple(d for d in self.errors.items if d.severity is Severity.WARNING),
         )
 
@@ -503,16 +506,28 @@ class Lowering:
             )
             return None
         rest = {a.name: a for a in block.attributes if a.name != "value"}
-        scope = self._scope()
-        description = evaluate(rest["description"].value, scope) if "description" in rest else ""
-        sensitive = evaluate(rest["sensitive"].value, scope) if "sensitive" in rest else False
+        # Computed attributes get a stand-in here; the planner evaluates the output for real.
+        # No CallContext: env() and file() belong in locals, whose values the plan records.
+        scope = dataclasses.replace(self._scope(), attributes=_stand_in, context=None)
+        try:
+            evaluate(value.value, scope)
+            description = (
+                evaluate(rest["description"].value, scope) if "description" in rest else ""
+            )
+            sensitive = evaluate(rest["sensitive"].value, scope) if "sensitive" in rest else False
+        except DiagnosticError as exc:
+            context = f"while evaluating output.{block.labels[0]}"
+            self.errors.items.extend(
+                dataclasses.replace(d, context=context) for d in exc.diagnostics
+            )
+            return None
         return ir.Output(
             block.span,
             self._attr_spans(block),
             name=block.labels[0],
             value=value.value,
-            description=description,
-            sensitive=sensitive,
+            description=str(description),
+            sensitive=bool(sensitive),
         )
 
     # -- resources ------------------------------------------------------------------------------
@@ -657,17 +672,22 @@ class Lowering:
                 'write a CIDR with the host bits zero, e.g. "10.213.47.0/24"',
             )
             return None
-        if subnet.num_addresses < 4:
+        if not 8 <= subnet.prefixlen <= 30:
             self.errors.error(
                 "E0116",
-                f"subnet {subnet} is too small for a gateway and a workload",
+                f"subnet {subnet} is too "
+                + ("small for a gateway and a workload" if subnet.prefixlen > 30 else "large"),
                 spans.get("subnet", block.span),
-                "use at most a /30",
+                "a network's prefix is from /8 to /30; a /24 holds 253 workloads",
             )
             return None
         gateway = values["gateway"] or str(subnet[1])
         try:
-            inside = ipaddress.IPv4Address(gateway) in list(subnet.hosts())
+            address = ipaddress.IPv4Address(gateway)
+            inside = address in subnet and address not in (
+                subnet.network_address,
+                subnet.broadcast_address,
+            )
         except ValueError:
             inside = False
         if not inside:
@@ -873,6 +893,23 @@ def _valid_name(name: str) -> bool:
         bool(name)
         and (name[0].isalpha() or name[0] == "_")
         and all(c.isalnum() or c in "_-" for c in name)
+    )
+
+
+COMPUTED = {"service": ("address",), "job": ("address",)}
+
+
+def _stand_in(ref: AttributeRef) -> str:
+    """A placeholder for a computed attribute, after checking the attribute exists."""
+    known = COMPUTED.get(ref.resource.kind, ())
+    if len(ref.path) == 1 and ref.path[0] in known:
+        return "0.0.0.0"
+    raise EvalError(
+        "E0226",
+        f"`{ref}` is not an attribute known when planning",
+        ref.span,
+        "computed attributes: "
+        + ", ".join(f"{k}.NAME.{a}" for k, v in COMPUTED.items() for a in v),
     )
 
 

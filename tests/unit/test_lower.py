@@ -292,3 +292,18 @@ def test_numeric_user_and_grace_period_reach_the_ir(tmp_path: Path) -> None:
     assert codes(tmp_path, base + 'service "s" {\n  image = image.b\n  user = "www"\n}\n') == [
         "E0307"
     ]
+
+
+def test_huge_subnets_and_endless_files_are_refused_quickly(tmp_path: Path) -> None:
+    """0.0.0.0/0 is refused without walking its hosts; /dev/zero is read only to the limit."""
+    assert codes(tmp_path, 'network "n" { subnet = "0.0.0.0/0" }') == ["E0116"]
+    with pytest.raises(DiagnosticError) as caught:
+        load(Path("/dev/zero"), environ={})
+    assert caught.value.diagnostics[0].code in ("F0001", "F0005")
+
+
+def test_runaway_strings_are_stopped(tmp_path: Path) -> None:
+    """A chain of locals doubling a string stops at the limit with E0225, not MemoryError."""
+    chain = "\n".join(f'  s{i + 1} = "${{local.s{i}}}${{local.s{i}}}"' for i in range(40))
+    text = f'locals {{\n  s0 = "xxxxxxxx"\n{chain}\n}}\noutput "o" {{ value = local.s40 }}'
+    assert "E0225" in codes(tmp_path, text)

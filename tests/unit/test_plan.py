@@ -356,14 +356,14 @@ def test_outputs_compute_a_service_address(tmp_path: Path) -> None:
 
 
 def test_an_output_naming_an_unknown_attribute_is_a_diagnostic(tmp_path: Path) -> None:
-    """An output using an attribute the planner cannot compute fails with P0004 at its span."""
+    """An output using an attribute no plan can compute fails already when lowering (E0226)."""
     text = HELLO + '\noutput "port" {\n  value = service.web.port\n}\n'
 
     with pytest.raises(DiagnosticError) as caught:
-        plan(lower(tmp_path, text), EMPTY, facts(), CREATED)
+        lower(tmp_path, text)
 
     [diagnostic] = caught.value.diagnostics
-    assert diagnostic.code == "P0004"
+    assert diagnostic.code == "E0226"
     assert "service.web.port" in diagnostic.message
     assert diagnostic.span is not None
     line = (tmp_path / "Forgefile").read_text().splitlines()[diagnostic.span.line - 1]
@@ -388,3 +388,15 @@ output "second" {
     second = actions["service.api[1]"]["spec"]["networks"][0]["address"]
     assert first != second
     assert document["outputs"]["second"]["value"] == second.split("/")[0]
+
+
+def test_outputs_may_use_locals_and_variables(tmp_path: Path) -> None:
+    """An output reading local.x and var.y is computed by the planner with their values."""
+    text = HELLO + (
+        'variable "scheme" { default = "http" }\n'
+        'locals { path = "/index.html" }\n'
+        'output "page" {\n  value = "${var.scheme}://${service.web.address}${local.path}"\n}\n'
+    )
+    document = plan(lower(tmp_path, text), EMPTY, facts(), CREATED)
+    address = document["outputs"]["web_address"]["value"]
+    assert document["outputs"]["page"]["value"] == f"http://{address}/index.html"
