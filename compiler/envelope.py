@@ -176,5 +176,7 @@ def _strict_json(data: bytes, what: str) -> Any:
         return json.loads(
             data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants
         )
+    except RecursionError:
+        raise EnvelopeError("format", f"the {what} nests too deeply to be a plan") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EnvelopeError("format", f"the {what} is not JSON: {exc}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,6 +65,8 @@ class BuildFacts:
     modules: Mapping[str, str] = field(default_factory=dict)
     policy: Mapping[str, Any] = field(default_factory=dict)
     variables_digest: str = ""
+    # Prefixes the host already routes elsewhere, (CIDR, device): a subnet must not overlap.
+    host_routes: tuple[tuple[str, str], ...] = ()
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
@@ -90,6 +92,7 @@ def plan(
     resources = () if destroy else doc.resources
     addresses = _allocate(resources, snapshot)
     networks = {r.address: r for r in resources if isinstance(r, ir.Network)}
+    _check_routes(networks.values(), facts.host_routes)
     specs = {r.address: _spec(r, facts, addresses, networks) for r in resources}
     depends = {r.address: sorted({ref.address for ref in r.references()}) for r in resources}
 
@@ -133,6 +136,28 @@ def plan(
         "actions": _ordered(actions),
         "outputs": outputs,
     }
+
+
+def _check_routes(networks: Iterable[ir.Network], routes: Iterable[tuple[str, str]]) -> None:
+    """A subnet the host already routes elsewhere would steal that traffic, or lose its own."""
+    errors = []
+    for net in networks:
+        subnet = ipaddress.IPv4Network(net.subnet)
+        for cidr, device in routes:
+            if subnet.overlaps(ipaddress.IPv4Network(cidr, strict=False)):
+                errors.append(
+                    Diagnostic(
+                        "P0006",
+                        f"{net.address} ({net.subnet}) overlaps {cidr}, which this host already "
+                        f"routes through {device}",
+                        net.span_of("subnet"),
+                        "choose a subnet no other network on this host uses (another Forge "
+                        "project's bridge counts)",
+                    )
+                )
+                break
+    if errors:
+        raise DiagnosticError(errors)
 
 
 def _action(

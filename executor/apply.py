@@ -43,16 +43,31 @@ def apply_plan(
     actions = plan["actions"]
     records = state.records()
     state.event("apply-start", None, actions=len(actions))
+    current: dict[str, Any] = {}
     try:
         for action in reversed(actions):
             if action["action"] in ("delete", "replace") and action["address"] in records:
+                current = action
                 _teardown(action, records[action["address"]].runtime, host, state, say, result)
         for action in actions:
             if action["action"] in ("create", "replace", "update"):
+                current = action
                 _build_up(action, host, state, say, result)
     except ActionFailed as exc:
         result.failed = exc
         state.event("action-failed", exc.address, message=str(exc))
+    except Exception as exc:
+        # A bug, or a plan whose spec a driver cannot read: still finish the bookkeeping, so
+        # state says what was done and the serial moves.
+        log.exception("apply of %s failed", current.get("address"))
+        address = str(current.get("address", "apply"))
+        result.failed = ActionFailed(
+            address,
+            f"internal error: {type(exc).__name__}: {exc}",
+            "this is a bug in Forge; the log (-v) has the traceback",
+        )
+        result.failed_action = current or None
+        state.event("action-failed", address, message=str(result.failed))
     if result.changed:
         result.serial = state.bump_serial()
     if result.failed is None:

@@ -165,6 +165,10 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
     except (ImageError, network.NetworkError, ContainerError, MonitorError, OSError) as exc:
         _remove_container(host, address, runtime)
         raise ActionFailed(address, f"{type(exc).__name__.removesuffix('Error')}: {exc}") from None
+    except BaseException:
+        # Whatever else went wrong (a bug, Ctrl-C), leave no netns, veth or bundle behind.
+        _remove_container(host, address, runtime)
+        raise
     return runtime
 
 

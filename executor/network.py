@@ -562,3 +562,32 @@ def list_owned(project_id: str) -> dict[str, list[str]]:
     owned["netns"] = [e for e in entries if pattern.fullmatch(e)]
 
     return {kind: sorted(names) for kind, names in owned.items()}
+
+
+def foreign_routes(project_id: str) -> list[tuple[str, str]]:
+    """IPv4 prefixes the host already routes on links this project does not own.
+
+    Each is (CIDR, device name). A Forge network whose subnet overlaps one of them would take
+    traffic from another project's bridge, or from the host's own interfaces.
+    """
+    _check_project_id(project_id)
+    tag = f"forge:{project_id}:"
+    found: list[tuple[str, str]] = []
+    with _netlink(project_id) as ipr:
+        names = {
+            link["index"]: (link.get("ifname"), link.get("ifalias")) for link in ipr.get_links()
+        }
+        for route in ipr.get_routes(family=socket.AF_INET, table=254):
+            dst, length = route.get("dst"), route["dst_len"]
+            if dst is None or length == 0:
+                continue  # the default route overlaps everything and is nobody's subnet
+            name, alias = names.get(route.get("oif"), (None, None))
+            if alias is not None and alias.startswith(tag):
+                continue
+            found.append((f"{dst}/{length}", name or "?"))
+        for address in ipr.get_addr(family=socket.AF_INET):
+            name, alias = names.get(address["index"], (None, None))
+            if alias is not None and alias.startswith(tag):
+                continue
+            found.append((f"{address.get('address')}/32", name or "?"))
+    return sorted(set(found))

@@ -106,6 +106,11 @@ def reports(fn: F) -> F:
             if exc.hint:
                 err.print(f"  [green]hint:[/] {escape(exc.hint)}")
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # The host refused a file operation: a path that is a file, a full disk, permissions.
+            where = f" ({exc.filename})" if exc.filename else ""
+            err.print(f"[bold red]error:[/] {e(exc.strerror or exc)}{e(where)}")
+            raise typer.Exit(EXIT_DIAGNOSTIC) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
@@ -291,7 +296,13 @@ def plan(
         render.plan(out, document)
         render.outputs(out, document["outputs"])
     if output is not None:
-        output.write_bytes(sign(project, document, key))
+        try:
+            output.write_bytes(sign(project, document, key))
+        except OSError as exc:
+            err.print(
+                f"[bold red]error:[/] cannot write the plan to {e(output)}: {e(exc.strerror)}"
+            )
+            raise typer.Exit(EXIT_DIAGNOSTIC) from None
         out.print(
             f"Signed plan written to [bold]{e(output)}[/]; apply it with `forge apply {e(output)}`."
         )

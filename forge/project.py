@@ -126,10 +126,13 @@ def make_plan(
     facts = BuildFacts(
         images=images,
         modules=modules,
+        # A destroy is not judged (there is nothing left to judge) but is still bound to the
+        # policy files as they are, like any plan.
         policy=verdict.to_json()
         if verdict
-        else {"verdict": "pass", "digest": None, "evaluated": 0, "findings": []},
+        else {"verdict": "pass", "digest": policy_digest(project), "evaluated": 0, "findings": []},
         variables_digest=_variables_digest(checked.doc),
+        host_routes=() if destroy else _routes(project),
     )
     state = project.state()
     try:
@@ -139,6 +142,12 @@ def make_plan(
     when = created_at or datetime.now(UTC)
     kwargs = {"ttl": ttl} if ttl else {}
     return plan(checked.doc, snapshot, facts, when, destroy=destroy, **kwargs)
+
+
+def _routes(project: Project) -> tuple[tuple[str, str], ...]:
+    from executor.network import foreign_routes
+
+    return tuple(foreign_routes(project.paths.project_id))
 
 
 def _variables_digest(doc: ir.Document) -> str:

@@ -6,16 +6,18 @@ Formatting runs in three steps, data flowing one way:
    the same grammar keeps every token, so parentheses and the exact text of each string, heredoc
    and number survive, and collects the comments that the grammar ignores.
 2. `_Layout` walks that tree and lays it out as lines of pieces, leaving comments aside.
-3. `_weave` hangs each comment on the line of the token beside it and writes the text.
+3. `_weave` hangs each comment on the line of the token beside it, aligns the `=` of attributes
+   now that it knows which lines comments separate, and writes the text.
 
 The layout: two-space indentation; one attribute a line; the `=` of consecutive single-line
-attributes aligned (a nested block, a blank line or a multi-line attribute ends the run); one blank
-line between top-level blocks and at most one wherever the author left some; every non-empty
-block body expanded. A list, a map or a call's arguments stay on one line when they were on one
-line and still end within `WIDTH` columns, else they take one item a line, each with a trailing
-comma. An attribute whose one-line list would pass `WIDTH` only once padded starts a new run
-rather than being expanded: that keeps formatting idempotent. Map items are written `key = value`
-(a `:` becomes `=`), one-line maps `{ a = 1 }`, and `for` expressions on one line.
+attributes aligned (a nested block, a blank line, a comment line or a multi-line attribute ends the
+run); one blank line between top-level blocks and at most one wherever the author left some; every
+non-empty block body expanded. A list, a map or a call's arguments stay on one line when they were
+on one line and still end within `WIDTH` columns, else they take one item a line, each with a
+trailing comma. Whether they fit is judged before padding, and an attribute that padding would
+push past `WIDTH` starts a new run instead: so padding never changes the lines, and formatting a
+second time changes nothing. Map items are written `key = value` (a `:` becomes `=`), one-line maps
+`{ a = 1 }`, and `for` expressions on one line.
 
 A comment stays on its line. One that had a line to itself goes before the token that followed it,
 at that line's indent; one after code goes at the end of the line holding the token before it, two
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 import contextvars
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, NamedTuple
@@ -173,6 +175,7 @@ class _Piece:
     text: str
     at: _At | None  # None for what the layout adds: spaces, padding, commas
     inline: list[str] = field(default_factory=list)  # `/* */` comments written just before it
+    ends_flat: bool = False  # closes a sequence kept on one line, which must end within WIDTH
 
 
 @dataclass
@@ -181,8 +184,19 @@ class _Line:
     closing: bool  # holds a closing bracket, so comments before it belong one level in
     apart: bool  # a blank line must come before it and its comments: top-level blocks
     pieces: list[_Piece] = field(default_factory=list)
+    name_width: int | None = None  # set on an attribute that stayed on one line: it may align
     before: list[tuple[_Comment, bool]] = field(default_factory=list)  # (comment, moved here)
     trailing: list[_Comment] = field(default_factory=list)
+
+    @property
+    def room(self) -> int:
+        """How far padding may push this line before a one-line sequence on it passes WIDTH."""
+        column, ends = self.indent, [WIDTH * WIDTH]
+        for piece in self.pieces:
+            column += len(piece.text)
+            if piece.ends_flat:
+                ends.append(WIDTH - column)
+        return min(ends)
 
 
 class _Layout:
@@ -237,22 +251,24 @@ class _Layout:
 
     def body(self, tree: Node, indent: int, top: bool = False) -> None:
         items = tree.children
-        widths = self.alignment(items, indent)
         for i, item in enumerate(items):
             apart = top and i > 0 and "block" in (item.data, items[i - 1].data)
             self.newline(indent, apart=apart)
             if item.data == "attribute":
-                self.attribute(item, widths[i])
+                self.attribute(item)
             else:
                 self.block(item, indent)
 
-    def attribute(self, tree: Node, width: int) -> None:
+    def attribute(self, tree: Node) -> None:
         name, equals, value = tree.children
+        line, mark = self.lines[-1], self.mark()
         self.token(name)
-        self.text(" " * (max(width, len(name)) - len(name) + 1))
+        self.text(" ")  # the padding that `_align` widens
         self.token(equals)
         self.text(" ")
         self.expr(value)
+        if self.stayed_on_one_line(mark):
+            line.name_width = len(name)
 
     def block(self, tree: Node, indent: int) -> None:
         name, *labels, open_, body, close = tree.children
@@ -266,42 +282,6 @@ class _Layout:
             self.body(body, indent + INDENT)
             self.newline(indent, closing=True)
         self.token(close)
-
-    def alignment(self, items: Sequence[Node], indent: int) -> list[int]:
-        """The width each attribute name is padded to, so that runs of single-line ones align."""
-        widths = [0] * len(items)
-        start = 0
-        while start < len(items):
-            end = start + 1
-            first = items[start]
-            if first.data == "attribute" and self.single_line(first, indent, 0):
-                while end < len(items) and self.joins_run(items, start, end, indent):
-                    end += 1
-            width = _name_width(items[start:end])
-            widths[start:end] = [width] * (end - start)
-            start = end
-        return widths
-
-    def joins_run(self, items: Sequence[Node], start: int, end: int, indent: int) -> bool:
-        """Whether `items[end]` can join the run `items[start:end]`, each staying on one line."""
-        item, previous = items[end], items[end - 1]
-        if item.data != "attribute":
-            return False
-        if self.source.blank_between(previous.meta.end_line, item.meta.line):
-            return False
-        # A longer name pushes every value right, and a list that fitted may no longer fit.
-        width = _name_width(items[start : end + 1])
-        wider = width > _name_width(items[start:end])
-        members = [item]
-        return all(self.single_line(a, indent, width) for a in members)
-
-    def single_line(self, attribute: Node, indent: int, width: int) -> bool:
-        mark = self.mark()
-        self.newline(indent)
-        self.attribute(attribute, width)
-        one = self.stayed_on_one_line((mark[0] + 1, 0))
-        self.rollback(mark)
-        return one
 
     # Expressions.
 
@@ -384,6 +364,7 @@ class _Layout:
             self.flat(items, item, spaced)
             self.token(close)
             if self.stayed_on_one_line(mark) and self.column <= WIDTH:
+                self.lines[-1].pieces[-1].ends_flat = True
                 return
             self.rollback(mark)
         for node in items:
@@ -406,10 +387,6 @@ class _Layout:
 def _items(children: list[Node]) -> list[Node]:
     """The items of a bracketed sequence, without its commas and empty placeholders."""
     return [c for c in children if c is not None and not isinstance(c, lark.Token)]
-
-
-def _name_width(items: Sequence[Node]) -> int:
-    return max((len(i.children[0]) for i in items if i.data == "attribute"), default=0)
 
 
 # -- comments and text --------------------------------------------------------------------------
@@ -438,6 +415,11 @@ def _weave(lines: list[_Line], source: _Source) -> str:
             at_end.append(comment)
         else:
             lines[n].before.append((comment, k > 0))
+    for line in lines:
+        line.trailing, moved = _split_trailing(line.trailing)
+        line.before += [(c, True) for c in moved]
+    for run in _runs(lines, source):
+        _align(run)
     writer = _Writer(source)
     for line in lines:
         writer.line(line)
@@ -457,6 +439,49 @@ def _stays_inline(comment: _Comment, following: _Piece) -> bool:
         and following.at.line == comment.at.line
         and following.text not in _CLOSERS
     )
+
+
+def _runs(lines: list[_Line], source: _Source) -> list[list[_Line]]:
+    """Consecutive single-line attributes with no blank line or comment line between them."""
+    runs: list[list[_Line]] = []
+    previous: _Line | None = None
+    for line in lines:
+        if line.name_width is None or line.pieces[0].inline:
+            previous = None
+            continue
+        if (
+            previous is not None
+            and not line.before
+            and not source.blank_between(_last_line(previous), _first_line(line))
+        ):
+            runs[-1].append(line)
+        else:
+            runs.append([line])
+        previous = line
+    return runs
+
+
+def _align(run: list[_Line]) -> None:
+    """Pad the names of a run so that their `=` line up, starting a new run where padding would
+    push a one-line sequence past WIDTH."""
+    start = 0
+    while start < len(run):
+        width = _name_width(run[start])
+        limit = width + run[start].room
+        end = start + 1
+        while end < len(run):
+            limit = min(limit, _name_width(run[end]) + run[end].room)
+            if max(width, _name_width(run[end])) > limit:
+                break
+            width = max(width, _name_width(run[end]))
+            end += 1
+        for line in run[start:end]:
+            line.pieces[1].text = " " * (width - _name_width(line) + 1)
+        start = end
+
+
+def _name_width(line: _Line) -> int:
+    return line.name_width or 0
 
 
 class _Writer:
@@ -480,15 +505,14 @@ class _Writer:
 
     def line(self, line: _Line) -> None:
         first = _first_line(line)
-        stays, moved = _split_trailing(line.trailing)
         blank = line.apart
         indent = " " * (line.indent + (INDENT if line.closing else 0))
-        for comment, was_moved in [*line.before, *((c, True) for c in moved)]:
+        for comment, was_moved in line.before:
             # A comment moved here from inside the line counts as written where the line starts.
             start, end = (first, first) if was_moved else (comment.at.line, comment.at.end_line)
             self.emit(indent + comment.text, start, end, blank or self.gap(start))
             blank = False
-        text = _render(line, stays)
+        text = _render(line)
         self.emit(text, first, _last_line(line), blank or (not line.closing and self.gap(first)))
         self.after_opener = line.pieces[-1].text in _OPENERS
 
@@ -501,7 +525,7 @@ def _split_trailing(comments: list[_Comment]) -> tuple[list[_Comment], list[_Com
     return comments, []
 
 
-def _render(line: _Line, trailing: list[_Comment]) -> str:
+def _render(line: _Line) -> str:
     text = ""
     for piece in line.pieces:
         for comment in piece.inline:
@@ -509,8 +533,8 @@ def _render(line: _Line, trailing: list[_Comment]) -> str:
                 text += " "
             text += comment + " "
         text += piece.text
-    if trailing:
-        text += "  " + " ".join(c.text for c in trailing)
+    if line.trailing:
+        text += "  " + " ".join(c.text for c in line.trailing)
     return (" " * line.indent + text).rstrip()
 
 

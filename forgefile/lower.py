@@ -672,6 +672,22 @@ class Lowering:
                 'write a CIDR with the host bits zero, e.g. "10.213.47.0/24"',
             )
             return None
+        if (
+            subnet.is_loopback
+            or subnet.is_multicast
+            or subnet.is_link_local
+            or subnet.is_unspecified
+            or subnet.is_reserved
+            or subnet.overlaps(_THIS_NETWORK)
+        ):
+            self.errors.error(
+                "E0118",
+                f"{subnet} is a special-purpose range (loopback, link-local, multicast or "
+                "reserved)",
+                spans.get("subnet", block.span),
+                'use a private range, e.g. "10.213.47.0/24"',
+            )
+            return None
         if not 8 <= subnet.prefixlen <= 30:
             self.errors.error(
                 "E0116",
@@ -882,6 +898,7 @@ class Lowering:
 
 
 _INVALID = object()
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _NUMERIC_USER = re.compile(r"[0-9]+(:[0-9]+)?")
 META_ARGUMENTS = ("count", "for_each")
 MAX_COUNT = 10_000

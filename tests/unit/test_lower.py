@@ -296,7 +296,8 @@ def test_numeric_user_and_grace_period_reach_the_ir(tmp_path: Path) -> None:
 
 def test_huge_subnets_and_endless_files_are_refused_quickly(tmp_path: Path) -> None:
     """0.0.0.0/0 is refused without walking its hosts; /dev/zero is read only to the limit."""
-    assert codes(tmp_path, 'network "n" { subnet = "0.0.0.0/0" }') == ["E0116"]
+    assert codes(tmp_path, 'network "n" { subnet = "0.0.0.0/0" }') == ["E0118"]
+    assert codes(tmp_path, 'network "n" { subnet = "10.0.0.0/7" }') == ["E0116"]
     with pytest.raises(DiagnosticError) as caught:
         load(Path("/dev/zero"), environ={})
     assert caught.value.diagnostics[0].code in ("F0001", "F0005")

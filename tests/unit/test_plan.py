@@ -400,3 +400,20 @@ def test_outputs_may_use_locals_and_variables(tmp_path: Path) -> None:
     document = plan(lower(tmp_path, text), EMPTY, facts(), CREATED)
     address = document["outputs"]["web_address"]["value"]
     assert document["outputs"]["page"]["value"] == f"http://{address}/index.html"
+
+
+def test_a_subnet_the_host_already_routes_is_refused(tmp_path: Path) -> None:
+    """Overlapping a route of the host (another project's bridge, say) is P0006 at the subnet."""
+    overlapping = BuildFacts(
+        images=facts().images,
+        modules=facts().modules,
+        host_routes=(("10.213.60.0/29", "fgb0123456789ab"),),
+    )
+    with pytest.raises(DiagnosticError) as caught:
+        plan(lower(tmp_path, HELLO), EMPTY, overlapping, CREATED)
+    [diagnostic] = caught.value.diagnostics
+    assert diagnostic.code == "P0006" and "fgb0123456789ab" in diagnostic.message
+    elsewhere = BuildFacts(
+        images=facts().images, modules=facts().modules, host_routes=(("192.0.2.0/24", "eth0"),)
+    )
+    assert plan(lower(tmp_path, HELLO), EMPTY, elsewhere, CREATED)["actions"]
