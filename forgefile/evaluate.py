@@ -58,6 +58,16 @@ class Scope:
         return dataclasses.replace(self, bindings={**self.bindings, **bindings})
 
 
+class _Failed:
+    """The value of a variable that could not be set: its error was reported already."""
+
+    def __repr__(self) -> str:
+        return "<failed>"
+
+
+FAILED = _Failed()
+
+
 class _Kind:
     """The value of a bare kind name such as `service`: indexing it by name gives a reference."""
 
@@ -181,6 +191,8 @@ def _variable(name: str, span: Span, scope: Scope) -> Any:
 def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
     if isinstance(target, _Namespace):
         if key in target.values:
+            if target.values[key] is FAILED:
+                raise DiagnosticError([])  # already reported where it was declared
             return target.values[key]
         if target.lazy is not None:
             return target.lazy(key, span)
@@ -334,6 +346,10 @@ def _arithmetic(expr: Binary, left: Any, right: Any) -> Any:
         return Size(_ARITHMETIC[expr.op](left.bytes, right.bytes))
     elif isinstance(left, Size) and isinstance(right, int | float) and expr.op in "*/":
         return Size(int(_ARITHMETIC[expr.op](left.bytes, right)))
+    elif isinstance(left, int | float) and isinstance(right, Size) and expr.op == "*":
+        return Size(int(left * right.bytes))
+    elif isinstance(left, int | float) and isinstance(right, Duration) and expr.op == "*":
+        return Duration(int(left * right.nanoseconds))
     elif isinstance(left, Duration) and isinstance(right, Duration) and expr.op in "+-":
         return Duration(_ARITHMETIC[expr.op](left.nanoseconds, right.nanoseconds))
     elif isinstance(left, Duration) and isinstance(right, int | float) and expr.op in "*/":

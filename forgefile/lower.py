@@ -22,7 +22,7 @@ from stdlib.functions import CallContext
 
 from . import ir
 from .diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
-from .evaluate import EvalError, Scope, evaluate
+from .evaluate import FAILED, EvalError, Scope, evaluate
 from .schema import RESOURCE_KINDS, SCHEMAS, Attr, BlockSpec, Mismatch, RefTo, coerce
 from .syntax import MAX_FILE_BYTES, Attribute, Block, Expr, File, GetAttr, Variable, parse
 from .values import AttributeRef, Key, ResourceRef, instance_name, type_name
@@ -113,10 +113,21 @@ class Lowering:
         variables = [self._variable(b) for b in blocks.get("variable", [])]
         for lb in blocks.get("locals", []):
             for attr in lb.attributes:
+                if attr.name in self.local_exprs:
+                    first = self.local_exprs[attr.name]
+                    self.errors.error(
+                        "E0121",
+                        f"local `{attr.name}` is set twice",
+                        attr.span,
+                        "remove one; locals are one namespace across every locals block",
+                        [Related(first.span, "first set here")],
+                    )
+                    continue
                 self.local_exprs[attr.name] = attr
         scope = self._scope()
         for name in list(self.local_exprs):
             self._local(name, self.local_exprs[name].span)
+        self._unknown_variables(blocks.get("variable", []))
         self._pending_kinds(blocks)
         resource_blocks = [b for kind in RESOURCE_KINDS for b in blocks.get(kind, [])]
         expansions = {id(b): self._expansion(b, scope) for b in resource_blocks}
@@ -161,6 +172,18 @@ class Lowering:
                     f"local `{name}` is declared but never used",
                     attr.span,
                     "remove it, or use it as local." + name,
+                )
+
+    def _unknown_variables(self, declared: list[Block]) -> None:
+        """A --var for a variable the Forgefile does not declare is a typo, not a no-op."""
+        names = [b.labels[0] for b in declared]
+        for name in self.given:
+            if name not in names:
+                self.errors.error(
+                    "E0141",
+                    f"--var {name}=... sets a variable the Forgefile does not declare",
+                    None,
+                    suggest(name, names) or f'declare it with variable "{name}" {{ ... }}',
                 )
 
     def _pending_kinds(self, blocks: dict[str, list[Block]]) -> None:
@@ -392,9 +415,11 @@ class Lowering:
         values = self._attributes(
             block, SCHEMAS["variable"], Scope(context=self.context, bindings=type_names)
         )
+        name = block.labels[0]
+        # Until the value is known good, references to it are quiet: one error per variable.
+        self.variable_values[name] = FAILED
         if values is None:
             return None
-        name = block.labels[0]
         type_ = values["type"]
         has_default = block.attribute("default") is not None
         if name in self.given or f"FORGE_VAR_{name}" in self.environ:

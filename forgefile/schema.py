@@ -83,7 +83,7 @@ class Mismatch(Exception):
 def coerce(value: Any, type_: Type, path: str = "") -> Any:
     """Check `value` against `type_` and freeze it: lists become tuples, maps sorted pairs."""
     if type_ is ANY:
-        return _freeze(value)
+        return value  # a variable's default keeps its shape: a map stays a map
     if isinstance(type_, ListOf):
         if not isinstance(value, list | tuple):
             raise Mismatch(type_, value, path)
@@ -116,14 +116,6 @@ _SCALAR_CHECKS: dict[str, Callable[[Any], bool]] = {
     "duration": lambda v: isinstance(v, Duration),
     "size": lambda v: isinstance(v, Size),
 }
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple((k, _freeze(v)) for k, v in value.items())
-    return value
 
 
 # -- blocks -------------------------------------------------------------------------------------

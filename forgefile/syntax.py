@@ -352,12 +352,14 @@ class _Builder:
         token = node.children[0]
         header, *lines = str(token).split("\n")
         lines = lines[:-1]  # the closing tag
+        cut = 0
         if header.startswith("<<-"):
             indents = [len(ln) - len(ln.lstrip()) for ln in lines if ln.strip()]
             cut = min(indents, default=0)
             lines = [ln[cut:] for ln in lines]
         text = "".join(ln + "\n" for ln in lines)
-        return self.template(text, span, token.line + 1, 1, raw=True)
+        # Every line lost `cut` columns of indent: give them back to interpolations' spans.
+        return self.template(text, span, token.line + 1, 1 + cut, raw=True, indent=cut)
 
     def string(self, token: Tree) -> Expr:
         span = self.span(token)
@@ -369,7 +371,9 @@ class _Builder:
             raw=False,
         )
 
-    def template(self, text: str, span: Span, line: int, column: int, raw: bool) -> Expr:
+    def template(
+        self, text: str, span: Span, line: int, column: int, raw: bool, indent: int = 0
+    ) -> Expr:
         """Split literal text and `${...}` parts; `line:column` is where `text` starts."""
         parts: list[str | Expr] = []
         pos = 0
@@ -380,7 +384,7 @@ class _Builder:
                 continue
             parts.append(text[pos : match.start()])
             inner = match.group(1)
-            at_line, at_col = _position(text, match.start(1), line, column)
+            at_line, at_col = _position(text, match.start(1), line, column, indent)
             parts.append(parse_expression(inner, self.path, at_line, at_col))
             pos = match.end()
         parts.append(text[pos:])
@@ -557,11 +561,12 @@ def _unescape(text: str, span: Span) -> str:
     return _ESCAPE.sub(one, text)
 
 
-def _position(text: str, offset: int, line: int, column: int) -> tuple[int, int]:
+def _position(text: str, offset: int, line: int, column: int, indent: int = 0) -> tuple[int, int]:
+    """Where `offset` into `text` is in the file; `indent` columns were cut from later lines."""
     before = text[:offset]
     newlines = before.count("\n")
     if newlines:
-        return line + newlines, offset - before.rfind("\n")
+        return line + newlines, offset - before.rfind("\n") + indent
     return line, column + offset
 
 
@@ -584,6 +589,17 @@ CONFUSABLES = {
 }
 
 _TOKEN_WORDS = {
+    "BANG": '"!"',
+    "MINUS": '"-"',
+    "QMARK": '"?"',
+    "ADD_OP": '"+" or "-"',
+    "MUL_OP": '"*", "/" or "%"',
+    "COMPARE": "a comparison",
+    "INT": "a number",
+    "FLOAT": "a number",
+    "DURATION": "a duration",
+    "SIZE": "a size",
+    "HEREDOC": "a heredoc",
     "EQUAL": '"="',
     "LBRACE": '"{"',
     "RBRACE": '"}"',
@@ -616,6 +632,9 @@ def syntax_diagnostic(
         max(1, getattr(exc, "line", 1) or 1),
         max(1, getattr(exc, "column", 1) or 1),
     )
+    unclosed = _unclosed_opener(text, exc, Span(path, line, column, line, column))
+    if unclosed is not None:
+        return unclosed
     if isinstance(exc, lark.exceptions.UnexpectedEOF) or (
         isinstance(exc, lark.exceptions.UnexpectedToken) and exc.token.type == "$END"
     ):
@@ -721,6 +740,29 @@ def _open_bracket(text: str, line: int, column: int) -> tuple[str, int, int] | N
             elif ch in pairs and stack and stack[-1][0] == pairs[ch]:
                 stack.pop()
     return stack[-1] if stack else None
+
+
+def _unclosed_opener(
+    text: str, exc: lark.exceptions.UnexpectedInput, span: Span
+) -> Diagnostic | None:
+    """A heredoc or comment opener that failed to lex as one because it never closes."""
+    offset = getattr(exc, "pos_in_stream", None)
+    token = getattr(exc, "token", None)
+    if token is not None and getattr(token, "start_pos", None) is not None:
+        offset = token.start_pos
+    if offset is None:
+        return None
+    rest = text[offset : offset + 2]
+    if rest == "<<":
+        return Diagnostic(
+            "F0110",
+            "this heredoc is never closed",
+            span,
+            "end it with its tag alone on a line (leading spaces are fine), e.g. EOT",
+        )
+    if rest == "/*" or text[max(0, offset - 1) : offset + 1] == "/*":
+        return Diagnostic("F0111", "this comment is never closed", span, "end it with */")
+    return None
 
 
 def _unclosed(text: str) -> str:

@@ -34,9 +34,14 @@ class CallContext:
 Function = Callable[..., Any]
 
 
+_TYPE_WORDS = {str: "string", int: "int", float: "number", bool: "bool", list: "list", dict: "map"}
+
+
 def _expect(value: object, kind: type | tuple[type, ...], what: str) -> Any:
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise FunctionError(f"{what} must be a {getattr(kind, '__name__', kind)}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        wanted = " or ".join(_TYPE_WORDS.get(k, k.__name__) for k in kinds)
+        raise FunctionError(f"{what} must be a {wanted}")
     return value
 
 

@@ -192,3 +192,24 @@ def test_file_size_limit_is_a_diagnostic() -> None:
     with pytest.raises(DiagnosticError) as caught:
         parse("#" * (MAX_FILE_BYTES + 1), "F")
     assert caught.value.diagnostics[0].code == "F0001"
+
+
+def test_interpolation_spans_inside_an_indented_heredoc() -> None:
+    """`<<-` strips indent, but an interpolation's span is still where it is in the file."""
+    f = parse('x "y" {\n  h = <<-EOT\n      one\n      two ${var.x}\n      EOT\n}', "F")
+    template = f.body.blocks[0].attributes[0].value
+    assert isinstance(template, Template)
+    inner = template.parts[1]
+    assert isinstance(inner, GetAttr)
+    assert (inner.span.line, inner.span.column) == (4, 13)
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [("locals {\n  x = <<EOT\nhello\n}\n", "F0110"), ("locals {\n  x = 1 /* open\n}\n", "F0111")],
+)
+def test_unclosed_heredocs_and_comments_say_so(text: str, code: str) -> None:
+    """A heredoc or comment that never closes is named as such, not as a stray `<` or `*`."""
+    with pytest.raises(DiagnosticError) as caught:
+        parse(text, "F")
+    assert caught.value.diagnostics[0].code == code
