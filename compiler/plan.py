@@ -75,8 +75,6 @@ def spec_digest(spec: Mapping[str, Any]) -> str:
 
 # Kinds whose change can be carried out in place; every other change replaces the resource.
 _UPDATABLE = {"image", "volume"}
-# Kinds that keep running after apply, whose death is drift the next plan repairs.
-_LONG_RUNNING = {"service"}
 
 
 def plan(
@@ -100,6 +98,7 @@ def plan(
     for r in resources:
         spec = specs[r.address]
         actions.append(_action(r, spec, depends[r.address], snapshot.resources.get(r.address)))
+    _reattach(actions, resources)
     for address, old in sorted(snapshot.resources.items()):
         if address not in specs:
             actions.append(
@@ -171,8 +170,9 @@ def _action(
         changed = ", ".join(sorted(diff))
         kind = "update" if r.kind in _UPDATABLE else "replace"
         reason = f"{changed} changed"
-    elif r.kind in _LONG_RUNNING and old.live is False:
-        kind, reason, diff = "replace", f"not running: {old.note or 'it stopped'}", {}
+    elif old.live is False:
+        what = "not running" if r.kind == "service" else "drift"
+        kind, reason, diff = "replace", f"{what}: {old.note or 'it stopped'}", {}
     else:
         kind, reason, diff = "no-op", "up to date", {}
     return {
@@ -185,6 +185,22 @@ def _action(
         "spec": spec,
         "depends_on": depends_on,
     }
+
+
+def _reattach(actions: list[dict[str, Any]], resources: tuple[ir.Resource, ...]) -> None:
+    """A service on a network that is replaced must be replaced too: its veth went with it."""
+    replaced = {
+        a["address"] for a in actions if a["kind"] == "network" and a["action"] == "replace"
+    }
+    by_address = {r.address: r for r in resources}
+    for action in actions:
+        service = by_address.get(action["address"])
+        if not isinstance(service, ir.Service) or action["action"] != "no-op":
+            continue
+        lost = [n.address for n in service.networks if n.address in replaced]
+        if lost:
+            action["action"] = "replace"
+            action["reason"] = f"{lost[0]} is replaced"
 
 
 def _diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ interrupted apply leaves state that says exactly what exists.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,18 +137,30 @@ def _describe(kind: str, runtime: dict[str, Any]) -> str:
 
 
 def live_status(host: Host, state: State) -> dict[str, tuple[bool | None, str]]:
-    """Which long-running workloads are running now: the drift the next plan repairs."""
-    # TODO(#8): refresh networks too, so a bridge deleted from outside is recreated and its
-    # workloads re-attached.
+    """What is still there: the drift the next plan repairs.
+
+    A service whose container exited or whose network namespace is gone, and a network whose
+    bridge was deleted from outside, are not live; the planner replaces them.
+    """
+    from . import network
+
     live: dict[str, tuple[bool | None, str]] = {}
     for address, record in state.records().items():
-        if record.kind != "service":
-            continue
-        status = container_status(host, record.runtime)
-        if status is None or status.state == "unknown":
-            live[address] = (False, "the container is gone")
-        elif status.state == "exited":
-            live[address] = (False, f"it exited with code {status.exit_code}")
-        else:
-            live[address] = (True, "")
+        if record.kind == "network":
+            present = network.network_present(host.paths.project_id, record.runtime["name"])
+            live[address] = (True, "") if present else (False, "its bridge is gone")
+        elif record.kind == "service":
+            live[address] = _service_live(host, record.runtime)
     return live
+
+
+def _service_live(host: Host, runtime: dict[str, Any]) -> tuple[bool | None, str]:
+    netns = runtime.get("netns")
+    if netns and not os.path.exists(netns):
+        return False, "its network namespace is gone"
+    status = container_status(host, runtime)
+    if status is None or status.state == "unknown":
+        return False, "the container is gone"
+    if status.state == "exited":
+        return False, f"it exited with code {status.exit_code}"
+    return True, ""

@@ -258,6 +258,18 @@ def test_a_container_that_died_is_replaced_by_the_next_apply(example: Example) -
     assert "<h1>Newer</h1>" in example.page()
 
 
+def test_a_bridge_deleted_from_outside_is_recreated(example: Example) -> None:
+    """Drift: `ip link del` of the network's bridge; the next apply restores it and the service."""
+    [bridge] = network.list_owned(example.paths.project_id)["bridges"]
+    subprocess.run(["ip", "link", "del", bridge], check=True)
+    assert example.changes("--var", "title=Newer") == {
+        "network.front": "replace",
+        "service.web": "replace",
+    }
+    example.forge("apply", "--auto-approve", "--var", "title=Newer")
+    assert "<h1>Newer</h1>" in example.page()
+
+
 def test_destroy_leaves_nothing_behind(example: Example) -> None:
     """destroy removes every container, bundle, netns, veth, bridge and process."""
     example.forge("destroy", "--auto-approve")

@@ -239,18 +239,37 @@ def test_a_service_that_is_not_running_is_replaced(tmp_path: Path) -> None:
 
 
 def test_a_finished_job_is_not_drift(tmp_path: Path) -> None:
-    """A job that is not running (it finished) is left alone: only services are kept alive."""
+    """A finished job has no liveness (the executor reports None): it is left alone."""
     doc = lower(tmp_path, HELLO)
     before = plan(doc, EMPTY, facts(), CREATED)
     snapshot = snapshot_of(before)
     job = snapshot.resources["job.once"]
     resources = {
         **snapshot.resources,
-        "job.once": StateResource(job.address, job.kind, job.spec, job.spec_digest, live=False),
+        "job.once": StateResource(job.address, job.kind, job.spec, job.spec_digest, live=None),
     }
-    stopped = StateSnapshot(snapshot.lineage, snapshot.serial, snapshot.digest, resources)
+    finished = StateSnapshot(snapshot.lineage, snapshot.serial, snapshot.digest, resources)
 
-    assert kinds_of_action(plan(doc, stopped, facts(), CREATED))["job.once"] == "no-op"
+    assert kinds_of_action(plan(doc, finished, facts(), CREATED))["job.once"] == "no-op"
+
+
+def test_a_network_whose_bridge_is_gone_is_replaced_with_its_services(tmp_path: Path) -> None:
+    """A bridge deleted from outside: the network and the services on it are replaced."""
+    doc = lower(tmp_path, HELLO)
+    snapshot = snapshot_of(plan(doc, EMPTY, facts(), CREATED))
+    net = snapshot.resources["network.net"]
+    resources = {
+        **snapshot.resources,
+        "network.net": StateResource(
+            net.address, net.kind, net.spec, net.spec_digest, live=False, note="its bridge is gone"
+        ),
+    }
+    drifted = StateSnapshot(snapshot.lineage, snapshot.serial, snapshot.digest, resources)
+    document = plan(doc, drifted, facts(), CREATED)
+    changes = {a["address"]: a for a in document["actions"] if a["action"] != "no-op"}
+    assert set(changes) == {"network.net", "service.web"}
+    assert changes["network.net"]["reason"] == "drift: its bridge is gone"
+    assert changes["service.web"]["reason"] == "network.net is replaced"
 
 
 def test_addresses_are_kept_and_new_workloads_get_the_next_free_one(tmp_path: Path) -> None:
