@@ -12,11 +12,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from compiler.plan import spec_digest
 
 from .drivers import DRIVERS, ActionFailed, Host, container_status
+from .images import ImageError
 from .state import State
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def apply_plan(
     state.event("apply-start", None, actions=len(actions))
     current: dict[str, Any] = {}
     try:
+        _preflight(actions, host)
         for action in reversed(actions):
             if action["action"] in ("delete", "replace") and action["address"] in records:
                 current = action
@@ -82,6 +85,41 @@ def apply_plan(
     return result
 
 
+def _preflight(actions: list[dict[str, Any]], host: Host) -> None:
+    """Check what the plan pinned before anything is torn down: module bytes, image digests."""
+    from . import wasm
+
+    for action in actions:
+        spec = action["spec"]
+        if action["action"] not in ("create", "replace", "update") or spec is None:
+            continue
+        if action["kind"] == "wasm" and spec["digest"]:
+            try:
+                actual = wasm.module_digest(Path(spec["module"]))
+            except OSError as exc:
+                raise ActionFailed(
+                    action["address"],
+                    f"cannot read {spec['module']}: {exc.strerror}",
+                    "nothing was changed; plan again",
+                ) from None
+            if actual != spec["digest"]:
+                raise ActionFailed(
+                    action["address"],
+                    f"the module {spec['module']} changed since planning",
+                    "nothing was changed; plan again",
+                )
+        image = spec.get("image") if action["kind"] in ("service", "job") else spec.get("digest")
+        if action["kind"] in ("image", "service", "job") and image:
+            try:
+                host.store.resolve(image)
+            except ImageError as exc:
+                raise ActionFailed(
+                    action["address"],
+                    str(exc),
+                    "nothing was changed; run `forge build`, then plan again",
+                ) from None
+
+
 def _teardown(
     action: dict[str, Any],
     runtime: dict[str, Any],
@@ -95,6 +133,9 @@ def _teardown(
     say("delete", address, "removing" if action["action"] == "delete" else "replacing")
     started = time.monotonic()
     delete(host, address, runtime)
+    if action["action"] == "delete":
+        # A workload that is gone takes its log with it; a replaced one keeps appending.
+        host.log_file(address).unlink(missing_ok=True)
     state.remove(address)
     state.event("deleted", address, seconds=round(time.monotonic() - started, 3))
     log.info("deleted %s in %.2fs", address, time.monotonic() - started)
@@ -111,8 +152,12 @@ def _build_up(
     started = time.monotonic()
     try:
         runtime = create(host, address, spec, digest)
-    except ActionFailed:
+    except ActionFailed as exc:
         result.failed_action = action
+        if exc.ran is not None:
+            # It ran and failed: state remembers that, so ps shows it and plan runs it again.
+            state.put(address, action["kind"], spec, digest, action["depends_on"], exc.ran)
+            result.changed.append(address)
         raise
     state.put(address, action["kind"], spec, digest, action["depends_on"], runtime)
     elapsed = time.monotonic() - started
@@ -151,6 +196,8 @@ def live_status(host: Host, state: State) -> dict[str, tuple[bool | None, str]]:
             live[address] = (True, "") if present else (False, "its bridge is gone")
         elif record.kind == "service":
             live[address] = _service_live(host, record.runtime)
+        elif "failure" in record.runtime:
+            live[address] = (False, f"it failed last time ({record.runtime['failure']})")
     return live
 
 

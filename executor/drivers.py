@@ -33,9 +33,14 @@ class ActionFailed(ExecutorError):
 
     exit_code = 4
 
-    def __init__(self, address: str, message: str, hint: str = "") -> None:
+    def __init__(
+        self, address: str, message: str, hint: str = "", ran: dict[str, Any] | None = None
+    ) -> None:
         self.address = address
         self.hint = hint
+        # For a job or module that ran and failed: its exit record, which state keeps so that
+        # `forge ps` shows the failure and the next plan runs it again.
+        self.ran = ran
         super().__init__(message)
 
     @property
@@ -215,11 +220,13 @@ def create_job(host: Host, address: str, spec: dict[str, Any], digest: str) -> d
         status = host.monitor.stop(host.paths.runc_root, runtime["container_id"], bundle, 0.0)
     _remove_container(host, address, runtime)
     result = _exit_record(status)
+    record = {**result, "log": runtime["log"]}
     if timed_out:
         raise ActionFailed(
             address,
             f"the job did not finish within {spec['timeout']:g}s",
             "raise `timeout`, or look at `forge logs " + address + "`",
+            ran={**record, "failure": "timed out"},
         )
     if result["exit_code"] not in spec["success_codes"]:
         raise ActionFailed(
@@ -227,8 +234,9 @@ def create_job(host: Host, address: str, spec: dict[str, Any], digest: str) -> d
             f"the job exited with code {result['exit_code']}, which is "
             f"not in success_codes {spec['success_codes']}",
             f"see `forge logs {address}`",
+            ran={**record, "failure": f"exit {result['exit_code']}"},
         )
-    return {**result, "log": runtime["log"]}
+    return record
 
 
 def _exit_record(status: ContainerStatus) -> dict[str, Any]:
@@ -286,6 +294,7 @@ def create_wasm(host: Host, address: str, spec: dict[str, Any], digest: str) -> 
             address,
             f"the module stopped: {result.outcome}{detail}",
             "raise the limit it hit, or see `forge logs " + address + "`",
+            ran={**record, "failure": result.outcome},
         )
     if result.exit_code not in spec["success_codes"]:
         raise ActionFailed(
@@ -293,6 +302,7 @@ def create_wasm(host: Host, address: str, spec: dict[str, Any], digest: str) -> 
             f"the module exited with code {result.exit_code}, which is "
             f"not in success_codes {spec['success_codes']}",
             f"see `forge logs {address}`",
+            ran={**record, "failure": f"exit {result.exit_code}"},
         )
     return record
 

@@ -6,7 +6,7 @@ Each refusal names the check that failed, has its own exit code and says what to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from compiler.envelope import EnvelopeError, Opened, open_envelope
@@ -26,7 +26,9 @@ EXIT_CODES = {
     "stale": 14,
     "policy": 15,
     "toolchain": 16,
+    "clock": 17,
 }
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class PlanRejected(ExecutorError):
@@ -65,6 +67,16 @@ def verify(
         expires = parse_time(plan["expires_at"])
     except (KeyError, ValueError, TypeError):
         raise PlanRejected("format", "the plan has no valid expires_at") from None
+    try:
+        created = parse_time(plan["created_at"])
+    except (KeyError, ValueError, TypeError):
+        raise PlanRejected("format", "the plan has no valid created_at") from None
+    if created > now + CLOCK_SKEW:
+        raise PlanRejected(
+            "clock",
+            f"the plan says it was made at {plan['created_at']}, which is in the future",
+            "check the clocks of the machine that planned and of this one, then plan again",
+        )
     if now >= expires:
         raise PlanRejected(
             "expired",
@@ -79,9 +91,7 @@ def verify(
     ):
         raise PlanRejected(
             "stale",
-            f"the state changed since this plan was made (planned "
-            f"against serial {prior.get('serial')}, state is now at serial "
-            f"{state.serial}{_lineage_note(prior, state)})",
+            _stale_message(prior, state),
             "plan again against the current state",
         )
     policy = plan.get("policy", {})
@@ -162,7 +172,13 @@ def _toolchain(plan: dict[str, Any]) -> None:
         )
 
 
-def _lineage_note(prior: dict[str, Any], state: State) -> str:
+def _stale_message(prior: dict[str, Any], state: State) -> str:
     if prior.get("lineage") != state.lineage:
-        return "; it was made for another project's state"
-    return ""
+        return "the plan was made for another project's state (its lineage differs)"
+    if prior.get("serial") != state.serial:
+        return (
+            f"the state changed since this plan was made: it was made at serial "
+            f"{prior.get('serial')}, and another apply has moved the state to serial "
+            f"{state.serial}"
+        )
+    return "the state's contents differ from what the plan was made against, at the same serial"

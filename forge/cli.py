@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 a diagnostic (bad Forgefile, bad policy file, bad input); 2 `plan
 --detailed-exitcode` found changes; 3 policy blocked the plan; 4 an action failed during apply;
-5 the user declined; 10-16 `apply` refused a plan (see docs/plan-format.md); 70 an internal
+5 the user declined; 10-17 `apply` refused a plan (see docs/plan-format.md); 70 an internal
 error, which is a bug.
 """
 
@@ -338,13 +338,13 @@ def _run(project: Any, envelope: bytes) -> None:
         if result.failed.hint:
             err.print(f"  [green]hint:[/] {e(result.failed.hint)}")
         err.print(
-            f"{e(len(result.changed))} change(s) were made before the failure; run "
+            f"{len(set(result.changed))} resource(s) changed before the failure; run "
             "`forge plan` to see where things stand."
         )
         raise typer.Exit(EXIT_ACTION_FAILED)
     verb = "Destroyed" if verified.document.get("destroy") else "Applied"
     out.print(
-        f"[green]{e(verb)}:[/] {e(len(result.changed))} change(s) in "
+        f"[green]{e(verb)}:[/] {len(set(result.changed))} resource(s) changed in "
         f"{time.monotonic() - started:.1f}s (state serial {e(result.serial or 'unchanged')})."
     )
     render.outputs(out, verified.document.get("outputs", {}))
@@ -515,6 +515,8 @@ def _status_of(record: Any, status: Any) -> tuple[str, str]:
         if status.state == "running":
             return "running", f"pid {status.pid}" if status.pid else ""
         return "exited", f"code {status.exit_code}"
+    if "failure" in record.runtime:
+        return "failed", record.runtime["failure"]
     code = record.runtime.get("exit_code")
     return "completed", f"exit {code}"
 
@@ -706,6 +708,18 @@ def key_generate(
     out.print(f"[green]Generated[/] key {e(info.name)} [dim]{e(info.keyid)}[/] (trusted).")
 
 
+@key_app.command("trust")
+@reports
+def key_trust(
+    public_key: Annotated[Path, typer.Argument(help="A public key file (NAME.pub).")],
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Trust another signer's public key: apply accepts plans it signed."""
+    keyid = _project(file, state_dir).keys().trust(public_key.read_bytes())
+    out.print(f"[green]Trusted[/] {e(public_key)} [dim]{e(keyid)}[/].")
+
+
 @key_app.command("list")
 @reports
 def key_list(
@@ -726,4 +740,11 @@ def key_list(
 
 
 def main() -> None:
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        # A service manager's TERM stops an apply the way Ctrl-C does: cleanly, with a report.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     app()

@@ -249,3 +249,17 @@ def test_a_plan_in_another_format_is_refused(tmp_path: Path, keys: KeyStore, sta
     document = {**make_plan(tmp_path, state, now), "format": 2}
 
     assert rejection(seal(document, [keys.signer("ci")]), keys, state, now).check == "toolchain"
+
+
+def test_a_plan_from_the_future_is_refused(tmp_path: Path, keys: KeyStore, state: State) -> None:
+    """created_at more than five minutes ahead of this clock is refused with exit code 17."""
+    from executor.verify import CLOCK_SKEW
+
+    now = datetime.now(UTC)
+    ahead = seal(
+        make_plan(tmp_path, state, now + CLOCK_SKEW + timedelta(minutes=1)), [keys.signer("ci")]
+    )
+    error = rejection(ahead, keys, state, now)
+    assert (error.check, error.exit_code) == ("clock", 17)
+    slightly = seal(make_plan(tmp_path, state, now + timedelta(minutes=1)), [keys.signer("ci")])
+    assert verify(slightly, keys, state, now, POLICY_DIGEST).document["created_at"]
