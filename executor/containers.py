@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from executor.errors import ExecutorError
+from forgefile.schema import CAPABILITIES
+from forgefile.schema import ENV_NAME as SCHEMA_ENV_NAME
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -41,49 +43,7 @@ DEFAULT_CAPABILITIES = (
 )
 
 # Every capability of Linux 5.9 and later, in kernel order (CAP_CHOWN is 0).
-ALL_CAPABILITIES = (
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-)
+ALL_CAPABILITIES = CAPABILITIES  # the one list, in forgefile/schema.py
 
 # The same lists as `runc spec`, plus powercap, which Docker masks too (energy side channel).
 MASKED_PATHS = (
@@ -175,7 +135,7 @@ SECCOMP_ARCHES = {
 
 CPU_PERIOD_US = 100_000
 NOFILE_WANTED = 1_048_576
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+ENV_NAME = SCHEMA_ENV_NAME  # one rule for names, in forgefile/schema.py
 
 
 class ContainerError(ExecutorError):

@@ -23,7 +23,17 @@ from stdlib.functions import CallContext
 from . import ir
 from .diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
 from .evaluate import FAILED, EvalError, Scope, evaluate
-from .schema import RESOURCE_KINDS, SCHEMAS, Attr, BlockSpec, Mismatch, RefTo, coerce
+from .schema import (
+    CAPABILITIES,
+    ENV_NAME,
+    RESOURCE_KINDS,
+    SCHEMAS,
+    Attr,
+    BlockSpec,
+    Mismatch,
+    RefTo,
+    coerce,
+)
 from .syntax import MAX_FILE_BYTES, Attribute, Block, Expr, File, GetAttr, Variable, parse
 from .values import AttributeRef, Key, ResourceRef, instance_name, type_name
 
@@ -589,6 +599,14 @@ class Lowering:
                 return ir.Volume(**common)
             case "service" | "job":
                 limits = nested.get("resources", [{}])[0]
+                for problem in _limit_problems(limits):
+                    self.errors.error(
+                        "E0119",
+                        problem,
+                        block.span,
+                        "the value would be refused when the workload starts",
+                    )
+                    return None
                 values["resources"] = ir.Limits(**limits)
                 values["hostname"] = values["hostname"] or instance_name(name, key)
                 cls = ir.Service if block.type == "service" else ir.Job
@@ -610,6 +628,14 @@ class Lowering:
                 spans.get("network_mode", block.span),
                 "remove one of them",
                 [Related(spans.get("networks", block.span), "networks listed here")],
+            )
+            return False
+        for problem, attribute in _value_problems(values):
+            self.errors.error(
+                "E0119",
+                problem,
+                spans.get(attribute, block.span),
+                "the value would be refused when the workload starts",
             )
             return False
         user = values.get("user", "")
@@ -977,6 +1003,45 @@ def _names_read(body: Block) -> set[tuple[str, str]]:
 
     block(body)
     return found
+
+
+MIN_MEMORY = 4 << 20  # below this the kernel and runc refuse to start a container
+
+
+def _value_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Values of the right type that no workload can start with: (message, attribute)."""
+    problems = []
+    for cap in values.get("cap_add", ()):
+        name = cap.strip().upper()
+        if (name if name.startswith("CAP_") else "CAP_" + name) not in CAPABILITIES:
+            problems.append((f"`{cap}` is not a Linux capability", "cap_add"))
+    for key, _ in values.get("env", ()):
+        if not ENV_NAME.fullmatch(key):
+            problems.append((f"`{key}` is not a valid environment variable name", "env"))
+    for target, _ in (*values.get("volumes", ()), *values.get("mounts", ())):
+        if not target.startswith("/"):
+            problems.append((f"mount point `{target}` is not an absolute path", "volumes"))
+    working_dir = values.get("working_dir", "")
+    if working_dir and not working_dir.startswith("/"):
+        problems.append((f"working_dir `{working_dir}` is not an absolute path", "working_dir"))
+    for code in values.get("success_codes", ()):
+        if not 0 <= code <= 255:
+            problems.append((f"exit code {code} is outside 0 to 255", "success_codes"))
+    return problems
+
+
+def _limit_problems(limits: dict[str, Any]) -> list[str]:
+    problems = []
+    memory = limits.get("memory")
+    if memory is not None and memory.bytes < MIN_MEMORY:
+        problems.append(
+            f"memory {memory} is below the smallest limit a container starts with, 4MiB"
+        )
+    if limits.get("cpus") is not None and limits["cpus"] <= 0:
+        problems.append("cpus must be more than 0")
+    if limits.get("pids") is not None and limits["pids"] <= 0:
+        problems.append("pids must be at least 1")
+    return problems
 
 
 def _closest(name: str, spec: BlockSpec) -> str | None:

@@ -308,3 +308,33 @@ def test_runaway_strings_are_stopped(tmp_path: Path) -> None:
     chain = "\n".join(f'  s{i + 1} = "${{local.s{i}}}${{local.s{i}}}"' for i in range(40))
     text = f'locals {{\n  s0 = "xxxxxxxx"\n{chain}\n}}\noutput "o" {{ value = local.s40 }}'
     assert "E0225" in codes(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    "attribute",
+    [
+        'cap_add = ["CAP_NOPE"]',
+        'env = { "A=B" = "1" }',
+        'volumes = { "relative" = volume.v }',
+        'working_dir = "srv"',
+        "resources {\n    memory = 1B\n  }",
+        "resources {\n    cpus = 0\n  }",
+        "resources {\n    pids = 0\n  }",
+    ],
+)
+def test_values_no_workload_can_start_with_are_refused(tmp_path: Path, attribute: str) -> None:
+    """Values runc would refuse at apply time are E0119 at validate time instead."""
+    text = (
+        'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\nvolume "v" {}\n'
+        f'service "s" {{\n  image = image.b\n  command = ["x"]\n  {attribute}\n}}\n'
+    )
+    assert "E0119" in codes(tmp_path, text)
+
+
+def test_exit_codes_outside_a_byte_are_refused(tmp_path: Path) -> None:
+    """success_codes hold exit statuses, 0 to 255."""
+    text = (
+        'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
+        'job "j" {\n  image = image.b\n  command = ["x"]\n  success_codes = [0, 256]\n}\n'
+    )
+    assert codes(tmp_path, text) == ["E0119"]
