@@ -77,6 +77,14 @@ def missing_inputs(doc: ir.Document, out: Collector) -> None:
                 r.span_of("module"),
                 "build it first, or fix the path (it is relative to the Forgefile's folder)",
             )
+        elif isinstance(r, ir.Wasm) and not _is_wasm(Path(r.module)):
+            out.error(
+                "E0309",
+                f"{r.module} is not a WebAssembly module",
+                r.span_of("module"),
+                "point `module` at a .wasm file (it starts with \\0asm), e.g. from "
+                "clang --target=wasm32-wasi",
+            )
         if isinstance(r, ir.Image) and not Path(r.context).is_dir():
             out.error(
                 "E0304",
@@ -84,6 +92,14 @@ def missing_inputs(doc: ir.Document, out: Collector) -> None:
                 r.span_of("context"),
                 "set `context` to an existing folder",
             )
+
+
+def _is_wasm(path: Path) -> bool:
+    try:
+        with path.open("rb") as stream:
+            return stream.read(8) == b"\0asm\x01\0\0\0"
+    except OSError:
+        return False
 
 
 def unused_resources(doc: ir.Document, out: Collector) -> None:

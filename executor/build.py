@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from compiler.plan import ImageFacts
 from forgefile import ir
-from forgefile.diagnostics import Diagnostic, DiagnosticError
+from forgefile.diagnostics import Diagnostic, DiagnosticError, Span
 
 from .images import CopyStep, ImageConfig, ImageError, ImageStore, LinkStep, Step
 
@@ -73,7 +74,7 @@ def build_images(
                     Diagnostic(
                         "B0001",
                         f"building {image.address} failed: {exc}",
-                        image.span,
+                        _step_span(image, str(exc)),
                         "fix the step it names",
                     )
                 ]
@@ -87,6 +88,14 @@ def build_images(
     for image in images.values():
         build(image)
     return facts
+
+
+def _step_span(image: ir.Image, message: str) -> Span:
+    """The span of the step an image error names ("step 2 (...)"), else the image's."""
+    found = re.match(r"step (\d+)\b", message)
+    if found and 1 <= int(found.group(1)) <= len(image.steps):
+        return image.steps[int(found.group(1)) - 1].span
+    return image.span
 
 
 def module_digests(doc: ir.Document) -> dict[str, str]:

@@ -464,6 +464,8 @@ class Lowering:
                 f"pass --var {name}=VALUE, set FORGE_VAR_{name}, or give the variable a default",
             )
             return None
+        # TODO(#9): a sensitive variable's value is hidden in outputs only; where a resource
+        # uses it, it still shows in `forge show`, plan diffs and the plan's specs.
         if not self._validate(block, name, value):
             return None
         self.variable_values[name] = value

@@ -116,3 +116,16 @@ def test_unused_declarations_are_warnings(tmp_path: Path) -> None:
     found = checks.check(lower(tmp_path, text))
     assert sorted(d.code for d in found) == ["W0101", "W0102", "W0301", "W0301"]
     assert all(d.severity is Severity.WARNING and d.span is not None for d in found)
+
+
+def test_a_module_that_is_not_webassembly_is_refused(tmp_path: Path) -> None:
+    """A `module` file without the WebAssembly header is E0309 before anything is planned."""
+    (tmp_path / "m.wasm").write_bytes(b"#!/bin/sh\necho not wasm\n")
+    [diagnostic] = errors(lower(tmp_path, 'wasm "w" {\n  module = "m.wasm"\n}\n'))
+    assert diagnostic.code == "E0309"
+    (tmp_path / "m.wasm").write_bytes(b"\0asm\x01\0\0\0")
+    assert not [
+        d
+        for d in checks.check(lower(tmp_path, 'wasm "w" {\n  module = "m.wasm"\n}\n'))
+        if d.severity is Severity.ERROR
+    ]
