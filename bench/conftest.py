@@ -21,10 +21,8 @@ from typing import Any, TypeVar, cast
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-import forgefile.syntax as syntax
 from compiler import checks, policy
-from forgefile import ir
-from forgefile.lower import load
+from forgefile import ir, lower, syntax
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = REPO / "examples" / "hello" / "policy"
@@ -90,14 +88,23 @@ def _service(index: int, shape: Shape) -> str:
 
 @contextmanager
 def lifted_limits(lift: bool) -> Iterator[None]:
-    """Lift the parser's caps on file size and syntax nodes, for a Forgefile past them."""
-    before = syntax.MAX_FILE_BYTES, syntax.MAX_NODES
-    if lift:
-        syntax.MAX_FILE_BYTES, syntax.MAX_NODES = 1 << 30, 1 << 30
+    """Lift the caps on file size and syntax nodes, for a Forgefile past them.
+
+    `load` reads at most the cap, and `parse` checks it again, so both modules' copies go up.
+    """
+    patched = [
+        (module, name, getattr(module, name))
+        for module in (syntax, lower)
+        for name in ("MAX_FILE_BYTES", "MAX_NODES")
+        if lift and hasattr(module, name)
+    ]
+    for module, name, _ in patched:
+        setattr(module, name, 1 << 30)
     try:
         yield
     finally:
-        syntax.MAX_FILE_BYTES, syntax.MAX_NODES = before
+        for module, name, before in patched:
+            setattr(module, name, before)
 
 
 def collect() -> None:
@@ -170,7 +177,7 @@ class Corpus:
         """What `forge validate` does before policy: read, parse, lower, run the check passes."""
         folder = self.folder(services)
         with lifted_limits(self.over_limits(services)):
-            doc = load(folder, {}, {})
+            doc = lower.load(folder, {}, {})
         checks.check(doc)
         return doc
 

@@ -33,7 +33,7 @@ SERVICES = 1_000
 CREATED_AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
-def quick(fn: Callable[[], Any], rounds: int = 5) -> float:
+def quick(fn: Callable[[], Any], rounds: int = 9) -> float:
     """Median wall time of `fn`, for the breakdown of a figure into its parts."""
     times = []
     for _ in range(rounds):
