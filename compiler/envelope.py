@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from forgefile.diagnostics import ForgeError
 
 PAYLOAD_TYPE = "application/vnd.forge.plan.v1+json+zstd"
-ZSTD_LEVEL = 19
+ZSTD_LEVEL = 3  # level 19 cost 0.5 s for a 1,000-service plan and saved a fifth of 24 kB
 MAX_PAYLOAD = 64 << 20  # a decompressed plan larger than this is refused, not inflated
 
 
