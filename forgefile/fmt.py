@@ -191,7 +191,7 @@ class _Line:
     @property
     def room(self) -> int:
         """How far padding may push this line before a one-line sequence on it passes WIDTH."""
-        column, ends = self.indent, [WIDTH * WIDTH]
+        column, ends = self.indent, [WIDTH * WIDTH]  # no sequence: room to spare
         for piece in self.pieces:
             column += len(piece.text)
             if piece.ends_flat:
@@ -393,7 +393,20 @@ def _items(children: list[Node]) -> list[Node]:
 
 
 def _weave(lines: list[_Line], source: _Source) -> str:
-    """Hang each comment on the line of the token beside it, then write the lines out."""
+    """Hang each comment on the line of the token beside it, align the `=`, write the text."""
+    at_end = _hang(lines, source)
+    for run in _runs(lines, source):
+        _align(run)
+    writer = _Writer(source)
+    for line in lines:
+        writer.line(line)
+    for comment in at_end:
+        writer.emit(comment.text, comment.at.line, comment.at.end_line, writer.gap(comment.at.line))
+    return "".join(text + "\n" for text in writer.out)
+
+
+def _hang(lines: list[_Line], source: _Source) -> list[_Comment]:
+    """Attach each comment to a line or a piece; return those that come after every token."""
     printed = sorted(
         (piece.at.start, n, k)
         for n, line in enumerate(lines)
@@ -418,14 +431,7 @@ def _weave(lines: list[_Line], source: _Source) -> str:
     for line in lines:
         line.trailing, moved = _split_trailing(line.trailing)
         line.before += [(c, True) for c in moved]
-    for run in _runs(lines, source):
-        _align(run)
-    writer = _Writer(source)
-    for line in lines:
-        writer.line(line)
-    for comment in at_end:
-        writer.emit(comment.text, comment.at.line, comment.at.end_line, writer.gap(comment.at.line))
-    return "".join(text + "\n" for text in writer.out)
+    return at_end
 
 
 def _stays_inline(comment: _Comment, following: _Piece) -> bool:
