@@ -399,8 +399,11 @@ def attach(project_id: str, workload: str, attachments: list[Attachment]) -> str
         try:
             _build_namespace(ipr, project_id, workload, ns, ports)
         except BaseException as exc:
-            # Undo before raising so that a failed attach leaves no namespace and no veth.
-            clean = _undo(ipr, project_id, workload)
+            log.warning("attach of %s failed (%s: %s); undoing", workload, type(exc).__name__, exc)
+            # Undo before raising so that a failed attach leaves no namespace and no veth. The
+            # undo gets its own netlink socket: the failure may have left this one unusable.
+            with _netlink(project_id, workload=workload) as fresh:
+                clean = _undo(fresh, project_id, workload)
             if isinstance(exc, NetworkError) or not isinstance(exc, Exception):
                 raise
             left = "nothing was left" if clean else "cleanup failed too, see the log"

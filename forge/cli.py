@@ -614,6 +614,58 @@ def show(
 
 @app.command()
 @reports
+def fmt(
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Forgefiles or folders holding one [default: the Forgefile here]."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Change nothing; exit 1 if a file is not canonical.")
+    ] = False,
+    diff: Annotated[
+        bool, typer.Option("--diff", help="Change nothing; print what would change as a diff.")
+    ] = False,
+) -> None:
+    """Rewrite Forgefiles in the canonical layout, keeping every comment.
+
+    Two-space indent, one attribute a line, aligned `=`, one blank line between blocks.
+    Formatting is idempotent; `--check` and `--diff` are for CI.
+    """
+    import difflib
+
+    from forgefile.fmt import format_source
+    from forgefile.lower import FORGEFILE
+
+    paths = [p / FORGEFILE if p.is_dir() else p for p in (files or [HERE])]
+    changed = []
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        canonical = format_source(text, str(path))
+        if canonical == text:
+            continue
+        changed.append(path)
+        if diff:
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    text.splitlines(keepends=True),
+                    canonical.splitlines(keepends=True),
+                    f"{path} (as written)",
+                    f"{path} (formatted)",
+                )
+            )
+        elif not check:
+            path.write_text(canonical, encoding="utf-8")
+            out.print(f"formatted {e(path)}")
+    if (check or diff) and changed:
+        err.print(
+            f"{len(changed)} file(s) are not in canonical form: "
+            f"{e(', '.join(str(p) for p in changed))}"
+        )
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+
+
+@app.command()
+@reports
 def graph(
     fmt: Annotated[
         str, typer.Option("--format", help="text, or dot for Graphviz (`| dot -Tsvg`).")
@@ -742,7 +794,15 @@ def key_list(
 def main() -> None:
     import signal
 
+    main_pid = os.getpid()
+
     def terminate(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            # A child forked without exec (pyroute2 makes some for netns work) must die as it
+            # would have without this handler, not run on through our stack.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         # A service manager's TERM stops an apply the way Ctrl-C does: cleanly, with a report.
         raise KeyboardInterrupt
 

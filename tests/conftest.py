@@ -46,3 +46,21 @@ def runtime_spec_validator(shared: Path) -> jsonschema.Draft4Validator:
     schema = json.loads((folder / "config-schema.json").read_text())
     schema["id"] = (folder / "config-schema.json").as_uri()
     return jsonschema.Draft4Validator(schema, registry=registry)
+
+
+def free_subnet(third_octets: range, prefix: int = 28) -> str:
+    """The first 10.213.X.0/prefix that nothing on this host routes yet.
+
+    Tests that build networks pick their subnet at run time, so a bridge left by a killed run
+    (or another checkout's test run) makes them move over instead of failing.
+    """
+    import ipaddress
+
+    from executor.network import foreign_routes
+
+    taken = [ipaddress.IPv4Network(cidr, strict=False) for cidr, _ in foreign_routes("tests")]
+    for octet in third_octets:
+        candidate = ipaddress.IPv4Network(f"10.213.{octet}.0/{prefix}")
+        if not any(candidate.overlaps(t) for t in taken):
+            return str(candidate)
+    raise RuntimeError(f"no free subnet in 10.213.{third_octets}.0/{prefix}")

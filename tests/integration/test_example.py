@@ -22,21 +22,20 @@ import pytest
 
 from executor import network
 from executor.paths import ProjectPaths
-from tests.conftest import REPO, needs
+from tests.conftest import REPO, free_subnet, needs
 
 pytestmark = needs("runc", "clang")
-
-SUBNET = "10.213.90.0/28"  # this test's own; the example's default is left for people
 
 
 @dataclass
 class Example:
     folder: Path
+    subnet: str
 
     def forge(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "forge", *args]
         if args and args[0] in ("validate", "build", "plan", "apply", "destroy", "show"):
-            command += ["--var", f"subnet={SUBNET}"]
+            command += ["--var", f"subnet={self.subnet}"]
         done = subprocess.run(command, cwd=self.folder, capture_output=True, text=True, timeout=120)
         if check and done.returncode != 0:
             raise AssertionError(
@@ -127,7 +126,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
         cwd=folder,
         check=True,
     )
-    ex = Example(folder)
+    ex = Example(folder, free_subnet(range(90, 100)))
     ex.forge("key", "generate")
     ex.forge("build")
     ex.forge("plan", "-o", "build/hello.forgeplan")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from executor.paths import ProjectPaths
-from tests.conftest import needs
+from tests.conftest import free_subnet, needs
 from tests.integration.test_example import fetch, force_cleanup, leftovers
 
 pytestmark = needs("runc")
@@ -28,7 +28,7 @@ def forge(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_starter_applies_serves_and_destroys(tmp_path: Path) -> None:
     """The starter's service answers on its address, and destroy leaves nothing."""
     paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
-    forge(tmp_path, "init", "--subnet", "10.213.91.0/28")
+    forge(tmp_path, "init", "--subnet", free_subnet(range(100, 110)))
     try:
         forge(tmp_path, "key", "generate")
         forge(tmp_path, "apply", "--auto-approve")

@@ -90,3 +90,26 @@ def test_validate_json_reports_diagnostics_with_ranges(tmp_path: Path) -> None:
     [diagnostic] = report["diagnostics"]
     assert diagnostic["code"] == "E0123"
     assert diagnostic["range"]["start"]["line"] == 2
+
+
+def test_fmt_check_diff_and_rewrite(tmp_path: Path) -> None:
+    """fmt --check fails on a messy file and changes nothing; fmt rewrites; then --check passes."""
+    messy = 'network "n" {\nsubnet="10.213.3.0/24"   # the lab\n}\n'
+    path = tmp_path / "Forgefile"
+    path.write_text(messy)
+    assert runner.invoke(app, ["fmt", "--check", str(path)]).exit_code == 1
+    assert path.read_text() == messy
+    shown = runner.invoke(app, ["fmt", "--diff", str(tmp_path)])
+    assert shown.exit_code == 1 and '+  subnet = "10.213.3.0/24"  # the lab' in shown.stdout
+    assert runner.invoke(app, ["fmt", str(path)]).exit_code == 0
+    assert path.read_text() == 'network "n" {\n  subnet = "10.213.3.0/24"  # the lab\n}\n'
+    assert runner.invoke(app, ["fmt", "--check", str(path)]).exit_code == 0
+
+
+def test_shipped_forgefiles_are_canonical() -> None:
+    """The example and the init template are written the way `forge fmt` writes them."""
+    from forgefile.fmt import format_source
+
+    root = EXAMPLE.parents[1]
+    for path in (EXAMPLE / "Forgefile", root / "stdlib" / "templates" / "init" / "Forgefile"):
+        assert format_source(path.read_text()) == path.read_text(), path
