@@ -17,7 +17,7 @@ from typing import Any
 from forgefile import ir
 from forgefile.diagnostics import Diagnostic, DiagnosticError, Span
 from forgefile.evaluate import EvalError, Scope, evaluate
-from forgefile.values import AttributeRef, instance_name
+from forgefile.values import AttributeRef
 
 from .envelope import canonical_json
 from .version import PLAN_FORMAT, VERSION
@@ -297,13 +297,13 @@ def _container_spec(
         "hostname": r.hostname,
         "networks": [
             {
-                "network": instance_name(n.name, n.key),
+                "network": n.instance,
                 "address": addresses[n.address],
                 "gateway": networks[n.address].gateway,
             }
             for n in r.networks
         ],
-        "volumes": [{"target": t, "volume": instance_name(v.name, v.key)} for t, v in r.volumes],
+        "volumes": [{"target": t, "volume": v.instance} for t, v in r.volumes],
         "read_only": r.read_only,
         "privileged": r.privileged,
         "cap_add": list(r.cap_add),
@@ -346,10 +346,7 @@ def _wasm_spec(r: ir.Wasm, facts: BuildFacts) -> dict[str, Any]:
         "mode": r.mode,
         "args": list(r.args),
         "env": dict(r.env),
-        "mounts": [
-            {"guest": g, "volume": instance_name(v.name, v.key), "writable": True}
-            for g, v in r.mounts
-        ],
+        "mounts": [{"guest": g, "volume": v.instance, "writable": True} for g, v in r.mounts],
         "success_codes": list(r.success_codes),
         "limits": {
             "memory": r.limits.memory.bytes if r.limits.memory else None,
@@ -426,6 +423,7 @@ def _outputs(doc: ir.Document, specs: Mapping[str, Mapping[str, Any]]) -> dict[s
     scope = Scope(
         variables=dict(doc.variable_values),
         locals=dict(doc.local_values),
+        modules=dict(doc.module_outputs),
         attributes=attributes,
         resources=doc.declared(),
         instances=doc.instances(),

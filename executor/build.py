@@ -108,7 +108,7 @@ def module_digests(doc: ir.Document) -> dict[str, str]:
 
 
 def _tag(image: ir.Image) -> str:
-    return image.name
+    return image.instance  # module-qualified, so two modules' "base" images do not collide
 
 
 def _step(step: ir.CopyStep | ir.LinkStep) -> Step:

@@ -53,6 +53,10 @@ class Scope:
     attributes: Callable[[AttributeRef], Any] | None = None
     # Names that a lazily evaluated local may still need: name -> resolver.
     lazy_local: Callable[[str, Span], Any] | None = None
+    # The import path of the module being evaluated: resources it names live there.
+    namespace: str = ""
+    # Imported modules by name: their outputs, read as `NAME.OUTPUT`.
+    modules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def child(self, bindings: Mapping[str, Any]) -> Scope:
         return dataclasses.replace(self, bindings={**self.bindings, **bindings})
@@ -68,6 +72,13 @@ class _Failed:
 FAILED = _Failed()
 
 
+@dataclasses.dataclass(frozen=True)
+class PlanTime:
+    """A module output that needs a computed attribute: the parent can't read it while lowering."""
+
+    reason: str
+
+
 class _Kind:
     """The value of a bare kind name such as `service`: indexing it by name gives a reference."""
 
@@ -79,11 +90,16 @@ class _Namespace:
     """`var` or `local`: a map whose missing keys are diagnostics, not KeyErrors."""
 
     def __init__(
-        self, prefix: str, values: Mapping[str, Any], lazy: Callable[[str, Span], Any] | None = None
+        self,
+        prefix: str,
+        values: Mapping[str, Any],
+        lazy: Callable[[str, Span], Any] | None = None,
+        what: str = "",
     ) -> None:
         self.prefix = prefix
         self.values = values
         self.lazy = lazy
+        self.what = what or ("variable" if prefix == "var" else "local value")
 
 
 _ARITHMETIC: dict[str, Callable[[Any, Any], Any]] = {
@@ -179,7 +195,9 @@ def _variable(name: str, span: Span, scope: Scope) -> Any:
         return _Namespace("local", scope.locals, scope.lazy_local)
     if name in RESOURCE_KINDS:
         return _Kind(name)
-    known = ["var", "local", *RESOURCE_KINDS, *scope.bindings]
+    if name in scope.modules:
+        return _Namespace(name, scope.modules[name], what="output of module")
+    known = ["var", "local", *RESOURCE_KINDS, *scope.bindings, *scope.modules]
     raise EvalError(
         "E0202",
         f"unknown name `{name}`",
@@ -191,17 +209,25 @@ def _variable(name: str, span: Span, scope: Scope) -> Any:
 def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
     if isinstance(target, _Namespace):
         if key in target.values:
-            if target.values[key] is FAILED:
+            value = target.values[key]
+            if value is FAILED:
                 raise DiagnosticError([])  # already reported where it was declared
-            return target.values[key]
+            if isinstance(value, PlanTime):
+                raise EvalError(
+                    "E0227",
+                    f"`{target.prefix}.{key}` is known only when planning",
+                    span,
+                    value.reason,
+                )
+            return value
         if target.lazy is not None:
             return target.lazy(key, span)
-        what = "variable" if target.prefix == "var" else "local value"
+        what = target.what
         raise EvalError(
             "E0203",
             f"unknown {what} `{target.prefix}.{key}`",
             span,
-            suggest(str(key), target.values) or f"declare it with a {what} block",
+            suggest(str(key), target.values) or f"declare it with a {what.split()[0]} block",
         )
     if isinstance(target, _Kind):
         declared = scope.resources.get(target.kind, set())
@@ -213,7 +239,7 @@ def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
                 suggest(str(key), declared)
                 or f'declare it with a `{target.kind} "{key}" {{ ... }}` block',
             )
-        return ResourceRef(target.kind, str(key), span)
+        return ResourceRef(target.kind, str(key), span, namespace=scope.namespace)
     if isinstance(target, ResourceRef) and target.key is None and target.address in scope.instances:
         keys = scope.instances[target.address]
         raise EvalError(
@@ -276,7 +302,7 @@ def _instance(ref: ResourceRef, key: Any, span: Span, scope: Scope) -> ResourceR
             span,
             f"its instances are: {shown}" if keys else "its count is 0",
         )
-    return ResourceRef(ref.kind, ref.name, span, key)
+    return ResourceRef(ref.kind, ref.name, span, key, ref.namespace)
 
 
 def _call(expr: Call, scope: Scope) -> Any:

@@ -38,16 +38,18 @@ class Resource(Node):
     name: str = ""
     # The instance key under `count` (an int) or `for_each` (a string); None otherwise.
     key: Key | None = None
+    # The import path of the module that declared it ("" for the root Forgefile).
+    namespace: str = ""
     kind: ClassVar[str] = ""
 
     @property
     def address(self) -> str:
-        return instance_address(self.kind, self.name, self.key)
+        return instance_address(self.kind, self.name, self.key, self.namespace)
 
     @property
     def instance(self) -> str:
         """The instance's name where a plain name is needed: a folder, a hostname."""
-        return instance_name(self.name, self.key)
+        return instance_name(self.name, self.key, self.namespace)
 
     def references(self) -> tuple[ResourceRef, ...]:
         """Every resource this one names, in the order written: the edges of the graph."""
@@ -201,8 +203,10 @@ class Document:
     variable_values: Pairs = field(default=(), repr=False)
     # Resources with `count` or `for_each`: group address -> instance keys, in order.
     groups: tuple[tuple[str, tuple[Key, ...]], ...] = ()
-    # The values of locals, for the outputs the planner evaluates.
+    # The values of locals, and the outputs of imported modules, for the outputs the planner
+    # evaluates.
     local_values: Pairs = field(default=(), repr=False)
+    module_outputs: Pairs = field(default=(), repr=False)
     # What lowering noticed but did not refuse: unused variables and locals.
     warnings: tuple[Diagnostic, ...] = ()
 
@@ -213,10 +217,12 @@ class Document:
         """Kind to the names declared (a group with count = 0 too): what references may name."""
         names: dict[str, set[str]] = {}
         for r in self.resources:
-            names.setdefault(r.kind, set()).add(r.name)
+            if not r.namespace:
+                names.setdefault(r.kind, set()).add(r.name)
         for address, _keys in self.groups:
-            kind, name = address.split(".", 1)
-            names.setdefault(kind, set()).add(name)
+            if not address.startswith("module."):
+                kind, name = address.split(".", 1)
+                names.setdefault(kind, set()).add(name)
         return names
 
     def instances(self) -> dict[str, tuple[Key, ...]]:

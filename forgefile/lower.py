@@ -23,7 +23,7 @@ from stdlib.functions import CallContext
 
 from . import ir
 from .diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
-from .evaluate import FAILED, EvalError, Scope, evaluate
+from .evaluate import FAILED, EvalError, PlanTime, Scope, evaluate
 from .schema import (
     CAPABILITIES,
     ENV_NAME,
@@ -36,7 +36,14 @@ from .schema import (
     coerce,
 )
 from .syntax import MAX_FILE_BYTES, Attribute, Block, Expr, File, GetAttr, Variable, parse
-from .values import AttributeRef, Key, ResourceRef, instance_name, type_name
+from .values import (
+    AttributeRef,
+    Key,
+    ResourceRef,
+    instance_address,
+    instance_name,
+    type_name,
+)
 
 FORGEFILE = "Forgefile"
 
@@ -52,27 +59,8 @@ def load(
     is read for the others.
     """
     path = path / FORGEFILE if path.is_dir() else path
-    try:
-        with path.open("rb") as stream:
-            # One byte past the limit is enough to refuse it; never read /dev/zero to the end.
-            data = stream.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise DiagnosticError(
-            [
-                _diag(
-                    "F0000",
-                    f"cannot read {path}: {exc.strerror}",
-                    None,
-                    "pass a Forgefile or a folder holding one with --file",
-                )
-            ]
-        ) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DiagnosticError(
-            [_diag("F0005", f"{path} is not UTF-8 text (byte {exc.start})", None)]
-        ) from None
+    data = _read(path)
+    text = _decode(data, path)
     shown = _display_path(path)
     env = dict(os.environ if environ is None else environ)
     # Parsing and lowering allocate hundreds of thousands of small objects that all stay alive
@@ -88,6 +76,33 @@ def load(
     finally:
         if collecting:
             gc.enable()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with path.open("rb") as stream:
+            # One byte past the limit is enough to refuse it; never read /dev/zero to the end.
+            return stream.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise DiagnosticError(
+            [
+                _diag(
+                    "F0000",
+                    f"cannot read {path}: {exc.strerror}",
+                    None,
+                    "pass a Forgefile or a folder holding one with --file",
+                )
+            ]
+        ) from None
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DiagnosticError(
+            [_diag("F0005", f"{path} is not UTF-8 text (byte {exc.start})", None)]
+        ) from None
 
 
 def _display_path(path: Path) -> str:
@@ -113,9 +128,24 @@ class Lowering:
     """One pass over one parsed file; `run()` returns the Document or raises all diagnostics."""
 
     def __init__(
-        self, parsed: File, base_dir: Path, given: dict[str, str], environ: dict[str, str]
+        self,
+        parsed: File,
+        base_dir: Path,
+        given: dict[str, str],
+        environ: dict[str, str],
+        namespace: str = "",
+        chain: tuple[Path, ...] = (),
+        inputs: dict[str, tuple[Any, Span]] | None = None,
     ) -> None:
         self.file = parsed
+        # For an imported module: its import path, the files that imported it (to refuse
+        # cycles), and the values its import block gave its variables.
+        self.namespace = namespace
+        self.chain = chain
+        self.inputs = inputs
+        self.modules: dict[str, Any] = {}
+        self.imported: list[ir.Document] = []
+        self.output_values: dict[str, Any] = {}
         self.base_dir = base_dir
         self.given = given
         self.environ = environ
@@ -144,6 +174,8 @@ class Lowering:
                     )
                     continue
                 self.local_exprs[attr.name] = attr
+        for block in blocks.get("import", []):
+            self._import(block)
         scope = self._scope()
         for name in list(self.local_exprs):
             self._local(name, self.local_exprs[name].span)
@@ -159,9 +191,15 @@ class Lowering:
         ]
         resources = [self._resolve_groups(r) for r in resources if r is not None]
         outputs = [self._output(b) for b in blocks.get("output", [])]
+        if self.inputs is not None:
+            self._module_outputs(blocks.get("output", []))
         self._unused(variables)
         self.errors.raise_if_errors()
         inputs = {self.file.path: digest, **self.context.files_read}
+        for child in self.imported:
+            resources.extend(child.resources)
+            inputs.update(dict(child.inputs))
+            self.instances.update(dict(child.groups))
         return ir.Document(
             path=self.file.path,
             resources=tuple(r for r in resources if r is not None),
@@ -171,8 +209,115 @@ class Lowering:
             variable_values=tuple(sorted(self.variable_values.items())),
             groups=tuple(self.instances.items()),
             local_values=tuple(sorted(self.local_values.items())),
-            warnings=tuple(d for d in self.errors.items if d.severity is Severity.WARNING),
+            module_outputs=tuple(sorted(self.modules.items())),
+            warnings=tuple(d for d in self.errors.items if d.severity is Severity.WARNING)
+            + tuple(w for child in self.imported for w in child.warnings),
         )
+
+    # -- modules --------------------------------------------------------------------------------
+
+    def _import(self, block: Block) -> None:
+        """Lower the module an `import` block names, with its inputs; keep its outputs."""
+        alias = block.labels[0]
+        self.modules[alias] = _FailedModule()
+        if alias in _RESERVED_NAMES:
+            self.errors.error(
+                "E0154",
+                f"`{alias}` cannot name a module: it is a reserved name",
+                block.label_spans[0],
+                "choose another name for the import",
+            )
+            return
+        source_attr = block.attribute("source")
+        if source_attr is None:
+            self.errors.error(
+                "E0122",
+                f'`import "{alias}"` needs `source`',
+                block.span,
+                'add source = "./path/to/module"',
+            )
+            return
+        try:
+            source = evaluate(source_attr.value, Scope(context=None))
+        except DiagnosticError as exc:
+            self.errors.items.extend(exc.diagnostics)
+            return
+        if not isinstance(source, str):
+            self.errors.error(
+                "E0123",
+                f"`source` must be a string path, found {type_name(source)}",
+                source_attr.value.span,
+                'e.g. source = "./modules/db"',
+            )
+            return
+        path = (self.base_dir / source).resolve()
+        path = path / FORGEFILE if path.is_dir() else path
+        if path in self.chain or path == (self.base_dir / FORGEFILE).resolve():
+            cycle = " -> ".join(str(p) for p in (*self.chain, path))
+            self.errors.error(
+                "E0151",
+                f"modules import each other in a cycle: {cycle}",
+                source_attr.span,
+                "break the cycle",
+            )
+            return
+        if len(self.chain) >= MAX_IMPORT_DEPTH:
+            self.errors.error(
+                "E0152",
+                f"imports nest deeper than {MAX_IMPORT_DEPTH}",
+                source_attr.span,
+                "flatten the modules",
+            )
+            return
+        scope = self._scope()
+        values: dict[str, tuple[Any, Span]] = {}
+        for attr in block.attributes:
+            if attr.name in ("source", *META_ARGUMENTS):
+                continue
+            try:
+                values[attr.name] = (evaluate(attr.value, scope), attr.span)
+            except DiagnosticError as exc:
+                self.errors.items.extend(exc.diagnostics)
+                return
+        try:
+            data = _read(path)
+            parsed = parse(_decode(data, path), _display_path(path))
+            namespace = f"{self.namespace}.{alias}" if self.namespace else alias
+            child = Lowering(
+                parsed,
+                path.parent,
+                {},
+                self.environ,
+                namespace,
+                (*self.chain, (self.base_dir / FORGEFILE).resolve()),
+                values,
+            )
+            document = child.run(digest="sha256:" + hashlib.sha256(data).hexdigest())
+        except DiagnosticError as exc:
+            self.errors.items.extend(exc.diagnostics)
+            return
+        self.modules[alias] = child.output_values
+        self.imported.append(document)
+
+    def _module_outputs(self, blocks: list[Block]) -> None:
+        """What the importing file may read as NAME.OUTPUT: values, or references."""
+
+        def planned(ref: AttributeRef) -> Any:
+            raise EvalError("E0227", f"`{ref}` is known only when planning", ref.span, "")
+
+        scope = dataclasses.replace(self._scope(), attributes=planned, context=None)
+        for block in blocks:
+            value = block.attribute("value")
+            if value is None:
+                continue
+            try:
+                self.output_values[block.labels[0]] = evaluate(value.value, scope)
+            except DiagnosticError:
+                self.output_values[block.labels[0]] = PlanTime(
+                    f"output `{block.labels[0]}` of the module computes an address; have the "
+                    'module return the resource (output "web" { value = service.web }) and '
+                    "read NAME.web.address"
+                )
 
     def _unused(self, variables: list[ir.Variable | None]) -> None:
         """Variables and locals that nothing reads are usually a typo on one side."""
@@ -197,6 +342,14 @@ class Lowering:
     def _unknown_variables(self, declared: list[Block]) -> None:
         """A --var for a variable the Forgefile does not declare is a typo, not a no-op."""
         names = [b.labels[0] for b in declared]
+        for name, (_value, span) in (self.inputs or {}).items():
+            if name not in names:
+                self.errors.error(
+                    "E0153",
+                    f"module {self.namespace} has no input `{name}`",
+                    span,
+                    suggest(name, names) or f"its inputs are: {', '.join(names) or 'none'}",
+                )
         for name in self.given:
             if name not in names:
                 self.errors.error(
@@ -224,7 +377,7 @@ class Lowering:
         count, for_each = block.attribute("count"), block.attribute("for_each")
         if count is None and for_each is None:
             return [(None, {})]
-        address = f"{block.type}.{block.labels[0]}"
+        address = instance_address(block.type, block.labels[0], None, self.namespace)
         if block.type == "image" or (count is not None and for_each is not None):
             meta = count or for_each
             assert meta is not None
@@ -397,6 +550,8 @@ class Lowering:
             instances=self.instances,
             context=self.context,
             lazy_local=self._local,
+            namespace=self.namespace,
+            modules=self.modules,
         )
 
     def _local(self, name: str, span: Span) -> Any:
@@ -442,10 +597,25 @@ class Lowering:
             return None
         type_ = values["type"]
         has_default = block.attribute("default") is not None
-        if name in self.given or f"FORGE_VAR_{name}" in self.environ:
+        value: Any
+        if self.inputs is not None and name in self.inputs:
+            value, span = self.inputs[name]
+            if type_ != "any":
+                try:
+                    coerce(value, _TYPES[type_])
+                except Mismatch:
+                    self.errors.error(
+                        "E0123",
+                        f"input `{name}` of module {self.namespace} must be {type_}, found "
+                        f"{type_name(value)} {_show(value)}",
+                        span,
+                        f"the module declares variable `{name}` as {type_}",
+                    )
+                    return None
+        elif self.inputs is None and (name in self.given or f"FORGE_VAR_{name}" in self.environ):
             text = self.given.get(name, self.environ.get(f"FORGE_VAR_{name}", ""))
             try:
-                value: Any = _from_text(text, type_)
+                value = _from_text(text, type_)
             except ValueError as exc:
                 self.errors.error(
                     "E0107", f"variable `{name}`: {exc}", block.span, f"give a {type_} value"
@@ -471,7 +641,10 @@ class Lowering:
                 "E0109",
                 f"variable `{name}` is not set and has no default",
                 block.span,
-                f"pass --var {name}=VALUE, set FORGE_VAR_{name}, or give the variable a default",
+                f"give `{name} = ...` in the block that imports {self.namespace}"
+                if self.inputs is not None
+                else f"pass --var {name}=VALUE, set FORGE_VAR_{name}, or give the variable a "
+                "default",
             )
             return None
         # TODO(#9): a sensitive variable's value is hidden in outputs only; where a resource
@@ -601,6 +774,7 @@ class Lowering:
             "spans": self._attr_spans(block),
             "name": name,
             "key": key,
+            "namespace": self.namespace,
         }
         match block.type:
             case "image":
@@ -620,7 +794,7 @@ class Lowering:
                     )
                     return None
                 values["resources"] = ir.Limits(**limits)
-                values["hostname"] = values["hostname"] or instance_name(name, key)
+                values["hostname"] = values["hostname"] or instance_name(name, key)[:63]
                 cls = ir.Service if block.type == "service" else ir.Job
                 return cls(**common, **values)
             case "wasm":
@@ -961,6 +1135,20 @@ class Lowering:
 
 
 _INVALID = object()
+MAX_IMPORT_DEPTH = 8
+_RESERVED_NAMES = {"var", "local", "count", "each", *SCHEMAS}
+
+
+class _FailedModule(dict[str, Any]):
+    """The outputs of a module that failed to load: every read is quiet, already reported."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> Any:
+        return FAILED
+
+
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _NUMERIC_USER = re.compile(r"[0-9]+(:[0-9]+)?")
 META_ARGUMENTS = ("count", "for_each")

@@ -372,6 +372,15 @@ SCHEMAS: dict[str, BlockSpec] = {
         },
     ),
     "locals": BlockSpec("locals", "Named values computed once.", labels=(), open=True),
+    "import": BlockSpec(
+        "import",
+        "Another Forgefile, as a module: its variables are this block's other attributes, and its "
+        "outputs are read as NAME.OUTPUT. Its resources are addressed module.NAME.KIND.NAME.",
+        attributes=(
+            Attr("source", STRING, REQUIRED, 'The module\'s folder, e.g. "./modules/db".'),
+        ),
+        open=True,
+    ),
     "output": BlockSpec(
         "output",
         "A value shown after apply; it may use computed attributes such as an address.",

@@ -27,41 +27,52 @@ class ResourceRef:
     """`service.api` or `service.api[0]`: a resource (instance) by kind, name and key.
 
     A reference without a key to a resource with `count` or `for_each` names the whole group.
+    `namespace` is the import path ("db", or "app.db" when nested) of a resource declared inside
+    an imported module; empty for the root Forgefile.
     """
 
     kind: str
     name: str
     span: Span
     key: Key | None = None
+    namespace: str = ""
 
     @property
     def address(self) -> str:
-        return instance_address(self.kind, self.name, self.key)
+        return instance_address(self.kind, self.name, self.key, self.namespace)
+
+    @property
+    def instance(self) -> str:
+        return instance_name(self.name, self.key, self.namespace)
 
     def __str__(self) -> str:
         return self.address
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ResourceRef) and (self.kind, self.name, self.key) == (
-            other.kind,
-            other.name,
-            other.key,
-        )
+        return isinstance(other, ResourceRef) and (
+            self.kind,
+            self.name,
+            self.key,
+            self.namespace,
+        ) == (other.kind, other.name, other.key, other.namespace)
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.name, self.key))
+        return hash((self.kind, self.name, self.key, self.namespace))
 
 
-def instance_address(kind: str, name: str, key: Key | None) -> str:
-    """`service.web`, `service.web[0]` or `service.web["eu"]`."""
+def instance_address(kind: str, name: str, key: Key | None, namespace: str = "") -> str:
+    """`service.web`, `service.web[0]`, `service.web["eu"]` or `module.db.service.pg`."""
+    prefix = "".join(f"module.{part}." for part in namespace.split(".")) if namespace else ""
     if key is None:
-        return f"{kind}.{name}"
-    return f"{kind}.{name}[{key}]" if isinstance(key, int) else f'{kind}.{name}["{key}"]'
+        return f"{prefix}{kind}.{name}"
+    shown = f"[{key}]" if isinstance(key, int) else f'["{key}"]'
+    return f"{prefix}{kind}.{name}{shown}"
 
 
-def instance_name(name: str, key: Key | None) -> str:
-    """A name for one instance that is safe in host names, folders and hostnames: `web-0`."""
-    return name if key is None else f"{name}-{key}"
+def instance_name(name: str, key: Key | None, namespace: str = "") -> str:
+    """A name for one instance that is safe in host names, folders and hostnames: `db-pg-0`."""
+    base = name if key is None else f"{name}-{key}"
+    return f"{namespace.replace('.', '-')}-{base}" if namespace else base
 
 
 @dataclass(frozen=True)
