@@ -213,3 +213,15 @@ def test_unclosed_heredocs_and_comments_say_so(text: str, code: str) -> None:
     with pytest.raises(DiagnosticError) as caught:
         parse(text, "F")
     assert caught.value.diagnostics[0].code == code
+
+
+def test_the_language_reference_examples_parse() -> None:
+    """Every ```forgefile example in docs/language.md is valid Forgefile syntax."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "language.md").read_text()
+    examples = re.findall(r"```forgefile\n(.*?)```", doc, re.S)
+    assert len(examples) >= 3
+    for example in examples:
+        parse(example, "docs/language.md")
