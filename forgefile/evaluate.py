@@ -30,7 +30,7 @@ from .syntax import (
     Unary,
     Variable,
 )
-from .values import AttributeRef, Key, ResourceRef, type_name
+from .values import AttributeRef, ResourceRef, type_name
 
 
 class EvalError(DiagnosticError):
@@ -46,7 +46,7 @@ class Scope:
     locals: Mapping[str, Any] = field(default_factory=dict)
     resources: Mapping[str, set[str]] = field(default_factory=dict)  # kind -> declared names
     # Resources with `count` or `for_each`: group address -> the keys of its instances.
-    instances: Mapping[str, tuple[Key, ...]] = field(default_factory=dict)
+    instances: Mapping[str, Any] = field(default_factory=dict)  # or FAILED
     context: functions.CallContext | None = None
     bindings: Mapping[str, Any] = field(default_factory=dict)
     # Resolves `kind.name.attr...` when the caller knows computed attributes (the planner does).
@@ -145,7 +145,7 @@ def evaluate(expr: Expr, scope: Scope) -> Any:
         case ListExpr(items=items):
             return [evaluate(i, scope) for i in items]
         case MapExpr(items=items):
-            return {_key(evaluate(k, scope), k.span): evaluate(v, scope) for k, v in items}
+            return _map(items, scope)
         case Binary():
             return _binary(expr, scope)
         case Unary(op="!", operand=operand):
@@ -223,11 +223,17 @@ def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
         if target.lazy is not None:
             return target.lazy(key, span)
         what = target.what
+        fallback = (
+            f"module {target.prefix} declares no such output; its outputs: "
+            f"{', '.join(target.values) or 'none'}"
+            if what.startswith("output")
+            else f"declare it with a {what.split()[0]} block"
+        )
         raise EvalError(
             "E0203",
             f"unknown {what} `{target.prefix}.{key}`",
             span,
-            suggest(str(key), target.values) or f"declare it with a {what.split()[0]} block",
+            suggest(str(key), target.values) or fallback,
         )
     if isinstance(target, _Kind):
         declared = scope.resources.get(target.kind, set())
@@ -242,6 +248,8 @@ def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
         return ResourceRef(target.kind, str(key), span, namespace=scope.namespace)
     if isinstance(target, ResourceRef) and target.key is None and target.address in scope.instances:
         keys = scope.instances[target.address]
+        if keys is FAILED:
+            raise DiagnosticError([])  # its count or for_each failed, and said so
         raise EvalError(
             "E0222",
             f"{target.address} has {len(keys)} instances; choose one",
@@ -287,6 +295,8 @@ def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
 def _instance(ref: ResourceRef, key: Any, span: Span, scope: Scope) -> ResourceRef:
     """`service.web[0]`: one instance of a resource with `count` or `for_each`."""
     keys = scope.instances.get(ref.address)
+    if keys is FAILED:
+        raise DiagnosticError([])  # its count or for_each failed, and said so
     if ref.key is not None or keys is None:
         raise EvalError(
             "E0223",
@@ -327,6 +337,21 @@ def _call(expr: Call, scope: Scope) -> Any:
         return functions.call(expr.name, args, context)
     except functions.FunctionError as exc:
         raise EvalError("E0211", str(exc), expr.span) from None
+
+
+def _map(items: tuple[tuple[Expr, Expr], ...], scope: Scope) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key_expr, value_expr in items:
+        key = _key(evaluate(key_expr, scope), key_expr.span)
+        if key in result:
+            raise EvalError(
+                "E0228",
+                f"the map sets `{key}` twice",
+                key_expr.span,
+                "remove one; the last would silently win",
+            )
+        result[key] = evaluate(value_expr, scope)
+    return result
 
 
 def _binary(expr: Binary, scope: Scope) -> Any:

@@ -35,7 +35,7 @@ from .schema import (
     RefTo,
     coerce,
 )
-from .syntax import MAX_FILE_BYTES, Attribute, Block, Expr, File, GetAttr, Variable, parse
+from .syntax import MAX_FILE_BYTES, Attribute, Block, Expr, File, GetAttr, Literal, Variable, parse
 from .values import (
     AttributeRef,
     Key,
@@ -156,7 +156,7 @@ class Lowering:
         self.local_values: dict[str, Any] = {}
         self.local_stack: list[str] = []
         self.variable_values: dict[str, Any] = {}
-        self.instances: dict[str, tuple[Key, ...]] = {}
+        self.instances: dict[str, Any] = {}  # group address -> keys, or FAILED
 
     def run(self, digest: str) -> ir.Document:
         blocks = self._declarations()
@@ -237,23 +237,28 @@ class Lowering:
                 'add source = "./path/to/module"',
             )
             return
-        try:
-            source = evaluate(source_attr.value, Scope(context=None))
-        except DiagnosticError as exc:
-            self.errors.items.extend(exc.diagnostics)
-            return
-        if not isinstance(source, str):
+        literal = source_attr.value
+        if not (isinstance(literal, Literal) and isinstance(literal.value, str)):
             self.errors.error(
-                "E0123",
-                f"`source` must be a string path, found {type_name(source)}",
-                source_attr.value.span,
+                "E0155",
+                "`source` must be a plain string: modules are found before anything is evaluated",
+                literal.span,
                 'e.g. source = "./modules/db"',
             )
             return
-        path = (self.base_dir / source).resolve()
+        path = (self.base_dir / literal.value).resolve()
         path = path / FORGEFILE if path.is_dir() else path
-        if path in self.chain or path == (self.base_dir / FORGEFILE).resolve():
-            cycle = " -> ".join(str(p) for p in (*self.chain, path))
+        if not path.is_file():
+            self.errors.error(
+                "E0150",
+                f"no Forgefile at {path}",
+                literal.span,
+                "source names a folder holding a Forgefile, relative to this file",
+            )
+            return
+        own = (self.base_dir / FORGEFILE).resolve()
+        if path in self.chain or path == own:
+            cycle = " -> ".join(_display_path(p) for p in (*self.chain, own, path))
             self.errors.error(
                 "E0151",
                 f"modules import each other in a cycle: {cycle}",
@@ -402,6 +407,7 @@ class Lowering:
                 pairs = self._for_each(value, for_each)
         except DiagnosticError as exc:
             self.errors.items.extend(exc.diagnostics)
+            self.instances[address] = FAILED
             return []
         self.instances[address] = tuple(key for key, _ in pairs)
         return list(pairs)
@@ -422,7 +428,7 @@ class Lowering:
             if len(set(value)) != len(value):
                 raise EvalError(
                     "E0132",
-                    "for_each lists a key twice",
+                    f"for_each lists `{next(v for v in value if value.count(v) > 1)}` twice",
                     attr.value.span,
                     "each key names one instance; remove the duplicate",
                 )
@@ -458,7 +464,7 @@ class Lowering:
         for ref in resource.references():
             if (
                 ref.key is None
-                and ref.address in self.instances
+                and self.instances.get(ref.address, FAILED) is not FAILED
                 and not self._in_depends_on(resource, ref)
             ):
                 keys = self.instances[ref.address]
@@ -477,8 +483,10 @@ class Lowering:
             group = self.instances.get(ref.address) if ref.key is None else None
             if group is None:
                 expanded.append(ref)
-            else:
-                expanded.extend(ResourceRef(ref.kind, ref.name, ref.span, k) for k in group)
+            elif group is not FAILED:
+                expanded.extend(
+                    ResourceRef(ref.kind, ref.name, ref.span, k, ref.namespace) for k in group
+                )
         return dataclasses.replace(resource, depends_on=tuple(expanded))  # type: ignore[call-arg]
 
     def _in_depends_on(self, resource: ir.Resource, ref: ResourceRef) -> bool:
@@ -576,7 +584,7 @@ class Lowering:
             value = evaluate(attr.value, self._scope())
         except DiagnosticError as exc:
             self.errors.items.extend(exc.diagnostics)
-            value = None
+            value = FAILED  # reported; whatever reads it stays quiet
         finally:
             self.local_stack.pop()
         self.local_values[name] = value

@@ -338,3 +338,19 @@ def test_exit_codes_outside_a_byte_are_refused(tmp_path: Path) -> None:
         'job "j" {\n  image = image.b\n  command = ["x"]\n  success_codes = [0, 256]\n}\n'
     )
     assert codes(tmp_path, text) == ["E0119"]
+
+
+def test_a_map_key_set_twice_is_an_error(tmp_path: Path) -> None:
+    """`{ A = "1", A = "2" }` is E0228, not a silent last-one-wins."""
+    text = 'volume "v" {\n  for_each = { a = 1, "a" = 2 }\n}\n'
+    assert codes(tmp_path, text) == ["E0228"]
+
+
+def test_a_failed_for_each_causes_no_follow_on_errors(tmp_path: Path) -> None:
+    """After a bad for_each, uses of the group stay quiet: one error, the real one."""
+    text = (
+        'volume "v" {\n  for_each = ["a", "a"]\n}\n'
+        'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
+        'service "s" {\n  image = image.b\n  volumes = { "/d" = volume.v["a"] }\n}\n'
+    )
+    assert codes(tmp_path, text) == ["E0132"]

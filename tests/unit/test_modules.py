@@ -143,3 +143,34 @@ def test_modules_importing_each_other_are_a_cycle(tmp_path: Path) -> None:
 def test_reserved_names_cannot_name_a_module(tmp_path: Path) -> None:
     """`import "service"` would hide a block type: E0154."""
     assert "E0154" in codes(tmp_path, ROOT.replace('import "shop"', 'import "service"'))
+
+
+def test_import_mistakes_are_diagnostics_at_the_source(tmp_path: Path) -> None:
+    """A folder without a Forgefile is E0150, a computed source E0155, both at `source`."""
+    assert "E0150" in codes(
+        tmp_path,
+        ROOT.replace(
+            '"./modules/web"\n  title   = "The shop"', '"./nowhere"\n  title   = "The shop"'
+        ),
+    )
+
+
+def test_a_computed_source_is_refused(tmp_path: Path) -> None:
+    """Modules are found before evaluation, so `source` must be written out."""
+    root = 'variable "p" { default = "./modules/web" }\n' + ROOT.replace(
+        'source  = "./modules/web"\n  title   = "The shop"', 'source = var.p\n  title = "x"'
+    )
+    assert "E0155" in codes(tmp_path, root)
+
+
+def test_a_module_cycle_names_every_file(tmp_path: Path) -> None:
+    """a imports b imports a: the message lists the root, a, b and a again."""
+    (tmp_path / "m" / "a").mkdir(parents=True)
+    (tmp_path / "m" / "b").mkdir(parents=True)
+    (tmp_path / "m" / "a" / "Forgefile").write_text('import "b" {\n  source = "../b"\n}\n')
+    (tmp_path / "m" / "b" / "Forgefile").write_text('import "a" {\n  source = "../a"\n}\n')
+    (tmp_path / "Forgefile").write_text('import "a" {\n  source = "./m/a"\n}\n')
+    with pytest.raises(DiagnosticError) as caught:
+        load(tmp_path, environ={})
+    [cycle] = [d for d in caught.value.diagnostics if d.code == "E0151"]
+    assert cycle.message.count("m/a/Forgefile") == 2 and "m/b/Forgefile" in cycle.message
