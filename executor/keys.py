@@ -125,8 +125,11 @@ def _public_pem(key: Ed25519PublicKey) -> bytes:
 def _load_public(data: bytes) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
-        raise KeyStoreError(f"not a public key: {exc}") from None
+    except ValueError:
+        raise KeyStoreError(
+            "this is not a PEM public key; trust the NAME.pub that `forge key generate` wrote "
+            "(never a .key file)"
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyStoreError("only Ed25519 public keys can be trusted")
     return key

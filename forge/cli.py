@@ -600,7 +600,19 @@ def show(
     """Show the checked IR: every resource with its defaults filled in, as policy sees it."""
     from .project import check
 
-    checked = check(_project(file, state_dir, policy, var))
+    try:
+        checked = check(_project(file, state_dir, policy, var))
+    except DiagnosticError as exc:
+        if not as_json:
+            raise
+        out.print_json(
+            data={
+                "version": 1,
+                "valid": False,
+                "diagnostics": render.diagnostics_json(exc.diagnostics),
+            }
+        )
+        raise typer.Exit(EXIT_DIAGNOSTIC) from None
     document = checked.doc.to_document()
     if as_json:
         out.print_json(data={"version": 1, **document})

@@ -587,6 +587,14 @@ def markdown_reference() -> str:
 
 def _attribute_table(spec: BlockSpec) -> list[str]:
     if spec.open:
+        if spec.kind == "import":
+            return [
+                "| attribute | type | default | description |",
+                "|---|---|---|---|",
+                f"| `source` | string | required | {spec.attributes[0].doc} |",
+                "| any other | any | | Sets the module's variable of that name. |",
+                "",
+            ]
         return ["Any attribute name; each is a value, available as `local.NAME`.", ""]
     if not spec.attributes:
         return ["No attributes.", ""]
