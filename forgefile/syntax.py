@@ -417,7 +417,9 @@ class _Builder:
         return Literal(span, Duration(total))
 
     def _size(self, node: Tree, span: Span) -> Expr:
-        number, unit = _SIZE_PART.fullmatch(str(node.children[0])).groups()  # type: ignore[union-attr]
+        found = _SIZE_PART.fullmatch(str(node.children[0]))
+        assert found is not None  # the SIZE terminal is this same pattern
+        number, unit = found.groups()
         return Literal(span, Size(int(float(number) * _SIZE_UNITS[unit])))
 
     def _true(self, node: Tree, span: Span) -> Expr:
