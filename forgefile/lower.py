@@ -367,6 +367,7 @@ class Lowering:
     def _pending_kinds(self, blocks: dict[str, list[Block]]) -> None:
         for kind, spec in SCHEMAS.items():
             for block in blocks.get(kind, []) if spec.pending else []:
+                self._attributes(block, spec, self._scope())  # checked, though not carried out
                 self.errors.error(
                     "E0307",
                     f"{spec.pending} ({kind} blocks) are not carried out by this version of "
@@ -832,6 +833,15 @@ class Lowering:
                 "the value would be refused when the workload starts",
             )
             return False
+        if isinstance(values.get("image"), str):
+            self.errors.error(
+                "E0307",
+                f'images by path ("{values["image"]}") are not carried out by this version of '
+                "Forge yet",
+                spans.get("image", block.span),
+                "declare an image block and refer to it as image.NAME",
+            )
+            return False
         user = values.get("user", "")
         if user and not _NUMERIC_USER.fullmatch(user):
             self.errors.error(
@@ -1125,6 +1135,7 @@ class Lowering:
                 ok = False
                 continue
             if child_spec.pending:
+                self._attributes(child, child_spec, scope)  # checked even though not carried out
                 self.errors.error(
                     "E0307",
                     f"{child_spec.pending} ({child.type} blocks) are not carried out by this "

@@ -263,7 +263,12 @@ SECRET_MOUNT_BLOCK = _pending_block(
 )
 
 _CONTAINER_ATTRS = (
-    Attr("image", RefTo(("image",)), REQUIRED, "The image to run, e.g. image.web."),
+    Attr(
+        "image",
+        OneOf((RefTo(("image",)), STRING)),
+        REQUIRED,
+        'The image to run: image.web, or "oci:PATH:TAG" / "archive:PATH" (not carried out yet).',
+    ),
     Attr("command", ListOf(STRING), (), "The command; empty means the image's default."),
     Attr("entrypoint", ListOf(STRING), (), "Replaces the image's entrypoint."),
     Attr("env", MapOf(STRING), (), "Environment variables."),
@@ -327,7 +332,22 @@ _CONTAINER_ATTRS = (
     Attr("runtime", STRING, "runc", "The OCI runtime.", ("runc", "crun"), ready=("runc",)),
     Attr("depends_on", ListOf(RefTo(_WORKLOAD_REFS)), (), "Workloads to start first."),
 )
+DEPENDS_BLOCK = _pending_block(
+    "depends",
+    "Wait for another workload to reach a condition before starting.",
+    "depends_on conditions",
+    Attr("on", RefTo(_WORKLOAD_REFS), REQUIRED, "The workload, e.g. service.db."),
+    Attr(
+        "condition",
+        STRING,
+        "started",
+        "What to wait for.",
+        ("started", "healthy", "completed_successfully"),
+    ),
+)
+
 _CONTAINER_BLOCKS: dict[str, tuple[BlockSpec, bool]] = {
+    "depends": (DEPENDS_BLOCK, True),
     "resources": (RESOURCES_BLOCK, False),
     "healthcheck": (HEALTHCHECK_BLOCK, False),
     "port": (PORT_BLOCK, True),

@@ -47,7 +47,7 @@ def test_schema_is_valid_and_judges_blocks() -> None:
         "image": {"site": {"copy": [{"content": "x", "dst": "/x"}]}},
     }
     assert list(validator.iter_errors(good)) == []
-    bad = {"service": {"web": {"image": "site", "privileged": "yes", "imgae": 1}}}
+    bad = {"service": {"web": {"image": 5, "privileged": "yes", "imgae": 1}}}
     messages = sorted(e.message for e in validator.iter_errors(bad))
     assert len(messages) == 3
     assert set(schema["properties"]) == set(SCHEMAS)

@@ -354,3 +354,17 @@ def test_a_failed_for_each_causes_no_follow_on_errors(tmp_path: Path) -> None:
         'service "s" {\n  image = image.b\n  volumes = { "/d" = volume.v["a"] }\n}\n'
     )
     assert codes(tmp_path, text) == ["E0132"]
+
+
+def test_images_by_path_and_depends_conditions_are_parsed_but_refused(tmp_path: Path) -> None:
+    """`image = "oci:..."` and a `depends` block type-check, then are E0307 for now."""
+    text = (
+        'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
+        'service "db" {\n  image = image.b\n}\n'
+        'service "s" {\n  image = "oci:/srv/layout:1.0"\n}\n'
+        'service "t" {\n  image = image.b\n  depends {\n    on = service.db\n'
+        '    condition = "healthy"\n  }\n}\n'
+    )
+    assert codes(tmp_path, text) == ["E0307", "E0307"]
+    bad = text.replace('"healthy"', '"ready"')
+    assert "E0124" in codes(tmp_path, bad)  # pending, yet still type-checked
