@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import lark
@@ -225,11 +225,18 @@ def normalise(text: str) -> str:
 def parse_expression(text: str, path: str, line: int = 1, column: int = 1) -> Expr:
     """Parse an expression that starts at `line:column` of `path` (an interpolation, say)."""
     try:
-        tree = _expression_parser().parse(text)
+        tree = _expression_tree(text)
     except lark.exceptions.UnexpectedInput as exc:
         shifted = _shift_error(exc, line, column)
         raise DiagnosticError([syntax_diagnostic(exc, text, path, shifted)]) from None
     return _Builder(path, line - 1, column - 1).expr(tree)
+
+
+@lru_cache(maxsize=4096)
+def _expression_tree(text: str) -> Tree:
+    # The same `${var.x}` appears in many strings; its tree is only read, never changed, so
+    # one parse serves them all (the builder shifts positions to where each one is).
+    return _expression_parser().parse(text)
 
 
 def _check_limits(text: str, path: str) -> None:
