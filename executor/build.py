@@ -6,7 +6,6 @@ Building writes only to the content-addressed store: it never touches running wo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -100,11 +99,11 @@ def _step_span(image: ir.Image, message: str) -> Span:
 
 def module_digests(doc: ir.Document) -> dict[str, str]:
     """The digest of every WASM module's bytes, which the plan pins."""
-    digests = {}
-    for r in doc.resources:
-        if isinstance(r, ir.Wasm):
-            digests[r.address] = "sha256:" + hashlib.sha256(Path(r.module).read_bytes()).hexdigest()
-    return digests
+    from .wasm import module_digest
+
+    return {
+        r.address: module_digest(Path(r.module)) for r in doc.resources if isinstance(r, ir.Wasm)
+    }
 
 
 def _tag(image: ir.Image) -> str:

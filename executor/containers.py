@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.errors import ExecutorError
-from forgefile.schema import CAPABILITIES
-from forgefile.schema import ENV_NAME as SCHEMA_ENV_NAME
+from forgefile.schema import CAPABILITIES, ENV_NAME
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -135,7 +134,6 @@ SECCOMP_ARCHES = {
 
 CPU_PERIOD_US = 100_000
 NOFILE_WANTED = 1_048_576
-ENV_NAME = SCHEMA_ENV_NAME  # one rule for names, in forgefile/schema.py
 
 
 class ContainerError(ExecutorError):

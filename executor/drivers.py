@@ -25,8 +25,6 @@ from .paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE = 10.0  # for state written before stop_grace_period
-
 
 class ActionFailed(ExecutorError):
     """An action could not be carried out; the message is what the host said."""
@@ -181,8 +179,7 @@ def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None
     cid, bundle = runtime.get("container_id"), runtime.get("bundle")
     if cid and bundle:
         try:
-            grace = runtime.get("stop_grace", STOP_GRACE)
-            host.monitor.stop(host.paths.runc_root, cid, Path(bundle), grace=grace)
+            host.monitor.stop(host.paths.runc_root, cid, Path(bundle), grace=runtime["stop_grace"])
         except MonitorError as exc:
             log.warning("stopping %s (%s): %s", address, cid, exc)
     network.detach(host.paths.project_id, address)

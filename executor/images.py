@@ -42,6 +42,7 @@ from typing import IO, Any, Literal
 
 import zstandard
 
+from compiler.envelope import canonical_json  # one canonical form, shared with plans
 from executor.errors import ExecutorError
 
 logger = logging.getLogger(__name__)
@@ -121,11 +122,6 @@ class ImageConfig:
 def digest_bytes(data: bytes) -> str:
     """The OCI digest (`sha256:<hex>`) of `data`."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(document: Any) -> bytes:
-    """Serialise `document` the same way every time, so equal documents have equal digests."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def host_platform() -> tuple[str, str]:

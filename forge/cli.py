@@ -306,7 +306,7 @@ def plan(
         out.print(
             f"Signed plan written to [bold]{e(output)}[/]; apply it with `forge apply {e(output)}`."
         )
-    changes = any(a["action"] != "no-op" for a in document["actions"])
+    changes = _has_changes(document)
     if detailed_exitcode and changes:
         raise typer.Exit(EXIT_CHANGES)
 
@@ -400,12 +400,16 @@ def apply(
     project = _project(file, state_dir, policy, var)
     document = _planned(project, destroy=False)
     render.plan(out, document)
-    if not any(a["action"] != "no-op" for a in document["actions"]):
+    if not _has_changes(document):
         _save_outputs(project, document)
         render.outputs(out, document["outputs"])
         return
     _confirm(auto_approve, "Apply this plan?")
     _run(project, sign(project, document, key))
+
+
+def _has_changes(document: dict[str, Any]) -> bool:
+    return any(a["action"] != "no-op" for a in document["actions"])
 
 
 def _save_outputs(project: Any, document: dict[str, Any]) -> None:
@@ -437,7 +441,7 @@ def destroy(
         return
     document = _planned(project, destroy=True)
     render.plan(out, document)
-    if not any(a["action"] != "no-op" for a in document["actions"]):
+    if not _has_changes(document):
         return
     _confirm(auto_approve, "Destroy all of these?")
     _run(project, sign(project, document, key))
