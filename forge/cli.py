@@ -6,11 +6,8 @@ Exit codes: 0 success; 1 a diagnostic (bad Forgefile, bad policy file, bad input
 error, which is a bug.
 """
 
-from __future__ import annotations
-
 import functools
 import json
-import logging
 import os
 import sys
 import time
@@ -19,11 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from compiler.version import VERSION
-from forgefile.diagnostics import DiagnosticError, ForgeError
 
 from . import render
 
@@ -33,7 +27,10 @@ app = typer.Typer(
     "one host.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    # Plain help, as git and terraform print it: typer's rich help imports markdown-it and
+    # rich.traceback, which doubles the start of every `--help`.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100},
     pretty_exceptions_enable=False,
 )
 key_app = typer.Typer(
@@ -41,16 +38,32 @@ key_app = typer.Typer(
 )
 app.add_typer(key_app, name="key")
 
+
+class _LazyConsole:
+    """A rich Console made on first use: `forge version` should not wait for rich to import."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
 # Piped output is read by scripts and people's pagers: don't squeeze tables into 80 columns.
-out = Console(
+out: Any = _LazyConsole(
     highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 160
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+err: Any = _LazyConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def e(value: object) -> str:
     """User text inside rich markup: `[/]` in a name must print, not close a style."""
-    return escape(str(value))
+    return render.escape(str(value))
 
 
 EXIT_DIAGNOSTIC = 1
@@ -68,7 +81,7 @@ StateOption = Annotated[
     typer.Option(
         "--state-dir",
         envvar="FORGE_STATE_DIR",
-        help="Where state, images and keys live \\[default: .forge beside the Forgefile].",
+        help="Where state, images and keys live [default: .forge beside the Forgefile].",
     ),
 ]
 PolicyOption = Annotated[
@@ -76,7 +89,7 @@ PolicyOption = Annotated[
     typer.Option(
         "--policy",
         help="A policy file or folder of *.policy files; repeatable "
-        "\\[default: policy/ beside the Forgefile].",
+        "[default: policy/ beside the Forgefile].",
     ),
 ]
 VarOption = Annotated[
@@ -93,6 +106,8 @@ def reports(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from forgefile.diagnostics import DiagnosticError, ForgeError
+
         try:
             return fn(*args, **kwargs)
         except DiagnosticError as exc:
@@ -102,9 +117,9 @@ def reports(fn: F) -> F:
             err.print(f"[red]{e(errors)} error(s).[/]")
             raise typer.Exit(EXIT_DIAGNOSTIC) from None
         except ForgeError as exc:
-            err.print(f"[bold red]{escape(exc.headline)}:[/] {escape(str(exc))}")
+            err.print(f"[bold red]{e(exc.headline)}:[/] {e(str(exc))}")
             if exc.hint:
-                err.print(f"  [green]hint:[/] {escape(exc.hint)}")
+                err.print(f"  [green]hint:[/] {e(exc.hint)}")
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             # The host refused a file operation: a path that is a file, a full disk, permissions.
@@ -149,6 +164,8 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
 ) -> None:
     """Forge: a compiled toolchain for the Forgefile."""
+    import logging
+
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -171,6 +188,8 @@ def validate(
 
     Every problem is reported at once with file:line:col, a code frame and a hint.
     """
+    from forgefile.diagnostics import DiagnosticError
+
     from .project import check
 
     project = _project(file, state_dir, policy, var)
@@ -602,6 +621,8 @@ def show(
     var: VarOption = None,
 ) -> None:
     """Show the checked IR: every resource with its defaults filled in, as policy sees it."""
+    from forgefile.diagnostics import DiagnosticError
+
     from .project import check
 
     try:
@@ -694,7 +715,7 @@ def graph(
     from forgefile.lower import load
 
     if fmt not in ("text", "dot"):
-        err.print(f"[bold red]error:[/] --format is text or dot, not {escape(fmt)}")
+        err.print(f"[bold red]error:[/] --format is text or dot, not {e(fmt)}")
         raise typer.Exit(EXIT_DIAGNOSTIC)
     project = _project(file, None, None, var)
     doc = load(project.forgefile, project.variables)
@@ -725,7 +746,7 @@ def init(
     try:
         ipaddress.IPv4Network(subnet)
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] --subnet {escape(subnet)}: {escape(str(exc))}")
+        err.print(f"[bold red]error:[/] --subnet {e(subnet)}: {e(str(exc))}")
         raise typer.Exit(EXIT_DIAGNOSTIC) from None
     starter = template("init")
     targets = {
@@ -750,7 +771,7 @@ def init(
 @app.command()
 def version() -> None:
     """Print Forge's version."""
-    out.print(f"forge {e(VERSION)}")
+    print(f"forge {VERSION}")
 
 
 # -- keys -------------------------------------------------------------------------------------

@@ -7,15 +7,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:  # rich and the front end load when something is printed, not at start
+    from rich.console import Console
 
-if TYPE_CHECKING:  # the command starts faster without the front end loaded
     from compiler.policy import Verdict
     from forgefile.diagnostics import Diagnostic, Span
 
 _SOURCES: dict[str, list[str]] = {}
+
+
+def escape(text: str) -> str:
+    """User text inside rich markup: `[/]` in a name must print, not close a style."""
+    from rich.markup import escape as markup_escape
+
+    return markup_escape(text)
+
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "note": "bold cyan"}
 _SYMBOL = {
@@ -146,6 +152,8 @@ def outputs(console: Console, values: dict[str, Any]) -> None:
 
 
 def table(console: Console, title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     for column in columns:
         t.add_column(column)
