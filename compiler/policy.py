@@ -31,6 +31,7 @@ from forgefile.syntax import (
     expression_from_tree,
     span_of,
     string_from_token,
+    subexpressions,
     syntax_diagnostic,
 )
 from stdlib import functions
@@ -166,7 +167,7 @@ def _rules(text: str, path: str, out: Collector) -> list[Rule]:
 
 
 def _rule(node: Any, path: str, out: Collector) -> Rule | None:
-    label, *items = node.children
+    _keyword, label, _open, *items, _close = node.children
     span = span_of(node, path)
     rule_id = _literal_string(string_from_token(label, path))
     attrs: dict[str, tuple[Expr, Span]] = {}
@@ -276,7 +277,7 @@ def _choice(
 def _check_fields(expr: Expr, kinds: tuple[str, ...], out: Collector) -> None:
     """`resource.X` must name a field of every kind the rule applies to; calls must exist."""
     fields = set.intersection(*(_fields(kind) for kind in kinds)) if kinds else set()
-    for node in _walk(expr):
+    for node in subexpressions(expr):
         if (
             isinstance(node, GetAttr)
             and isinstance(node.target, Variable)
@@ -305,16 +306,6 @@ def _fields(kind: str) -> set[str]:
     if kind == "image":  # its copy and link blocks appear as one ordered `steps` list
         fields = (fields - set(spec.blocks)) | {"steps"}
     return fields
-
-
-def _walk(expr: Any) -> Iterable[Expr]:
-    if isinstance(expr, Expr):
-        yield expr
-        for value in vars(expr).values():
-            yield from _walk(value)
-    elif isinstance(expr, tuple):
-        for item in expr:
-            yield from _walk(item)
 
 
 def evaluate_rules(rules: list[Rule], doc: ir.Document, digest: str) -> Verdict:
@@ -354,7 +345,7 @@ def evaluate_rules(rules: list[Rule], doc: ir.Document, digest: str) -> Verdict:
 
 
 def _first_field(expr: Expr) -> str | None:
-    for node in _walk(expr):
+    for node in subexpressions(expr):
         if (
             isinstance(node, GetAttr)
             and isinstance(node.target, Variable)

@@ -302,7 +302,7 @@ class _Layout:
         for child in tree.children:
             self.part(child)
 
-    _get_attr = _index = _primary = _not_op = _negate = _tight
+    _get_attr = _index = _paren = _not_op = _negate = _tight
 
     def _spaced(self, tree: Node) -> None:
         """`a + b`, `a && b`, `a ? b : c`: one space around each operator."""
@@ -311,7 +311,7 @@ class _Layout:
                 self.text(" ")
             self.part(child)
 
-    _binary = _and_op = _or_op = _conditional = _spaced
+    _expr = _conditional = _spaced
 
     def _for_list(self, tree: Node) -> None:
         """`[for k, v in xs : v if k]` and `{for k in m : k => 1}`, always on one line."""

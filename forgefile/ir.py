@@ -8,6 +8,7 @@ configuration that will run. `to_document()` gives the JSON-shaped view that rul
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any, ClassVar
 
 from .diagnostics import Diagnostic, Span
@@ -53,6 +54,11 @@ class Resource(Node):
 
     def references(self) -> tuple[ResourceRef, ...]:
         """Every resource this one names, in the order written: the edges of the graph."""
+        return self._references
+
+    @cached_property
+    def _references(self) -> tuple[ResourceRef, ...]:
+        # Lowering, the checks, the graph and the planner all ask; the IR is frozen.
         found: list[ResourceRef] = []
         for f in fields(self):
             _collect_refs(getattr(self, f.name), found)

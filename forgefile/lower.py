@@ -35,7 +35,17 @@ from .schema import (
     RefTo,
     coerce,
 )
-from .syntax import MAX_FILE_BYTES, Attribute, Block, Expr, File, GetAttr, Literal, Variable, parse
+from .syntax import (
+    MAX_FILE_BYTES,
+    Attribute,
+    Block,
+    File,
+    GetAttr,
+    Literal,
+    Variable,
+    parse,
+    subexpressions,
+)
 from .values import (
     AttributeRef,
     Key,
@@ -1203,24 +1213,14 @@ def _stand_in(ref: AttributeRef) -> str:
 def _names_read(body: Block) -> set[tuple[str, str]]:
     """Every `var.X` and `local.X` the file reads, anywhere."""
     found: set[tuple[str, str]] = set()
-
-    def walk(node: object) -> None:
-        if isinstance(node, GetAttr) and isinstance(node.target, Variable):
-            found.add((node.target.name, node.name))
-        if isinstance(node, Expr):
-            for value in vars(node).values():
-                walk(value)
-        elif isinstance(node, tuple):
-            for item in node:
-                walk(item)
-
-    def block(b: Block) -> None:
-        for attr in b.attributes:
-            walk(attr.value)
-        for child in b.blocks:
-            block(child)
-
-    block(body)
+    blocks = [body]
+    while blocks:
+        block = blocks.pop()
+        blocks.extend(block.blocks)
+        for attr in block.attributes:
+            for node in subexpressions(attr.value):
+                if isinstance(node, GetAttr) and isinstance(node.target, Variable):
+                    found.add((node.target.name, node.name))
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .syntax import Duration, Size
@@ -155,7 +156,11 @@ class BlockSpec:
     pending: str = ""  # as for Attr: the whole block is parsed but not carried out yet
 
     def attribute(self, name: str) -> Attr | None:
-        return next((a for a in self.attributes if a.name == name), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, Attr]:
+        return {a.name: a for a in self.attributes}
 
 
 # Linux capabilities, for cap_add and cap_drop; the container driver reads this list too.

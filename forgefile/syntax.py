@@ -8,9 +8,9 @@ into diagnostics that say what was expected in words a Forgefile author uses.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from typing import Any
 
 import lark
@@ -110,6 +110,18 @@ class ForExpr(Expr):
     condition: Expr | None
 
 
+def subexpressions(expr: Expr) -> Iterator[Expr]:
+    """`expr` and every expression inside it, in the order they are written."""
+    stack: list[object] = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Expr):
+            yield node
+            stack.extend(reversed(vars(node).values()))
+        elif isinstance(node, tuple):
+            stack.extend(reversed(node))
+
+
 @dataclass(frozen=True)
 class Duration:
     """A length of time, kept in nanoseconds so that `1m30s` and `90s` compare equal."""
@@ -156,7 +168,15 @@ class Block:
     label_spans: tuple[Span, ...]
 
     def attribute(self, name: str) -> Attribute | None:
-        return next((a for a in self.attributes if a.name == name), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, Attribute]:
+        # The first of a repeated name: the duplicate is diagnosed where blocks are lowered.
+        by_name: dict[str, Attribute] = {}
+        for a in self.attributes:
+            by_name.setdefault(a.name, a)
+        return by_name
 
 
 @dataclass(frozen=True)
@@ -175,7 +195,6 @@ def _forgefile_parser() -> lark.Lark:
         "grammar",
         "forgefile.lark",
         parser="lalr",
-        propagate_positions=True,
         maybe_placeholders=True,
     )
 
@@ -187,7 +206,6 @@ def _expression_parser() -> lark.Lark:
         "expressions.lark",
         parser="lalr",
         start="expr",
-        propagate_positions=True,
         maybe_placeholders=True,
     )
 
@@ -200,19 +218,7 @@ def parse(text: str, path: str) -> File:
         tree = _forgefile_parser().parse(text)
     except lark.exceptions.UnexpectedInput as exc:
         raise DiagnosticError([syntax_diagnostic(exc, text, path)]) from None
-    nodes = sum(1 for _ in tree.iter_subtrees())
-    if nodes > MAX_NODES:
-        raise DiagnosticError(
-            [
-                Diagnostic(
-                    "F0006",
-                    f"the file has {nodes} syntax nodes, more than the limit of {MAX_NODES}",
-                    Span(path, 1, 1, 1, 1),
-                    "split it into several Forgefiles, or generate fewer blocks with count",
-                )
-            ]
-        )
-    builder = _Builder(path)
+    builder = _Builder(path, limit=MAX_NODES)
     body = builder.body(tree.children[0], _span_of(tree, path))
     return File(path=path, text=text, body=body)
 
@@ -252,34 +258,49 @@ def _check_limits(text: str, path: str) -> None:
             ]
         )
     depth = 0
-    line, column = 1, 0
-    for ch in text:
-        column += 1
-        if ch == "\n":
-            line, column = line + 1, 0
-        elif ch in "([{":
-            depth += 1
-            if depth > MAX_NESTING:
-                raise DiagnosticError(
-                    [
-                        Diagnostic(
-                            "F0002",
-                            f"nesting deeper than the limit of {MAX_NESTING}",
-                            Span(path, line, column, line, column),
-                            "flatten the expression or split it into locals",
-                        )
-                    ]
-                )
-        elif ch in ")]}":
+    for match in _BRACKET.finditer(text):
+        if match.group() in ")]}":
             depth = max(0, depth - 1)
+            continue
+        depth += 1
+        if depth > MAX_NESTING:
+            line = text.count("\n", 0, match.start()) + 1
+            column = match.start() - text.rfind("\n", 0, match.start())
+            raise DiagnosticError(
+                [
+                    Diagnostic(
+                        "F0002",
+                        f"nesting deeper than the limit of {MAX_NESTING}",
+                        Span(path, line, column, line, column),
+                        "flatten the expression or split it into locals",
+                    )
+                ]
+            )
+
+
+_BRACKET = re.compile(r"[(\[{)\]}]")
+
+
+def _edge_token(node: Tree, last: bool) -> lark.Token | None:
+    """The first (or last) token under `node`. The grammar names every delimiter and keyword,
+    so they stay in the tree and a node's span runs from its first token to its last."""
+    while not isinstance(node, lark.Token):
+        for child in reversed(node.children) if last else node.children:
+            if child is not None:
+                node = child
+                break
+        else:
+            return None
+    token: lark.Token = node
+    return token
 
 
 def _span_of(node: Tree, path: str, dl: int = 0, dc: int = 0) -> Span:
-    meta: Any = node if isinstance(node, lark.Token) else node.meta
-    if getattr(meta, "empty", False) or getattr(meta, "line", None) is None:
+    first, final = _edge_token(node, last=False), _edge_token(node, last=True)
+    if first is None or final is None or first.line is None or final.end_line is None:
         return Span(path, 1, 1, 1, 1)
-    line, col = meta.line, meta.column
-    end_line, end_col = meta.end_line, meta.end_column - 1
+    line, col = first.line, first.column or 1
+    end_line, end_col = final.end_line, (final.end_column or 2) - 1
     # Only the first line of a shifted (interpolated) expression shares the column offset.
     return Span(
         path,
@@ -293,10 +314,27 @@ def _span_of(node: Tree, path: str, dl: int = 0, dc: int = 0) -> Span:
 class _Builder:
     """Turns a Lark tree into syntax classes; `dl`/`dc` shift positions of interpolations."""
 
-    def __init__(self, path: str, dl: int = 0, dc: int = 0) -> None:
+    def __init__(self, path: str, dl: int = 0, dc: int = 0, limit: int | None = None) -> None:
         self.path = path
         self.dl = dl
         self.dc = dc
+        # Syntax nodes built so far, and how many the file may have (MAX_NODES for a file).
+        self.nodes = 0
+        self.limit = limit
+
+    def count(self) -> None:
+        self.nodes += 1
+        if self.limit is not None and self.nodes > self.limit:
+            raise DiagnosticError(
+                [
+                    Diagnostic(
+                        "F0006",
+                        f"the file has more than {self.limit} syntax nodes",
+                        Span(self.path, 1, 1, 1, 1),
+                        "split it into several Forgefiles, or generate fewer blocks with count",
+                    )
+                ]
+            )
 
     def span(self, node: Tree) -> Span:
         return _span_of(node, self.path, self.dl, self.dc)
@@ -312,6 +350,7 @@ class _Builder:
     ) -> Block:
         attributes: list[Attribute] = []
         blocks: list[Block] = []
+        self.count()
         for child in tree.children:
             if child.data == "attribute":
                 name, value = child.children
@@ -325,7 +364,7 @@ class _Builder:
         )
 
     def block(self, tree: Tree) -> Block:
-        name, *labels, body = tree.children
+        name, *labels, _open, body, _close = tree.children
         values = tuple(self.string_value(label.children[0]) for label in labels)
         spans = tuple(self.span(label) for label in labels)
         return self.body(body, self.span(tree), str(name), values, self.span(name), spans)
@@ -346,9 +385,9 @@ class _Builder:
         )
 
     def expr(self, node: Tree) -> Expr:
-        rule = node.data.removeprefix("expressions__")
-        handler: Callable[[Tree, Span], Expr] = getattr(self, f"_{rule}")
-        return handler(node, self.span(node))
+        self.count()
+        handler = _HANDLERS[node.data]
+        return handler(self, node, self.span(node))
 
     # Handlers are named after grammar rules.
 
@@ -438,9 +477,6 @@ class _Builder:
     def _null(self, node: Tree, span: Span) -> Expr:
         return Literal(span, None)
 
-    def _literal(self, node: Tree, span: Span) -> Expr:
-        return self.expr(node.children[0])
-
     def _variable(self, node: Tree, span: Span) -> Expr:
         return Variable(span, str(node.children[0]))
 
@@ -449,19 +485,21 @@ class _Builder:
         return GetAttr(span, self.expr(target), str(name))
 
     def _index(self, node: Tree, span: Span) -> Expr:
-        target, key = node.children
+        target, key, _close = node.children
         return Index(span, self.expr(target), self.expr(key))
 
     def _call(self, node: Tree, span: Span) -> Expr:
-        name, *args = node.children
+        name, *args, _close = node.children
         return Call(span, str(name), tuple(self.expr(a) for a in args if a is not None))
 
     def _list_expr(self, node: Tree, span: Span) -> Expr:
-        return ListExpr(span, tuple(self.expr(c) for c in node.children if c is not None))
+        _open, *items, _close = node.children
+        return ListExpr(span, tuple(self.expr(c) for c in items if c is not None))
 
     def _map_expr(self, node: Tree, span: Span) -> Expr:
         items = []
-        for item in node.children:
+        _open, *children, _close = node.children
+        for item in children:
             if item is None:
                 continue
             key, value = item.children
@@ -475,7 +513,7 @@ class _Builder:
         return MapExpr(span, tuple(items))
 
     def _for_list(self, node: Tree, span: Span) -> Expr:
-        first, second, collection, body, condition = node.children
+        _open, first, second, collection, body, condition, _close = node.children
         key_var, value_var = (str(first), str(second)) if second else (None, str(first))
         return ForExpr(
             span,
@@ -488,7 +526,7 @@ class _Builder:
         )
 
     def _for_map(self, node: Tree, span: Span) -> Expr:
-        first, second, collection, key, body, condition = node.children
+        _open, first, second, collection, key, body, condition, _close = node.children
         key_var, value_var = (str(first), str(second)) if second else (None, str(first))
         return ForExpr(
             span,
@@ -501,26 +539,83 @@ class _Builder:
         )
 
     def _conditional(self, node: Tree, span: Span) -> Expr:
-        condition, then, otherwise = node.children
-        return Conditional(span, self.expr(condition), self.expr(then), self.expr(otherwise))
+        *chain, then, otherwise = node.children
+        return Conditional(span, self.chain(chain), self.expr(then), self.expr(otherwise))
 
-    def _binary(self, node: Tree, span: Span) -> Expr:
-        left, op, right = node.children
-        return Binary(span, str(op), self.expr(left), self.expr(right))
+    def _expr(self, node: Tree, span: Span) -> Expr:
+        return self.chain(node.children)
 
-    def _and_op(self, node: Tree, span: Span) -> Expr:
-        left, right = node.children
-        return Binary(span, "&&", self.expr(left), self.expr(right))
+    def chain(self, items: list[Tree]) -> Expr:
+        """`a op b op c ...`, read flat by the grammar, grouped here by precedence (climbing:
+        left-associative, and linear in the length of the chain)."""
+        if len(items) == 1:
+            return self.expr(items[0])
+        operands = [(self.expr(o), self.span(o)) for o in items[0::2]]
+        ops = [str(op) for op in items[1::2]]
+        position = 0
 
-    def _or_op(self, node: Tree, span: Span) -> Expr:
-        left, right = node.children
-        return Binary(span, "||", self.expr(left), self.expr(right))
+        def climb(lowest: int) -> tuple[Expr, Span]:
+            nonlocal position
+            left, left_span = operands[position]
+            compared: str | None = None
+            while position < len(ops) and _PRECEDENCE[ops[position]] >= lowest:
+                op = ops[position]
+                precedence = _PRECEDENCE[op]
+                if compared is not None and precedence == _PRECEDENCE["=="]:
+                    raise DiagnosticError([_chained_comparison(left_span, compared, op)])
+                position += 1
+                right, right_span = climb(precedence + 1)
+                left_span = Span(
+                    self.path,
+                    left_span.line,
+                    left_span.column,
+                    right_span.end_line,
+                    right_span.end_column,
+                )
+                left = Binary(left_span, op, left, right)
+                compared = op if precedence == _PRECEDENCE["=="] else None
+            return left, left_span
+
+        return climb(0)[0]
+
+    def _paren(self, node: Tree, span: Span) -> Expr:
+        return self.expr(node.children[1])
 
     def _not_op(self, node: Tree, span: Span) -> Expr:
-        return Unary(span, "!", self.expr(node.children[0]))
+        return Unary(span, "!", self.expr(node.children[1]))
 
     def _negate(self, node: Tree, span: Span) -> Expr:
-        return Unary(span, "-", self.expr(node.children[0]))
+        return Unary(span, "-", self.expr(node.children[1]))
+
+
+# Grammar rule (as the Forgefile grammar names it, and as the expression grammar does) to handler.
+_HANDLERS: dict[str, Callable[[_Builder, Tree, Span], Expr]] = {
+    prefix + name.removeprefix("_"): handler
+    for name, handler in vars(_Builder).items()
+    if name.startswith("_") and not name.startswith("__") and callable(handler)
+    for prefix in ("", "expressions__")
+}
+
+# Binary operators, loosest first; all are left-associative, and comparisons do not chain.
+_PRECEDENCE = {
+    "||": 1,
+    "&&": 2,
+    **dict.fromkeys(("==", "!=", "<", "<=", ">", ">="), 3),
+    "+": 4,
+    "-": 4,
+    "*": 5,
+    "/": 5,
+    "%": 5,
+}
+
+
+def _chained_comparison(span: Span, first: str, second: str) -> Diagnostic:
+    return Diagnostic(
+        "F0112",
+        f"comparisons do not chain: `a {first} b {second} c` compares a boolean",
+        span,
+        f"compare each pair and join them: `a {first} b && b {second} c`",
+    )
 
 
 _INTERPOLATION = re.compile(r'\$\$\{|\$\{((?:[^}"]|"(?:[^"\\]|\\.)*")*)\}')
@@ -599,23 +694,23 @@ CONFUSABLES = {
 
 _TOKEN_WORDS = {
     "BANG": '"!"',
+    "NEGATE": '"-"',
     "MINUS": '"-"',
+    "BINARY_OP": "an operator",
     "QMARK": '"?"',
-    "ADD_OP": '"+" or "-"',
-    "MUL_OP": '"*", "/" or "%"',
-    "COMPARE": "a comparison",
     "INT": "a number",
     "FLOAT": "a number",
     "DURATION": "a duration",
     "SIZE": "a size",
     "HEREDOC": "a heredoc",
     "EQUAL": '"="',
-    "LBRACE": '"{"',
-    "RBRACE": '"}"',
-    "LSQB": '"["',
-    "RSQB": '"]"',
+    "OPEN_CURLY": '"{"',
+    "CLOSE_CURLY": '"}"',
+    "OPEN_SQUARE": '"["',
+    "CLOSE_SQUARE": '"]"',
+    "OPEN_PAREN": '"("',
+    "CLOSE_PAREN": '")"',
     "LPAR": '"("',
-    "RPAR": '")"',
     "COMMA": '","',
     "COLON": '":"',
     "NAME": "a name",
@@ -695,14 +790,9 @@ def syntax_diagnostic(
     assert isinstance(exc, lark.exceptions.UnexpectedToken)
     token = exc.token
     span = Span(path, line, column, line, column + max(0, len(str(token)) - 1))
-    expected = sorted(
-        _TOKEN_WORDS.get(t, t.lower()) for t in exc.expected if not t.startswith("__")
-    )
-    if "EQUAL" in exc.expected and token.type in ("STRING", "LBRACE", "NAME"):
-        pass
-    if exc.expected == {"EQUAL", "LBRACE", "STRING"} or (
-        "EQUAL" in exc.expected and "LBRACE" in exc.expected
-    ):
+    wanted = {t.removeprefix("expressions__") for t in exc.expected if not t.startswith("__")}
+    expected = sorted(_TOKEN_WORDS.get(t, t.lower()) for t in wanted)
+    if "EQUAL" in wanted and "OPEN_CURLY" in wanted:
         return Diagnostic(
             "F0104",
             f"expected `=` or a block after the name, found `{token}`",
@@ -718,7 +808,7 @@ def syntax_diagnostic(
         )
     bracket = _open_bracket(text, line, column)
     closer = {"[": "]", "(": ")", "{": "}"}
-    if bracket and {"RSQB", "RPAR"} & set(exc.expected):
+    if bracket and {"CLOSE_SQUARE", "CLOSE_PAREN"} & wanted:
         char, at_line, at_col = bracket
         return Diagnostic(
             "F0107",

@@ -86,6 +86,44 @@ def test_operators_precedence_and_conditional() -> None:
     assert isinstance(parse_expression("a + b", "t"), Binary)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10 - 4 - 3", 3),
+        ("100 / 10 / 5", 2),
+        ("2 + 3 * 4 - 1", 13),
+        ("(2 + 3) * 4", 20),
+        ("-2 * -3", 6),
+        ("(1 < 2) == true", True),
+        ("true || false && false", True),
+        ("!true || true", True),
+        ("1 + 1 == 2 ? 7 % 4 : 0", 3),
+    ],
+)
+def test_binary_operators_group_by_precedence_from_the_left(text: str, expected: object) -> None:
+    """The grammar reads an operator chain flat; the builder groups it as the docs say."""
+    assert value(text) == expected
+
+
+def test_a_binary_span_covers_its_operands_and_their_parentheses() -> None:
+    """`(a + b) * c`: the product's span starts at the parenthesis, the sum's inside it."""
+    expr = parse_expression("(a + b) * c", "t")
+    assert isinstance(expr, Binary) and expr.op == "*"
+    assert (expr.span.column, expr.span.end_column) == (1, 11)
+    assert isinstance(expr.left, Binary)
+    assert (expr.left.span.column, expr.left.span.end_column) == (2, 6)
+
+
+@pytest.mark.parametrize("text", ["a < b < c", "a == b != c", "1 <= 2 >= 1"])
+def test_comparisons_do_not_chain(text: str) -> None:
+    """`a < b < c` would compare a boolean with c: refused, with how to write it."""
+    with pytest.raises(DiagnosticError) as caught:
+        parse_expression(text, "t")
+    [diagnostic] = caught.value.diagnostics
+    assert diagnostic.code == "F0112"
+    assert diagnostic.hint is not None and "&&" in diagnostic.hint
+
+
 def test_references_and_calls_parse_to_their_nodes() -> None:
     """`service.api[0].address` is attribute and index access; `f(x)` is a call."""
     expr = parse_expression("service.api[0].address", "t")
