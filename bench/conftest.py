@@ -166,6 +166,9 @@ class Corpus:
             (folder / "Forgefile").write_text(forgefile_text(Shape(services)))
         return folder
 
+    def text(self, services: int) -> str:
+        return (self.folder(services) / "Forgefile").read_text()
+
     def size(self, services: int) -> int:
         return (self.folder(services) / "Forgefile").stat().st_size
 

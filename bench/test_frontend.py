@@ -8,6 +8,7 @@ linear; the baseline policy judges 10,000 services in under 1 s; `forge version`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -58,6 +59,29 @@ def test_load_and_check(benchmark: BenchmarkFixture, corpus: Corpus, services: i
             f"load+check 10000/1000 ratio: {ratio:.1f} wall, {cpu_ratio:.1f} CPU "
             "(linear would be 10)"
         )
+
+
+def test_peer_hcl2_parse(benchmark: BenchmarkFixture, corpus: Corpus) -> None:
+    """The named peer: python-hcl2, the Python parser of Terraform's language (also on Lark),
+    parsing the same 1,000-service file written as HCL (sizes quoted, as HCL has none).
+
+    It only parses; Forge's figure also lowers, types and checks. Both run here, in the same
+    session, so their ratio holds however fast the machine is at the moment.
+    """
+    hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is in the test extra: pip install")
+    text = re.sub(r"= ([0-9]+MiB)", r'= "\1"', corpus.text(1_000))
+    hcl2.loads("warm = 1\n")
+    parsed = pedantic(benchmark, hcl2.loads, text, rounds=1)
+    assert len(parsed["service"]) == 1_000
+    took = median(benchmark)
+    ours = corpus.medians.get("load-1000")
+    if took is None or ours is None:
+        return
+    benchmark.extra_info["ratio_to_forge"] = round(took / ours, 1)
+    corpus.note(
+        f"peer: python-hcl2 parses the same 1000 services in {took:.3f} s wall; Forge's "
+        f"load+check takes {ours / took:.2f}x that ({took / ours:.1f}x faster)"
+    )
 
 
 @pytest.mark.parametrize("services", (1_000, 10_000))
