@@ -61,6 +61,9 @@ class Scope:
     def child(self, bindings: Mapping[str, Any]) -> Scope:
         return dataclasses.replace(self, bindings={**self.bindings, **bindings})
 
+    def reading(self, attributes: Callable[[AttributeRef], Any] | None) -> Scope:
+        return dataclasses.replace(self, attributes=attributes)
+
 
 class _Failed:
     """The value of a variable that could not be set: its error was reported already."""
@@ -73,10 +76,13 @@ FAILED = _Failed()
 
 
 @dataclasses.dataclass(frozen=True)
-class PlanTime:
-    """A module output that needs a computed attribute: the parent can't read it while lowering."""
+class Deferred:
+    """A module output that reads a computed attribute (`service.web.address`): evaluated again,
+    in the module's own scope, wherever the importer reads it, with the reader's way of knowing
+    computed attributes (the planner knows them; lowering only checks them)."""
 
-    reason: str
+    expr: Expr
+    scope: Scope
 
 
 class _Kind:
@@ -212,13 +218,8 @@ def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
             value = target.values[key]
             if value is FAILED:
                 raise DiagnosticError([])  # already reported where it was declared
-            if isinstance(value, PlanTime):
-                raise EvalError(
-                    "E0227",
-                    f"`{target.prefix}.{key}` is known only when planning",
-                    span,
-                    value.reason,
-                )
+            if isinstance(value, Deferred):
+                return evaluate(value.expr, value.scope.reading(scope.attributes))
             return value
         if target.lazy is not None:
             return target.lazy(key, span)

@@ -23,7 +23,7 @@ from stdlib.functions import CallContext
 
 from . import ir
 from .diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
-from .evaluate import FAILED, EvalError, PlanTime, Scope, evaluate
+from .evaluate import FAILED, Deferred, EvalError, Scope, evaluate
 from .schema import (
     CAPABILITIES,
     ENV_NAME,
@@ -315,24 +315,28 @@ class Lowering:
         self.imported.append(document)
 
     def _module_outputs(self, blocks: list[Block]) -> None:
-        """What the importing file may read as NAME.OUTPUT: values, or references."""
+        """What the importing file may read as NAME.OUTPUT: values, references, or (for an
+        output that reads a computed attribute) the expression, to evaluate where it is read."""
+        needs_plan = False
 
         def planned(ref: AttributeRef) -> Any:
-            raise EvalError("E0227", f"`{ref}` is known only when planning", ref.span, "")
+            nonlocal needs_plan
+            needs_plan = True
+            return _stand_in(ref)
 
-        scope = dataclasses.replace(self._scope(), attributes=planned, context=None)
+        scope = dataclasses.replace(self._scope(), context=None)
         for block in blocks:
             value = block.attribute("value")
             if value is None:
                 continue
+            needs_plan = False
             try:
-                self.output_values[block.labels[0]] = evaluate(value.value, scope)
+                result = evaluate(value.value, scope.reading(planned))
             except DiagnosticError:
-                self.output_values[block.labels[0]] = PlanTime(
-                    f"output `{block.labels[0]}` of the module computes an address; have the "
-                    'module return the resource (output "web" { value = service.web }) and '
-                    "read NAME.web.address"
-                )
+                result = FAILED  # reported where the module lowers its own outputs
+            self.output_values[block.labels[0]] = (
+                Deferred(value.value, scope) if needs_plan and result is not FAILED else result
+            )
 
     def _unused(self, variables: list[ir.Variable | None]) -> None:
         """Variables and locals that nothing reads are usually a typo on one side."""

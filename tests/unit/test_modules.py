@@ -128,10 +128,33 @@ def test_a_missing_input_names_the_import(tmp_path: Path) -> None:
     assert "E0109" in codes(tmp_path, ROOT.replace('title   = "The blog"', ""))
 
 
-def test_a_computed_module_output_is_refused_while_lowering(tmp_path: Path) -> None:
-    """NAME.address, an address computed inside the module, is E0227 with the way round it."""
-    root = ROOT + 'output "bad" {\n  value = blog.address\n}\n'
-    assert codes(tmp_path, root) == ["E0227"]
+def test_a_computed_module_output_is_read_when_planning(tmp_path: Path) -> None:
+    """`output "address" { value = service.web.address }` in the module: the importer's
+    output reads it as NAME.address, and the planner fills in the allocated address."""
+    root = ROOT + 'output "blog_address" {\n  value = "${blog.address}:80"\n}\n'
+    doc = load(project(tmp_path, root), environ={})
+    images = {
+        f"module.{m}.image.site": ImageFacts("sha256:" + c * 64)
+        for m, c in (("blog", "a"), ("shop", "b"))
+    }
+    document = plan(
+        doc,
+        StateSnapshot("l", 0, "sha256:0"),
+        BuildFacts(images=images),
+        datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    [blog] = [a for a in document["actions"] if a["address"] == "module.blog.service.web"]
+    address = blog["spec"]["networks"][0]["address"].split("/")[0]
+    assert document["outputs"]["blog_address"]["value"] == f"{address}:80"
+
+
+def test_a_computed_module_output_cannot_configure_a_resource(tmp_path: Path) -> None:
+    """An address is known only when planning: a resource of the importer cannot take it."""
+    root = ROOT + (
+        'service "peer" {\n  image = blog.web.image\n  command = ["x"]\n'
+        "  env = { BLOG = blog.address }\n}\n"
+    )
+    assert "E0205" in codes(tmp_path, root)
 
 
 def test_modules_importing_each_other_are_a_cycle(tmp_path: Path) -> None:
