@@ -1,31 +1,40 @@
 """The policy engine: rule files that judge the checked IR before anything is planned.
 
-A rule names the kinds it applies to, a `deny when` (or `warn when`) condition in the
-Forgefile expression language, a severity, an enforcement level and a message. Rules are
-checked against the IR schema when they load, so a misspelt field is a diagnostic in the rule
-file, not a rule that silently never fires. Evaluation is fail-closed: a condition that cannot
-be evaluated is a finding, never a pass.
+A rule names the kinds it applies to, a `deny when` (or `warn when`, `info when`) condition in
+the Forgefile expression language, a severity and a message. Rules are checked against the IR
+schema when they load, so a misspelt field is a diagnostic in the rule file, not a rule that
+silently never fires. Evaluation is fail-closed: a condition that cannot be evaluated is a
+blocking finding, never a pass.
+
+Whether a finding blocks is kept apart from the rule's logic: its enforcement level comes from
+the project's `enforce` blocks, else the rule, else its pack's default. `waiver` blocks (in the
+Forgefile or a policy file) excuse one rule for one resource until a date; `--override` lets an
+identity pass a `soft` finding with a reason. Both are recorded in the verdict, which goes into
+the signed plan.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import lark
 
+import stdlib
 from forgefile import ir
-from forgefile.diagnostics import Collector, Diagnostic, DiagnosticError, Span, suggest
+from forgefile.diagnostics import Collector, DiagnosticError, Span, suggest
 from forgefile.evaluate import Scope, evaluate
 from forgefile.schema import RESOURCE_KINDS, SCHEMAS
 from forgefile.syntax import (
     Call,
     Expr,
     GetAttr,
+    ListExpr,
     Literal,
     Variable,
     expression_from_tree,
@@ -37,7 +46,7 @@ from forgefile.syntax import (
 from stdlib import functions
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
-ENFORCEMENT = ("advisory", "soft", "hard")
+LEVELS = ("advisory", "soft", "hard")
 _RULE_ATTRIBUTES = (
     "title",
     "applies_to",
@@ -47,70 +56,124 @@ _RULE_ATTRIBUTES = (
     "message",
     "remediation",
 )
+# Top-level blocks besides `rule`, and the attributes each takes (required ones first).
+_BLOCKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "pack": ((), ("title", "enforcement")),
+    "policy": ((), ("packs",)),
+    "enforce": (("level",), ("warn_until",)),
+    "waiver": (("rule", "resource", "reason", "owner", "expires"), ()),
+    "test": (("forgefile",), ("fires", "passes")),
+}
+_WHOLE = "document"  # `applies_to = document`: one evaluation for the whole Forgefile
+
+
+# -- the loaded policy --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Rule:
     id: str
     title: str
-    kinds: tuple[str, ...]
-    verdict: str  # "deny" or "warn"
+    kinds: tuple[str, ...]  # () for a rule that applies to the whole document
+    verdict: str  # "deny", "warn" or "info"
     condition: Expr
     message: Expr
     severity: str
-    enforcement: str
+    enforcement: str | None  # the rule's own default level, if it sets one
     controls: tuple[str, ...]
     remediation: str
     span: Span
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: Rule
-    address: str
-    message: str
-    span: Span
-    blocking: bool
+    pack: str = ""  # "" for a project's own rules
+    bindings: tuple[tuple[str, Expr], ...] = ()  # `let NAME = EXPR`, once per evaluation
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "rule": self.rule.id,
-            "severity": self.rule.severity,
-            "enforcement": self.rule.enforcement,
-            "verdict": self.rule.verdict,
-            "blocking": self.blocking,
-            "resource": self.address,
-            "message": self.message,
+            "id": self.id,
+            "title": self.title,
+            "pack": self.pack,
+            "severity": self.severity,
+            "verdict": self.verdict,
+            "enforcement": self.enforcement or "",
+            "applies_to": list(self.kinds) or [_WHOLE],
+            "controls": list(self.controls),
+            "remediation": self.remediation,
             "span": self.span.to_json(),
-            "rule_span": self.rule.span.to_json(),
-            "controls": list(self.rule.controls),
-            "remediation": self.rule.remediation,
         }
 
 
 @dataclass(frozen=True)
-class Verdict:
-    findings: tuple[Finding, ...]
-    evaluated: int
-    digest: str
+class Pack:
+    """A folder of rule files with a `pack "NAME" { ... }` header, pinned by its digest."""
 
-    @property
-    def blocked(self) -> bool:
-        return any(f.blocking for f in self.findings)
+    name: str
+    title: str
+    enforcement: str  # the default level of its rules
+    digest: str
+    span: Span
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "digest": self.digest, "enforcement": self.enforcement}
+
+
+@dataclass(frozen=True)
+class Enforce:
+    """The project's level for a rule or a whole pack; `warn_until` phases a rule in."""
+
+    target: str
+    level: str
+    warn_until: dt.date | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Override:
+    """`--override RULE[@ADDRESS]=REASON`: an identity lets soft findings pass, for this plan."""
+
+    rule: str
+    resource: str  # "" for every resource the rule fires on
+    reason: str
+    identity: str
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "verdict": "block" if self.blocked else "pass",
-            "digest": self.digest,
-            "evaluated": self.evaluated,
-            "findings": [f.to_json() for f in self.findings],
+            "rule": self.rule,
+            "resource": self.resource,
+            "reason": self.reason,
+            "identity": self.identity,
         }
+
+
+@dataclass(frozen=True)
+class PolicyTest:
+    """A table-driven case: a Forgefile snippet, the rules that must fire and must not."""
+
+    name: str
+    forgefile: str
+    fires: tuple[str, ...]
+    passes: tuple[str, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...] = ()
+    packs: tuple[Pack, ...] = ()
+    enforce: tuple[Enforce, ...] = ()
+    waivers: tuple[ir.Waiver, ...] = ()
+    tests: tuple[PolicyTest, ...] = ()
+    digest: str = ""
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+
+# -- loading ------------------------------------------------------------------------------------
 
 
 @cache
 def _parser() -> lark.Lark:
     return lark.Lark.open_from_package(
-        "grammar", "policy.lark", parser="lalr", propagate_positions=True, maybe_placeholders=True
+        "grammar", "policy.lark", parser="lalr", maybe_placeholders=True
     )
 
 
@@ -129,53 +192,358 @@ def digest_of(files: Iterable[tuple[str, bytes]]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def load(files: list[Path], display: dict[Path, str] | None = None) -> tuple[list[Rule], str]:
-    """Parse and check rule files; returns the rules and the digest of the files' bytes."""
-    rules: list[Rule] = []
-    contents: list[tuple[str, bytes]] = []
+def load_policy(paths: Sequence[Path], display: dict[Path, str] | None = None) -> Policy:
+    """Load the project's policy files and every pack they use (or that `paths` name).
+
+    A folder holding a `pack` block is a pack; its rules carry the pack's name and default
+    level. Other files are the project's: its own rules, `policy { packs = [...] }`,
+    `enforce`, `waiver` and `test` blocks. The digest covers every file read.
+    """
     out = Collector()
-    for path in files:
-        shown = (display or {}).get(path, str(path))
+    loader = _Loader(out, display or {})
+    for path in paths:
+        loader.source(path)
+    policy = loader.finish()
+    out.raise_if_errors()
+    return policy
+
+
+def load(files: list[Path], display: dict[Path, str] | None = None) -> tuple[list[Rule], str]:
+    """Parse and check rule files on their own; returns the rules and the files' digest."""
+    policy = load_policy(files, display)
+    return list(policy.rules), policy.digest
+
+
+class _Loader:
+    """Reads policy files and packs once each, collecting every problem before raising."""
+
+    def __init__(self, out: Collector, display: dict[Path, str]) -> None:
+        self.out = out
+        self.display = display
+        self.rules: list[Rule] = []
+        self.packs: dict[str, Pack] = {}
+        self.enforce: list[Enforce] = []
+        self.waivers: list[ir.Waiver] = []
+        self.tests: list[PolicyTest] = []
+        self.contents: list[tuple[str, bytes]] = []
+        self.seen: set[Path] = set()
+
+    def source(self, path: Path) -> None:
+        """A file or folder given by the user: a pack if it has a header, else project files."""
+        files = policy_files([path])
+        if path.is_dir():
+            self.folder(path.resolve(), files)
+        else:
+            for file in files:
+                self.file(file, "")
+
+    def folder(self, folder: Path, files: list[Path]) -> None:
+        if folder in self.seen:
+            return
+        self.seen.add(folder)
+        parsed = [(f, *self.parse(f)) for f in files]
+        headers = [
+            (f, node) for f, tree, _ in parsed if tree for node in tree if _is_block(node, "pack")
+        ]
+        files_data = [(f.name, data) for f, _, data in parsed]
+        pack = self.pack_header(folder, headers, files_data)
+        # Names in the digest do not depend on where the checkout is: a pack's files by pack.
+        group = f"pack:{pack.name}/" if pack else ""
+        self.contents.extend((group + name, data) for name, data in files_data)
+        for file, tree, _ in parsed:
+            if tree is not None:
+                self.items(file, tree, pack.name if pack else "")
+
+    def pack_header(
+        self, folder: Path, headers: list[tuple[Path, Any]], data: list[tuple[str, bytes]]
+    ) -> Pack | None:
+        if not headers:
+            return None
+        file, node = headers[0]
+        shown = self.shown(file)
+        name = _label(node, shown) or folder.name
+        attrs = self.attributes(node, shown, "pack")
+        level = _string(attrs.get("enforcement"), "hard")
+        if level not in LEVELS:
+            self.out.error(
+                "R0005",
+                f"`{level}` is not one of {', '.join(LEVELS)}",
+                attrs["enforcement"].span,
+                suggest(level, LEVELS),
+            )
+        for extra, other in headers[1:]:
+            self.out.error(
+                "R0011",
+                f"the pack in {folder} has a second `pack` header",
+                span_of(other, self.shown(extra)),
+                "keep one `pack` block per folder",
+            )
+        pack = Pack(
+            name,
+            _string(attrs.get("title"), ""),
+            level,
+            digest_of(data),
+            span_of(node, shown),
+        )
+        if name in self.packs:
+            self.out.error("R0012", f"two packs are named `{name}`", pack.span, "rename one")
+        self.packs[name] = pack
+        return pack
+
+    def file(self, path: Path, pack: str) -> None:
+        tree, data = self.parse(path)
+        self.contents.append((path.name, data))
+        if tree is not None:
+            self.items(path, tree, pack)
+
+    def parse(self, path: Path) -> tuple[list[Any] | None, bytes]:
+        shown = self.shown(path)
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise DiagnosticError(
-                [Diagnostic("R0000", f"cannot read policy {path}: {exc.strerror}", None)]
-            ) from None
-        contents.append((path.name, data))
-        rules.extend(_rules(data.decode("utf-8", errors="replace"), shown, out))
-    seen: dict[str, Rule] = {}
-    for rule in rules:
-        if rule.id in seen:
-            out.error("R0010", f"rule `{rule.id}` is declared twice", rule.span, "rename one")
-        seen[rule.id] = rule
-    out.raise_if_errors()
-    return rules, digest_of(contents)
+            self.out.error("R0000", f"cannot read policy {shown}: {exc.strerror}", None)
+            return None, b""
+        text = data.decode("utf-8", errors="replace")
+        try:
+            tree = _parser().parse(text)
+        except lark.exceptions.UnexpectedInput as exc:
+            self.out.items.append(syntax_diagnostic(exc, text, shown))
+            return None, data
+        return list(tree.children), data
+
+    def shown(self, path: Path) -> str:
+        return self.display.get(path, str(path))
+
+    def items(self, path: Path, tree: list[Any], pack: str) -> None:
+        shown = self.shown(path)
+        for node in tree:
+            if node.data == "rule":
+                rule = _rule(node, shown, self.out, pack)
+                if rule is not None:
+                    self.rules.append(rule)
+                continue
+            kind = str(node.children[0])
+            if kind not in _BLOCKS:
+                self.out.error(
+                    "R0020",
+                    f"unknown block `{kind}` in a policy file",
+                    span_of(node.children[0], shown),
+                    suggest(kind, ["rule", *_BLOCKS]) or f"blocks: rule, {', '.join(_BLOCKS)}",
+                )
+                continue
+            if kind == "pack":
+                continue  # read by folder()
+            if pack and kind != "test":
+                self.out.error(
+                    "R0013",
+                    f"a `{kind}` block belongs to a project's policy, not to pack `{pack}`",
+                    span_of(node.children[0], shown),
+                    "move it to the project's policy folder",
+                )
+                continue
+            getattr(self, f"_{kind}")(node, path, shown)
+
+    def attributes(self, node: Any, shown: str, kind: str) -> dict[str, Expr]:
+        required, optional = _BLOCKS[kind]
+        attrs: dict[str, Expr] = {}
+        for item in node.children[1:]:
+            if not isinstance(item, lark.Tree) or item.data != "attribute":
+                continue
+            name, expr = item.children
+            if str(name) not in required + optional:
+                known = required + optional
+                self.out.error(
+                    "R0001",
+                    f"a `{kind}` block has no attribute `{name}`",
+                    span_of(name, shown),
+                    suggest(str(name), known) or f"its attributes: {', '.join(known)}",
+                )
+                continue
+            attrs[str(name)] = expression_from_tree(expr, shown)
+        for needed in required:
+            if needed not in attrs:
+                self.out.error(
+                    "R0003",
+                    f"a `{kind}` block needs `{needed}`",
+                    span_of(node, shown),
+                    f"add `{needed} = ...`",
+                )
+        return attrs
+
+    def _policy(self, node: Any, path: Path, shown: str) -> None:
+        attrs = self.attributes(node, shown, "policy")
+        packs = attrs.get("packs")
+        if packs is None:
+            return
+        for name, span in _strings(packs, self.out, "packs lists pack names or folders"):
+            folder = self.pack_folder(name, path.parent)
+            if folder is None:
+                known = stdlib.policy_packs()
+                self.out.error(
+                    "R0014",
+                    f"no policy pack `{name}`",
+                    span,
+                    suggest(name, known)
+                    or f"Forge ships: {', '.join(known)}; or name a folder of *.policy files",
+                )
+                continue
+            self.folder(folder, policy_files([folder]))
+
+    def pack_folder(self, name: str, base: Path) -> Path | None:
+        if "/" not in name and name in stdlib.policy_packs():
+            return Path(str(stdlib.policy_pack(name))).resolve()
+        folder = (base / name).resolve()
+        return folder if folder.is_dir() else None
+
+    def _enforce(self, node: Any, path: Path, shown: str) -> None:
+        attrs = self.attributes(node, shown, "enforce")
+        target = _label(node, shown)
+        level = _string(attrs.get("level"), "")
+        span = span_of(node, shown)
+        if "level" in attrs and level not in LEVELS:
+            self.out.error(
+                "R0005",
+                f"`{level}` is not one of {', '.join(LEVELS)}",
+                attrs["level"].span,
+                suggest(level, LEVELS),
+            )
+            return
+        until = None
+        if "warn_until" in attrs:
+            until = _date(attrs["warn_until"], self.out)
+        if target and level:
+            self.enforce.append(Enforce(target, level, until, span))
+
+    def _waiver(self, node: Any, path: Path, shown: str) -> None:
+        attrs = self.attributes(node, shown, "waiver")
+        if len(attrs) < len(_BLOCKS["waiver"][0]):
+            return
+        expires = _date(attrs["expires"], self.out)
+        if expires is None:
+            return
+        self.waivers.append(
+            ir.Waiver(
+                span_of(node, shown),
+                tuple((k, v.span) for k, v in attrs.items()),
+                name=_label(node, shown),
+                rule=_string(attrs["rule"], ""),
+                resource=_string(attrs["resource"], ""),
+                reason=_string(attrs["reason"], ""),
+                owner=_string(attrs["owner"], ""),
+                expires=expires.isoformat(),
+                source="file",
+            )
+        )
+
+    def _test(self, node: Any, path: Path, shown: str) -> None:
+        attrs = self.attributes(node, shown, "test")
+        if "forgefile" not in attrs:
+            return
+        lists = {
+            key: tuple(name for name, _ in _strings(attrs[key], self.out, f"{key} lists rule ids"))
+            for key in ("fires", "passes")
+            if key in attrs
+        }
+        self.tests.append(
+            PolicyTest(
+                _label(node, shown),
+                _string(attrs["forgefile"], ""),
+                lists.get("fires", ()),
+                lists.get("passes", ()),
+                span_of(node, shown),
+            )
+        )
+
+    def finish(self) -> Policy:
+        seen: dict[str, Rule] = {}
+        for rule in self.rules:
+            if rule.id in seen:
+                self.out.error(
+                    "R0010", f"rule `{rule.id}` is declared twice", rule.span, "rename one"
+                )
+            seen[rule.id] = rule
+        targets = [*seen, *self.packs]
+        for entry in self.enforce:
+            if entry.target not in targets:
+                self.out.error(
+                    "R0021",
+                    f'`enforce "{entry.target}"` names no loaded rule or pack',
+                    entry.span,
+                    suggest(entry.target, targets) or "name a rule id or a pack",
+                )
+        for test in self.tests:
+            for rule_id in (*test.fires, *test.passes):
+                if rule_id not in seen:
+                    self.out.error(
+                        "R0022",
+                        f"test `{test.name}` names no loaded rule `{rule_id}`",
+                        test.span,
+                        suggest(rule_id, seen) or "name a rule id",
+                    )
+        return Policy(
+            tuple(self.rules),
+            tuple(self.packs.values()),
+            tuple(self.enforce),
+            tuple(self.waivers),
+            tuple(self.tests),
+            digest_of(self.contents),
+        )
 
 
-def _rules(text: str, path: str, out: Collector) -> list[Rule]:
+def _is_block(node: Any, kind: str) -> bool:
+    return bool(node.data == "block" and str(node.children[0]) == kind)
+
+
+def _label(node: Any, shown: str) -> str:
+    label = node.children[1]
+    if label is None or isinstance(label, lark.Tree) or label.type != "STRING":
+        return ""
+    return _literal_string(string_from_token(label, shown))
+
+
+def _string(expr: Expr | None, default: str) -> str:
+    if expr is None:
+        return default
+    return str(evaluate(expr, Scope()))
+
+
+def _strings(expr: Expr, out: Collector, hint: str) -> list[tuple[str, Span]]:
+    if not isinstance(expr, ListExpr):
+        out.error("R0008", "expected a list of strings", expr.span, hint)
+        return []
+    found = []
+    for item in expr.items:
+        if isinstance(item, Literal) and isinstance(item.value, str):
+            found.append((item.value, item.span))
+        else:
+            out.error("R0008", "expected a string", item.span, hint)
+    return found
+
+
+def _date(expr: Expr, out: Collector) -> dt.date | None:
+    text = _string(expr, "")
     try:
-        tree = _parser().parse(text)
-    except lark.exceptions.UnexpectedInput as exc:
-        raise DiagnosticError([syntax_diagnostic(exc, text, path)]) from None
-    rules = []
-    for node in tree.children:
-        rule = _rule(node, path, out)
-        if rule is not None:
-            rules.append(rule)
-    return rules
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        out.error("R0015", f"`{text}` is not a date", expr.span, 'write it as "YYYY-MM-DD"')
+        return None
 
 
-def _rule(node: Any, path: str, out: Collector) -> Rule | None:
+def _rule(node: Any, path: str, out: Collector, pack: str) -> Rule | None:
     _keyword, label, _open, *items, _close = node.children
     span = span_of(node, path)
     rule_id = _literal_string(string_from_token(label, path))
     attrs: dict[str, tuple[Expr, Span]] = {}
     conditions: list[tuple[str, Expr]] = []
+    bindings: list[tuple[str, Expr]] = []
     for item in items:
         if item.data == "condition":
             verdict, expr = item.children
             conditions.append((str(verdict), expression_from_tree(expr, path)))
+            continue
+        if item.data == "binding":
+            _let, name, expr = item.children
+            bindings.append((str(name), expression_from_tree(expr, path)))
             continue
         name, expr = item.children
         item_span = span_of(name, path)
@@ -192,7 +560,7 @@ def _rule(node: Any, path: str, out: Collector) -> Rule | None:
     if len(conditions) != 1:
         out.error(
             "R0002",
-            f"rule `{rule_id}` needs exactly one `deny when` or `warn when`",
+            f"rule `{rule_id}` needs exactly one `deny when`, `warn when` or `info when`",
             span,
             "add `deny when <condition>`",
         )
@@ -205,9 +573,11 @@ def _rule(node: Any, path: str, out: Collector) -> Rule | None:
     kinds = _kinds(attrs["applies_to"], out)
     # No CallContext: a verdict must not depend on the host's files or environment.
     scope = Scope()
-    severity = _choice(attrs["severity"], SEVERITIES, scope, out)
-    enforcement = _choice(attrs.get("enforcement"), ENFORCEMENT, scope, out, default="hard")
+    severity = _choice(attrs["severity"], SEVERITIES, scope, out) or "info"
+    enforcement = _choice(attrs.get("enforcement"), LEVELS, scope, out) or None
     verdict, condition = conditions[0]
+    for _, expr in bindings:
+        _check_fields(expr, kinds, out)
     _check_fields(condition, kinds, out)
     _check_fields(attrs["message"][0], kinds, out)
     controls = evaluate(attrs["controls"][0], scope) if "controls" in attrs else []
@@ -223,6 +593,8 @@ def _rule(node: Any, path: str, out: Collector) -> Rule | None:
         controls=tuple(str(c) for c in controls),
         remediation=_plain(attrs.get("remediation"), scope),
         span=span,
+        pack=pack,
+        bindings=tuple(bindings),
     )
 
 
@@ -236,6 +608,8 @@ def _plain(entry: tuple[Expr, Span] | None, scope: Scope) -> str:
 
 def _kinds(entry: tuple[Expr, Span], out: Collector) -> tuple[str, ...]:
     expr, _ = entry
+    if isinstance(expr, Variable) and expr.name == _WHOLE:
+        return ()
     names = [i for i in getattr(expr, "items", (expr,))]
     kinds = []
     for item in names:
@@ -244,9 +618,9 @@ def _kinds(entry: tuple[Expr, Span], out: Collector) -> tuple[str, ...]:
             known = list(RESOURCE_KINDS)
             out.error(
                 "R0004",
-                "applies_to lists resource kinds, such as [service, job]",
+                "applies_to lists resource kinds, such as [service, job], or is `document`",
                 item.span,
-                suggest(str(name), known) or f"kinds: {', '.join(known)}",
+                suggest(str(name), [*known, _WHOLE]) or f"kinds: {', '.join(known)}",
             )
             continue
         kinds.append(name)
@@ -258,10 +632,9 @@ def _choice(
     allowed: tuple[str, ...],
     scope: Scope,
     out: Collector,
-    default: str = "",
 ) -> str:
     if entry is None:
-        return default
+        return ""
     value = evaluate(entry[0], scope)
     if value not in allowed:
         out.error(
@@ -270,7 +643,7 @@ def _choice(
             entry[0].span,
             suggest(str(value), allowed),
         )
-        return default
+        return ""
     return str(value)
 
 
@@ -282,13 +655,15 @@ def _check_fields(expr: Expr, kinds: tuple[str, ...], out: Collector) -> None:
             isinstance(node, GetAttr)
             and isinstance(node.target, Variable)
             and node.target.name == "resource"
-            and node.name not in fields
+            and (node.name not in fields or not kinds)
         ):
             out.error(
                 "R0006",
-                f"resources of kind {', '.join(kinds)} have no field `{node.name}`",
+                f"resources of kind {', '.join(kinds)} have no field `{node.name}`"
+                if kinds
+                else "a rule that applies to the document has no `resource`; read `document`",
                 node.span,
-                suggest(node.name, fields),
+                suggest(node.name, fields) if kinds else "",
             )
         if isinstance(node, Call) and node.name not in functions.NAMES:
             out.error(
@@ -308,40 +683,291 @@ def _fields(kind: str) -> set[str]:
     return fields
 
 
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: Rule
+    address: str
+    message: str
+    span: Span
+    status: str = "blocking"  # blocking, warning, info, waived or overridden
+    level: str = "hard"  # the enforcement level that applied
+    waiver: ir.Waiver | None = None
+    override: Override | None = None
+    rollout: str = ""  # "advisory until 2027-01-31, then hard"
+    error: bool = False  # the rule could not be evaluated: it blocks, whatever its level
+
+    @property
+    def blocking(self) -> bool:
+        return self.status == "blocking"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule.id,
+            "pack": self.rule.pack,
+            "severity": self.rule.severity,
+            "verdict": self.rule.verdict,
+            "enforcement": self.level,
+            "status": self.status,
+            "blocking": self.blocking,
+            "resource": self.address,
+            "message": self.message,
+            "span": self.span.to_json(),
+            "rule_span": self.rule.span.to_json(),
+            "controls": list(self.rule.controls),
+            "remediation": self.rule.remediation,
+            "waiver": self.waiver.to_json() if self.waiver else None,
+            "override": self.override.to_json() if self.override else None,
+            "rollout": self.rollout,
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with the policy's own state: an expired waiver, an orphaned one."""
+
+    kind: str  # expired-waiver, orphaned-waiver, unused-override, nothing-evaluated
+    severity: str  # error (blocks) or warning
+    message: str
+    span: Span | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+            "span": self.span.to_json() if self.span else None,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    findings: tuple[Finding, ...]
+    evaluated: int
+    digest: str
+    problems: tuple[Problem, ...] = ()
+    packs: tuple[Pack, ...] = ()
+    rules: tuple[Rule, ...] = field(default=(), repr=False)
+
+    @property
+    def blocked(self) -> bool:
+        return any(f.blocking for f in self.findings) or any(
+            p.severity == "error" for p in self.problems
+        )
+
+    def count(self, status: str) -> int:
+        return sum(1 for f in self.findings if f.status == status)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": "block" if self.blocked else "pass",
+            "digest": self.digest,
+            "evaluated": self.evaluated,
+            "counts": {
+                "blocking": self.count("blocking"),
+                "warnings": self.count("warning"),
+                "info": self.count("info"),
+                "waived": self.count("waived"),
+                "overridden": self.count("overridden"),
+            },
+            "packs": [p.to_json() for p in self.packs],
+            "findings": [f.to_json() for f in self.findings],
+            "problems": [p.to_json() for p in self.problems],
+            "waivers": [f.waiver.to_json() for f in self.findings if f.waiver],
+            "overrides": [f.override.to_json() for f in self.findings if f.override],
+        }
+
+
+def judge(
+    policy: Policy,
+    doc: ir.Document,
+    today: dt.date,
+    overrides: Sequence[Override] = (),
+) -> Verdict:
+    """Evaluate every rule, then apply enforcement levels, waivers and overrides."""
+    raw, evaluated = _evaluate(policy.rules, doc)
+    packs = {p.name: p for p in policy.packs}
+    waivers = [*doc.waivers, *policy.waivers]
+    live = [w for w in waivers if dt.date.fromisoformat(w.expires) >= today]
+    problems = [
+        Problem(
+            "expired-waiver",
+            "error",
+            f"waiver `{w.name}` of rule {w.rule} for {w.resource} expired on {w.expires}",
+            w.span,
+        )
+        for w in waivers
+        if w not in live
+    ]
+    findings = [_settle(f, policy, packs, live, overrides, today) for f in raw]
+    used = {id(f.waiver) for f in findings if f.waiver}
+    problems += [
+        Problem(
+            "orphaned-waiver",
+            "warning",
+            f"waiver `{w.name}` excuses {w.resource} from rule {w.rule}, which it does not break"
+            if policy.rule(w.rule)
+            else f"waiver `{w.name}` names rule {w.rule}, which no loaded policy has",
+            w.span,
+        )
+        for w in live
+        if id(w) not in used
+    ]
+    problems += [
+        Problem(
+            "unused-override",
+            "warning",
+            f"--override {o.rule}{'@' + o.resource if o.resource else ''} matched no soft finding",
+            None,
+        )
+        for o in overrides
+        if not any(f.override is o for f in findings)
+    ]
+    if policy.rules and evaluated == 0:
+        problems.append(
+            Problem(
+                "nothing-evaluated",
+                "error",
+                "the policy evaluated no resource: its rules apply to kinds this Forgefile does "
+                "not declare, so a pass would mean nothing",
+                None,
+            )
+        )
+    return Verdict(
+        tuple(findings), evaluated, policy.digest, tuple(problems), policy.packs, policy.rules
+    )
+
+
 def evaluate_rules(rules: list[Rule], doc: ir.Document, digest: str) -> Verdict:
-    """Judge every resource a rule applies to; linear in rules times resources."""
+    """Judge with the rules alone: their own levels, no waivers or overrides (for tests)."""
+    policy = Policy(rules=tuple(rules), digest=digest)
+    return judge(policy, doc, dt.date.min)
+
+
+def level_of(rule: Rule, policy: Policy, packs: dict[str, Pack], today: dt.date) -> tuple[str, str]:
+    """The enforcement level that applies to `rule` today, and the rollout it is in, if any."""
+    entry = next((e for e in policy.enforce if e.target == rule.id), None) or next(
+        (e for e in policy.enforce if rule.pack and e.target == rule.pack), None
+    )
+    pack = packs.get(rule.pack)
+    level = (
+        (entry.level if entry else None)
+        or rule.enforcement
+        or (pack.enforcement if pack else "hard")
+    )
+    if entry is not None and entry.warn_until is not None:
+        rollout = f"advisory until {entry.warn_until.isoformat()}, then {level}"
+        if today <= entry.warn_until:
+            return "advisory", rollout
+        return level, rollout
+    return level, ""
+
+
+def _settle(
+    found: Finding,
+    policy: Policy,
+    packs: dict[str, Pack],
+    waivers: list[ir.Waiver],
+    overrides: Sequence[Override],
+    today: dt.date,
+) -> Finding:
+    rule = found.rule
+    level, rollout = level_of(rule, policy, packs, today)
+    if found.error:
+        return Finding(
+            rule, found.address, found.message, found.span, "blocking", level, error=True
+        )
+    waiver = next((w for w in waivers if w.rule == rule.id and w.resource == found.address), None)
+    if waiver is not None:
+        status = "waived"
+    elif rule.verdict == "info":
+        status = "info"
+    elif rule.verdict == "warn" or level == "advisory":
+        status = "warning"
+    elif level == "soft" and (override := _override_for(found, overrides)) is not None:
+        return Finding(
+            rule,
+            found.address,
+            found.message,
+            found.span,
+            "overridden",
+            level,
+            None,
+            override,
+            rollout,
+        )
+    else:
+        status = "blocking"
+    return Finding(
+        rule, found.address, found.message, found.span, status, level, waiver, None, rollout
+    )
+
+
+def _override_for(found: Finding, overrides: Sequence[Override]) -> Override | None:
+    return next(
+        (o for o in overrides if o.rule == found.rule.id and o.resource in ("", found.address)),
+        None,
+    )
+
+
+def _evaluate(rules: Sequence[Rule], doc: ir.Document) -> tuple[list[Finding], int]:
+    """Every rule over every resource it applies to: linear in rules times resources."""
     findings: list[Finding] = []
     evaluated = 0
     whole = doc.to_document()
-    for resource in doc.resources:
-        document = resource.to_document()
-        for rule in rules:
+    documents = [(r, r.to_document()) for r in doc.resources]
+    for rule in rules:
+        try:
+            base = _bindings(rule, whole)
+        except (DiagnosticError, TypeError) as exc:
+            findings.append(_failed(rule, "", f"its `let` bindings failed: {exc}", rule.span))
+            continue
+        if not rule.kinds:
+            evaluated += 1
+            findings.extend(_one(rule, Scope(bindings=base), "", _document_span(doc)))
+            continue
+        for resource, document in documents:
             if resource.kind not in rule.kinds:
                 continue
             evaluated += 1
-            scope = Scope(bindings={"resource": document, "document": whole})
-            try:
-                fired = evaluate(rule.condition, scope)
-                if not isinstance(fired, bool):
-                    raise TypeError(f"the condition gave a {type(fired).__name__}, not a bool")
-                message = str(evaluate(rule.message, scope)) if fired else ""
-            except (DiagnosticError, TypeError) as exc:
-                # Fail closed: a rule that cannot be evaluated blocks like one that fired.
-                findings.append(
-                    Finding(
-                        rule,
-                        resource.address,
-                        f"rule `{rule.id}` could not be evaluated: {exc}",
-                        resource.span,
-                        True,
-                    )
-                )
-                continue
-            if fired:
-                span = resource.span_of(_first_field(rule.condition) or "")
-                blocking = rule.verdict == "deny" and rule.enforcement != "advisory"
-                findings.append(Finding(rule, resource.address, message, span, blocking))
-    return Verdict(tuple(findings), evaluated, digest)
+            scope = Scope(bindings={**base, "resource": document})
+            field_span = resource.span_of(_first_field(rule.condition) or "")
+            findings.extend(_one(rule, scope, resource.address, field_span, resource.span))
+    return findings, evaluated
+
+
+def _bindings(rule: Rule, whole: dict[str, Any]) -> dict[str, Any]:
+    bound: dict[str, Any] = {_WHOLE: whole}
+    for name, expr in rule.bindings:
+        bound[name] = evaluate(expr, Scope(bindings=bound))
+    return bound
+
+
+def _one(
+    rule: Rule, scope: Scope, address: str, span: Span, error_span: Span | None = None
+) -> list[Finding]:
+    try:
+        fired = evaluate(rule.condition, scope)
+        if not isinstance(fired, bool):
+            raise TypeError(f"the condition gave a {type(fired).__name__}, not a bool")
+        if not fired:
+            return []
+        return [Finding(rule, address, str(evaluate(rule.message, scope)), span)]
+    except (DiagnosticError, TypeError) as exc:
+        # Fail closed: a rule that cannot be evaluated blocks like one that fired.
+        return [_failed(rule, address, str(exc), error_span or span)]
+
+
+def _failed(rule: Rule, address: str, why: str, span: Span) -> Finding:
+    return Finding(
+        rule, address, f"rule `{rule.id}` could not be evaluated: {why}", span, error=True
+    )
+
+
+def _document_span(doc: ir.Document) -> Span:
+    return Span(doc.path, 1, 1, 1, 1)
 
 
 def _first_field(expr: Expr) -> str | None:
@@ -353,3 +979,26 @@ def _first_field(expr: Expr) -> str | None:
         ):
             return node.name
     return None
+
+
+def explain_bindings(rule: Rule, doc: ir.Document, address: str) -> dict[str, Any]:
+    """The values a rule read for one resource: each `resource.X` it names, and its `let`s."""
+    resource = doc.resource(address)
+    document = resource.to_document() if resource else {}
+    read = sorted(
+        {
+            node.name
+            for expr in (rule.condition, rule.message, *(e for _, e in rule.bindings))
+            for node in subexpressions(expr)
+            if isinstance(node, GetAttr)
+            and isinstance(node.target, Variable)
+            and node.target.name == "resource"
+        }
+    )
+    values: dict[str, Any] = {f"resource.{name}": document.get(name) for name in read}
+    try:
+        bound = _bindings(rule, doc.to_document())
+        values.update({name: bound[name] for name, _ in rule.bindings})
+    except (DiagnosticError, TypeError) as exc:
+        values["(let bindings)"] = f"failed: {exc}"
+    return values

@@ -37,6 +37,11 @@ key_app = typer.Typer(
     help="Manage the keys that sign plans and the keys `apply` trusts.", no_args_is_help=True
 )
 app.add_typer(key_app, name="key")
+policy_app = typer.Typer(
+    help="Judge, test and explain policy: rules, packs, waivers and overrides.",
+    no_args_is_help=True,
+)
+app.add_typer(policy_app, name="policy")
 
 
 class _LazyConsole:
@@ -95,6 +100,22 @@ PolicyOption = Annotated[
 VarOption = Annotated[
     list[str] | None, typer.Option("--var", help="Set a variable: --var NAME=VALUE; repeatable.")
 ]
+OverrideOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--override",
+        help="Let a soft policy finding pass: --override RULE=REASON, or RULE@ADDRESS=REASON for "
+        "one resource; repeatable. Recorded in the plan with your identity.",
+    ),
+]
+IdentityOption = Annotated[
+    str | None,
+    typer.Option(
+        "--identity",
+        envvar="FORGE_IDENTITY",
+        help="Who gives the overrides [default: the login user].",
+    ),
+]
 HERE = Path(".")
 
 
@@ -146,7 +167,11 @@ def _project(
     state_dir: Path | None,
     policy: list[Path] | None = None,
     var: list[str] | None = None,
+    override: list[str] | None = None,
+    identity: str | None = None,
 ) -> Any:
+    import dataclasses
+
     from .project import Project
 
     variables = {}
@@ -156,7 +181,30 @@ def _project(
             err.print(f"[bold red]error:[/] --var {e(repr(item))} is not NAME=VALUE")
             raise typer.Exit(EXIT_DIAGNOSTIC)
         variables[name] = value
-    return Project.locate(file, state_dir, list(policy or []), variables)
+    project = Project.locate(file, state_dir, list(policy or []), variables)
+    if override:
+        project = dataclasses.replace(project, overrides=_overrides(override, identity))
+    return project
+
+
+def _overrides(items: list[str], identity: str | None) -> tuple[Any, ...]:
+    import getpass
+
+    from compiler.policy import Override
+
+    who = identity or getpass.getuser()
+    found = []
+    for item in items:
+        target, sep, reason = item.partition("=")
+        rule, _, address = target.partition("@")
+        if not sep or not rule or not reason.strip():
+            err.print(
+                f"[bold red]error:[/] --override {e(repr(item))} is not RULE=REASON "
+                "(a reason is required)"
+            )
+            raise typer.Exit(EXIT_DIAGNOSTIC)
+        found.append(Override(rule.strip(), address.strip(), reason.strip(), who))
+    return tuple(found)
 
 
 @app.callback()
@@ -182,6 +230,8 @@ def validate(
     state_dir: StateOption = None,
     policy: PolicyOption = None,
     var: VarOption = None,
+    override: OverrideOption = None,
+    identity: IdentityOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print diagnostics as JSON.")] = False,
 ) -> None:
     """Check the Forgefile and judge it against policy, without building or planning.
@@ -192,7 +242,7 @@ def validate(
 
     from .project import check
 
-    project = _project(file, state_dir, policy, var)
+    project = _project(file, state_dir, policy, var, override, identity)
     try:
         checked = check(project)
     except DiagnosticError as exc:
@@ -284,6 +334,8 @@ def plan(
     state_dir: StateOption = None,
     policy: PolicyOption = None,
     var: VarOption = None,
+    override: OverrideOption = None,
+    identity: IdentityOption = None,
     output: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Write the signed plan here, for `forge apply FILE`."),
@@ -307,7 +359,7 @@ def plan(
     """
     from .project import sign
 
-    project = _project(file, state_dir, policy, var)
+    project = _project(file, state_dir, policy, var, override, identity)
     document = _planned(project, destroy)
     if as_json:
         out.print_json(data=document)
@@ -401,6 +453,8 @@ def apply(
     state_dir: StateOption = None,
     policy: PolicyOption = None,
     var: VarOption = None,
+    override: OverrideOption = None,
+    identity: IdentityOption = None,
 ) -> None:
     """Carry out a plan: verify its signature, expiry, state and policy, then act.
 
@@ -416,7 +470,7 @@ def apply(
             raise typer.Exit(EXIT_DIAGNOSTIC) from None
         _run(_project(file, state_dir, policy, var), envelope)
         return
-    project = _project(file, state_dir, policy, var)
+    project = _project(file, state_dir, policy, var, override, identity)
     document = _planned(project, destroy=False)
     render.plan(out, document)
     if not _has_changes(document):
@@ -826,6 +880,167 @@ def key_list(
             for k in keys
         ],
     )
+
+
+# -- policy -----------------------------------------------------------------------------------
+
+FORMATS = ("text", "json", "sarif", "junit")
+
+
+@policy_app.command("check")
+@reports
+def policy_check(
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+    override: OverrideOption = None,
+    identity: IdentityOption = None,
+    format: Annotated[
+        str, typer.Option("--format", help="text, json, sarif (2.1.0) or junit.")
+    ] = "text",
+) -> None:
+    """Judge the Forgefile against its policy and print the verdict, for people or for CI.
+
+    Exit 3 when a finding blocks, 0 when the policy passes.
+    """
+    from compiler import reports
+
+    from .project import check
+
+    if format not in FORMATS:
+        err.print(f"[bold red]error:[/] --format is one of {', '.join(FORMATS)}, not {e(format)}")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    project = _project(file, state_dir, policy, var, override, identity)
+    verdict = check(project).verdict
+    if verdict is None:
+        err.print("No policy: add *.policy files to policy/ beside the Forgefile, or --policy.")
+        return
+    rules = [r.to_json() for r in verdict.rules]
+    if format == "json":
+        sys.stdout.write(json.dumps({"version": 1, **verdict.to_json(), "rules": rules}, indent=2))
+        sys.stdout.write("\n")
+    elif format == "sarif":
+        log = reports.sarif(verdict.to_json(), rules, VERSION, project.forgefile.parent)
+        sys.stdout.write(json.dumps(log, indent=2) + "\n")
+    elif format == "junit":
+        sys.stdout.write(reports.junit(verdict.to_json(), rules))
+    else:
+        render.findings(out, verdict)
+    if verdict.blocked:
+        raise typer.Exit(EXIT_POLICY)
+
+
+@policy_app.command("test")
+@reports
+def policy_test(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Policy files, folders or packs [default: the project's policy]."),
+    ] = None,
+    coverage: Annotated[
+        bool, typer.Option("--coverage", help="Report which rules no case makes fire.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    file: FileOption = HERE,
+) -> None:
+    """Run the `test` blocks of policy files: Forgefile snippets and the rules that must fire.
+
+    Exit 1 when a case fails, or with --coverage when a rule has no case that makes it fire.
+    """
+    from compiler import policy as policies
+    from compiler.policy_cases import coverage as measure
+    from compiler.policy_cases import run_cases
+
+    project = _project(file, None)
+    loaded = policies.load_policy(list(paths or project.policy_paths))
+    results = run_cases(loaded)
+    covered = measure(loaded, results)
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        data: dict[str, Any] = {"version": 1, "cases": [r.to_json() for r in results]}
+        if coverage:
+            data["coverage"] = covered.to_json()
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        for result in results:
+            mark = "[green]pass[/]" if result.passed else "[bold red]FAIL[/]"
+            out.print(f"{mark} {e(result.test.name)} [dim]({e(result.test.span)})[/]")
+            for problem in result.problems:
+                out.print(f"     {e(problem)}")
+        out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed.")
+        if coverage:
+            out.print(
+                f"coverage: {covered.percent:.0f}% of {len(covered.rules)} rules fire in a case"
+                + (f"; never: {e(', '.join(covered.uncovered))}" if covered.uncovered else "")
+            )
+    if failed or (coverage and covered.uncovered):
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+
+
+@policy_app.command("explain")
+@reports
+def policy_explain(
+    finding: Annotated[str, typer.Argument(help="RULE@ADDRESS, e.g. FRG-C001@service.web.")],
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+) -> None:
+    """Show a rule, the values it read from one resource, and why it fired or did not."""
+    from compiler import policy as policies
+
+    from .project import check
+
+    rule_id, _, address = finding.partition("@")
+    project = _project(file, state_dir, policy, var)
+    checked = check(project)
+    verdict = checked.verdict
+    rule = next((r for r in verdict.rules if r.id == rule_id), None) if verdict else None
+    if verdict is None or rule is None:
+        known = [r.id for r in verdict.rules] if verdict else []
+        from forgefile.diagnostics import suggest
+
+        err.print(f"[bold red]error:[/] no loaded rule `{e(rule_id)}`")
+        if hint := suggest(rule_id, known):
+            err.print(f"  [green]hint:[/] {e(hint)}")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    out.print(f"[bold]{e(rule.id)}[/] {e(rule.title)} [dim]({e(rule.span)})[/]")
+    out.print(
+        f"  pack {e(rule.pack or '(project)')}, severity {e(rule.severity)}, "
+        f"applies to {e(', '.join(rule.kinds) or 'the document')}"
+    )
+    for line in render.source_lines(rule.span):
+        out.print(f"  [dim]{e(line)}[/]")
+    if address:
+        if not rule.kinds:
+            address = ""
+        elif checked.doc.resource(address) is None:
+            err.print(f"[bold red]error:[/] no resource `{e(address)}` in {e(project.forgefile)}")
+            raise typer.Exit(EXIT_DIAGNOSTIC)
+        out.print(f"[bold]values read from {e(address or 'the document')}:[/]")
+        for name, value in policies.explain_bindings(rule, checked.doc, address).items():
+            out.print(f"  {e(name)} = {e(json.dumps(value, default=str))}")
+    matching = [
+        f
+        for f in verdict.findings
+        if f.rule.id == rule.id and (not address or f.address == address)
+    ]
+    if not matching:
+        out.print(
+            "[green]result:[/] the rule does not fire" + (f" on {e(address)}" if address else "")
+        )
+    for f in matching:
+        out.print(
+            f"[bold]result:[/] fires on {e(f.address or 'the document')}: {e(f.message)} "
+            f"[dim](status {e(f.status)}, level {e(f.level)})[/]"
+        )
+        if f.rollout:
+            out.print(f"  rollout: {e(f.rollout)}")
+        if f.waiver:
+            out.print(
+                f"  waived by {e(f.waiver.name)} until {e(f.waiver.expires)}: {e(f.waiver.reason)}"
+            )
 
 
 def main() -> None:

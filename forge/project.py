@@ -39,6 +39,8 @@ class Project:
     state_dir: Path
     policy_paths: tuple[Path, ...]
     variables: dict[str, str]
+    # `--override RULE[@ADDRESS]=REASON`: soft findings this plan lets pass, and who said so.
+    overrides: tuple[policy.Override, ...] = ()
 
     @classmethod
     def locate(
@@ -88,19 +90,24 @@ def check(project: Project) -> Checked:
     return Checked(doc, warnings, verdict)
 
 
-def judge(project: Project, doc: ir.Document) -> policy.Verdict | None:
-    files = policy.policy_files(project.policy_paths)
-    if not files:
+def load_policy(project: Project) -> policy.Policy | None:
+    """The project's policy files and the packs they use; None when there are none."""
+    if not policy.policy_files(project.policy_paths):
         return None
-    rules, digest = policy.load(files)
-    return policy.evaluate_rules(rules, doc, digest)
+    return policy.load_policy(list(project.policy_paths))
+
+
+def judge(project: Project, doc: ir.Document) -> policy.Verdict | None:
+    """Judge the IR against the project's policy, as of today (UTC: waivers end by date)."""
+    loaded = load_policy(project)
+    if loaded is None:
+        return None
+    return policy.judge(loaded, doc, datetime.now(UTC).date(), project.overrides)
 
 
 def policy_digest(project: Project) -> str | None:
-    files = policy.policy_files(project.policy_paths)
-    if not files:
-        return None
-    return policy.digest_of((f.name, f.read_bytes()) for f in files)
+    loaded = load_policy(project)
+    return loaded.digest if loaded else None
 
 
 def build(project: Project, doc: ir.Document) -> dict[str, ImageFacts]:

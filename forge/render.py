@@ -69,6 +69,12 @@ def code_frame(span: Span, context: int = 1) -> list[str]:
     return out
 
 
+def source_lines(span: Span) -> list[str]:
+    """The lines of a file that a span covers, as written."""
+    lines = _lines(span.file)
+    return lines[span.line - 1 : span.end_line]
+
+
 def _window(line: str, start: int) -> str:
     shown = line[start : start + FRAME_WIDTH]
     return ("…" if start else "") + shown + ("…" if len(line) > start + FRAME_WIDTH else "")
@@ -92,15 +98,37 @@ def diagnostic(console: Console, d: Diagnostic) -> None:
         console.print(f"  [green]hint:[/] {escape(d.hint)}")
 
 
+_STATUS = {
+    "blocking": ("error", "bold red"),
+    "warning": ("warning", "bold yellow"),
+    "info": ("info", "bold cyan"),
+    "waived": ("waived", "dim"),
+    "overridden": ("overridden", "bold magenta"),
+}
+
+
 def findings(console: Console, verdict: Verdict) -> None:
     for f in verdict.findings:
-        level = "error" if f.blocking else "warning"
-        style = _STYLE[level]
+        word, style = _STATUS[f.status]
         console.print(
-            f"[bold]{escape(str(f.span))}:[/] [{style}]policy {level}[/] "
-            f"[dim]{escape(f'[{f.rule.id} {f.rule.severity}/{f.rule.enforcement}]')}[/] "
+            f"[bold]{escape(str(f.span))}:[/] [{style}]policy {word}[/] "
+            f"[dim]{escape(f'[{f.rule.id} {f.rule.severity}/{f.level}]')}[/] "
             f"{escape(f.message)}"
         )
+        if f.waiver:
+            console.print(
+                f"  [dim]waived by `{escape(f.waiver.name)}` ({escape(str(f.waiver.span))}) until "
+                f"{escape(f.waiver.expires)}, owner {escape(f.waiver.owner)}: "
+                f"{escape(f.waiver.reason)}[/]"
+            )
+            continue
+        if f.override:
+            console.print(
+                f"  [magenta]overridden by {escape(f.override.identity)}:[/] "
+                f"{escape(f.override.reason)}"
+            )
+        if f.rollout:
+            console.print(f"  [dim]rollout: {escape(f.rollout)}[/]")
         for line in code_frame(f.span, context=0):
             console.print(line)
         console.print(
@@ -110,6 +138,16 @@ def findings(console: Console, verdict: Verdict) -> None:
         )
         if f.rule.remediation:
             console.print(f"  [green]fix:[/] {escape(f.rule.remediation)}")
+    for p in verdict.problems:
+        word, style = ("error", "bold red") if p.severity == "error" else ("warning", "bold yellow")
+        where = f"{escape(str(p.span))}: " if p.span else ""
+        console.print(f"[bold]{where}[/][{style}]policy {word}[/] {escape(p.message)}")
+    counts = {s: verdict.count(s) for s in ("blocking", "warning", "waived", "overridden")}
+    console.print(
+        f"[dim]policy: {verdict.evaluated} evaluation(s); "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + "[/]"
+    )
 
 
 def plan(console: Console, document: dict[str, Any]) -> None:

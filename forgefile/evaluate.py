@@ -458,9 +458,15 @@ def _for(expr: ForExpr, scope: Scope) -> Any:
             results_list.append(evaluate(expr.body, inner))
         else:
             out_key = _key(evaluate(expr.key, inner), expr.key.span)
+            if expr.group:
+                results_map.setdefault(out_key, []).append(evaluate(expr.body, inner))
+                continue
             if out_key in results_map:
                 raise EvalError(
-                    "E0216", f"the `for` expression makes the key `{out_key}` twice", expr.key.span
+                    "E0216",
+                    f"the `for` expression makes the key `{out_key}` twice",
+                    expr.key.span,
+                    "to gather the values of one key into a list, end the value with `...`",
                 )
             results_map[out_key] = evaluate(expr.body, inner)
     return results_list if expr.key is None else results_map

@@ -318,7 +318,7 @@ class _Layout:
         open_, *words, close = (c for c in tree.children if c is not None)
         self.token(open_)
         for i, word in enumerate(words):
-            if i and not (isinstance(word, lark.Token) and word == ","):
+            if i and not (isinstance(word, lark.Token) and word in (",", "...")):
                 self.text(" ")
             self.part(word)
         self.token(close)

@@ -190,6 +190,31 @@ class Output(Node):
     sensitive: bool = False
 
 
+@dataclass(frozen=True)
+class Waiver(Node):
+    """An exception to one policy rule for one resource, until a date, with who and why."""
+
+    name: str = ""
+    rule: str = ""
+    resource: str = ""  # the address waived
+    reason: str = ""
+    owner: str = ""
+    expires: str = ""  # YYYY-MM-DD: the waiver holds through that day (UTC)
+    source: str = "forgefile"  # or "file": a waiver block in a policy file
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.name,
+            "rule": self.rule,
+            "resource": self.resource,
+            "reason": self.reason,
+            "owner": self.owner,
+            "expires": self.expires,
+            "source": self.source,
+            "span": self.span.to_json(),
+        }
+
+
 RESOURCE_CLASSES: dict[str, type[Resource]] = {
     cls.kind: cls for cls in (Image, Network, Volume, Service, Job, Wasm)
 }
@@ -215,6 +240,8 @@ class Document:
     module_outputs: Pairs = field(default=(), repr=False)
     # What lowering noticed but did not refuse: unused variables and locals.
     warnings: tuple[Diagnostic, ...] = ()
+    # `waiver` blocks: exceptions to policy rules, judged with the policy.
+    waivers: tuple[Waiver, ...] = ()
 
     def resource(self, address: str) -> Resource | None:
         return next((r for r in self.resources if r.address == address), None)

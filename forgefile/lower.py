@@ -8,6 +8,7 @@ attributes, duplicate addresses and unset variables.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import gc
 import hashlib
 import ipaddress
@@ -201,6 +202,7 @@ class Lowering:
         ]
         resources = [self._resolve_groups(r) for r in resources if r is not None]
         outputs = [self._output(b) for b in blocks.get("output", [])]
+        waivers = [self._waiver(b, scope) for b in blocks.get("waiver", [])]
         if self.inputs is not None:
             self._module_outputs(blocks.get("output", []))
         self._unused(variables)
@@ -222,6 +224,48 @@ class Lowering:
             module_outputs=tuple(sorted(self.modules.items())),
             warnings=tuple(d for d in self.errors.items if d.severity is Severity.WARNING)
             + tuple(w for child in self.imported for w in child.warnings),
+            waivers=tuple(w for w in waivers if w is not None)
+            + tuple(w for child in self.imported for w in child.waivers),
+        )
+
+    def _waiver(self, block: Block, scope: Scope) -> ir.Waiver | None:
+        """A `waiver` block: which rule and resource, until when, who and why."""
+        values = self._attributes(block, SCHEMAS["waiver"], scope)
+        if values is None:
+            return None
+        target = values["resource"]
+        if isinstance(target, ResourceRef):
+            address = target.address
+        elif isinstance(target, str) and target:
+            address = target
+        else:
+            self.errors.error(
+                "E0160",
+                "a waiver's `resource` is a reference, such as service.web",
+                dict(self._attr_spans(block)).get("resource", block.span),
+                "write resource = service.NAME (or the address as a string)",
+            )
+            return None
+        expires = str(values["expires"])
+        try:
+            datetime.date.fromisoformat(expires)
+        except ValueError:
+            self.errors.error(
+                "E0161",
+                f"`{expires}` is not a date",
+                dict(self._attr_spans(block)).get("expires", block.span),
+                'write the last day the waiver holds as "YYYY-MM-DD"',
+            )
+            return None
+        return ir.Waiver(
+            block.span,
+            self._attr_spans(block),
+            name=block.labels[0] if block.labels else "",
+            rule=str(values["rule"]),
+            resource=address,
+            reason=str(values["reason"]),
+            owner=str(values["owner"]),
+            expires=expires,
         )
 
     # -- modules --------------------------------------------------------------------------------

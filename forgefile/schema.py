@@ -530,9 +530,8 @@ SCHEMAS: dict[str, BlockSpec] = {
             Attr("resource", ANY, REQUIRED, "The resource waived, e.g. service.web."),
             Attr("reason", STRING, REQUIRED, "Why."),
             Attr("owner", STRING, REQUIRED, "Who answers for it."),
-            Attr("expires", STRING, REQUIRED, 'A date, e.g. "2027-01-31".'),
+            Attr("expires", STRING, REQUIRED, 'The last day it holds, e.g. "2027-01-31".'),
         ),
-        pending="waivers",
     ),
     "service": BlockSpec(
         "service",

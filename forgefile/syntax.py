@@ -108,6 +108,8 @@ class ForExpr(Expr):
     body: Expr
     key: Expr | None
     condition: Expr | None
+    # `{for s in xs : s.zone => s.name...}`: values with one key are gathered into a list.
+    group: bool = False
 
 
 def subexpressions(expr: Expr) -> Iterator[Expr]:
@@ -526,7 +528,7 @@ class _Builder:
         )
 
     def _for_map(self, node: Tree, span: Span) -> Expr:
-        _open, first, second, collection, key, body, condition, _close = node.children
+        _open, first, second, collection, key, body, group, condition, _close = node.children
         key_var, value_var = (str(first), str(second)) if second else (None, str(first))
         return ForExpr(
             span,
@@ -536,6 +538,7 @@ class _Builder:
             self.expr(body),
             self.expr(key),
             self.expr(condition) if condition is not None else None,
+            group is not None,
         )
 
     def _conditional(self, node: Tree, span: Span) -> Expr:
@@ -697,6 +700,7 @@ _TOKEN_WORDS = {
     "NEGATE": '"-"',
     "MINUS": '"-"',
     "BINARY_OP": "an operator",
+    "ELLIPSIS": '"..."',
     "QMARK": '"?"',
     "INT": "a number",
     "FLOAT": "a number",

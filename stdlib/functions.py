@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,22 @@ def _cidrsubnet(prefix: str, newbits: int, netnum: int) -> str:
     return str(subnets[netnum])
 
 
+def _flatten(value: object) -> list[Any]:
+    """Lists of lists, to any depth, as one list (Terraform's flatten)."""
+    items = _expect(value, list, "the argument")
+    flat: list[Any] = []
+    for item in items:
+        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    return flat
+
+
+def _regexall(pattern: str, text: str) -> list[Any]:
+    # Policy rules match untrusted values: a pattern is compiled once per call and Python's re
+    # has no catastrophic-backtracking guard, so patterns stay simple; MAX_STRING bounds input.
+    found = re.findall(_expect(pattern, str, "the pattern"), _expect(text, str, "the string"))
+    return [list(m) if isinstance(m, tuple) else m for m in found]
+
+
 def _length(value: object) -> int:
     if isinstance(value, str | list | dict):
         return len(value)
@@ -133,6 +150,13 @@ PURE: dict[str, Function] = {
         _expect(m, dict, "the map").get(k, *default) if default else _expect(m, dict, "the map")[k]
     ),
     "contains": lambda lst, v: v in _expect(lst, (list, dict), "the collection"),
+    "flatten": _flatten,
+    "distinct": lambda lst: list(dict.fromkeys(_expect(lst, list, "the argument"))),
+    "alltrue": lambda lst: all(_expect(v, bool, "each item") for v in _expect(lst, list, "it")),
+    "anytrue": lambda lst: any(_expect(v, bool, "each item") for v in _expect(lst, list, "it")),
+    "startswith": lambda s, p: _expect(s, str, "the string").startswith(_expect(p, str, "prefix")),
+    "endswith": lambda s, p: _expect(s, str, "the string").endswith(_expect(p, str, "suffix")),
+    "regexall": _regexall,
     "tostring": lambda v: str(v),
     "jsonencode": lambda v: json.dumps(v, sort_keys=True, separators=(",", ":")),
     "base64encode": lambda s: base64.b64encode(_expect(s, str, "the string").encode()).decode(),

@@ -1,0 +1,375 @@
+"""Enforcement kept apart from rule logic: pack defaults, project levels, rollouts, overrides,
+waivers (in the Forgefile and in policy files), joins, whole-document rules and the commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from compiler import policy
+from compiler.policy_cases import coverage, run_cases
+from forge.cli import app
+from forgefile.diagnostics import DiagnosticError
+from forgefile.lower import load
+from tests.conftest import REPO
+
+SARIF_SCHEMA = REPO.parent / "shared" / "schemas" / "sarif" / "sarif-schema-2.1.0.json"
+TODAY = dt.date(2026, 12, 3)
+runner = CliRunner()
+
+FORGEFILE = """\
+image "base" {
+  context = "."
+}
+
+service "web" {
+  image      = image.base
+  command    = ["httpd"]
+  privileged = true
+}
+
+service "api" {
+  image   = image.base
+  command = ["api"]
+  volumes = { "/data" = volume.shared }
+}
+
+service "worker" {
+  image   = image.base
+  command = ["work"]
+  volumes = { "/data" = volume.shared }
+}
+
+volume "shared" {}
+"""
+
+PACK = """\
+pack "house" {
+  title       = "House rules"
+  enforcement = "soft"
+}
+
+rule "H-privileged" {
+  title      = "No privileged containers"
+  applies_to = [service]
+  severity   = "critical"
+  deny when resource.privileged
+  message    = "${resource.address} runs privileged"
+}
+
+rule "H-shared-volume" {
+  title      = "No two services share a volume"
+  applies_to = [service]
+  severity   = "medium"
+  let mounts = flatten([
+    for r in document.resources : [for v in values(r.volumes) : { volume = v, by = r.address }]
+    if r.kind == "service"
+  ])
+  let users  = {for m in mounts : m.volume => m.by...}
+  deny when anytrue([for v in values(resource.volumes) : length(users[v]) > 1])
+  message    = "${resource.address} shares a volume with another service"
+}
+"""
+
+
+def project(tmp_path: Path, config: str = "", forgefile: str = FORGEFILE, pack: str = PACK) -> Path:
+    """A Forgefile, a pack folder `house` and the project's policy folder with `config`."""
+    (tmp_path / "Forgefile").write_text(forgefile)
+    (tmp_path / "house").mkdir(exist_ok=True)
+    (tmp_path / "house" / "rules.policy").write_text(pack)
+    (tmp_path / "policy").mkdir(exist_ok=True)
+    uses = 'policy {\n  packs = ["../house"]\n}\n'
+    (tmp_path / "policy" / "project.policy").write_text(uses + textwrap.dedent(config))
+    return tmp_path
+
+
+def verdict(
+    tmp_path: Path,
+    config: str = "",
+    forgefile: str = FORGEFILE,
+    today: dt.date = TODAY,
+    overrides: tuple[policy.Override, ...] = (),
+) -> policy.Verdict:
+    """Judge the project under `tmp_path` as of `today`."""
+    root = project(tmp_path, config, forgefile)
+    doc = load(root / "Forgefile", {}, environ={})
+    return policy.judge(policy.load_policy([root / "policy"]), doc, today, overrides)
+
+
+def statuses(v: policy.Verdict) -> dict[tuple[str, str], str]:
+    """(rule, resource) -> status of each finding."""
+    return {(f.rule.id, f.address): f.status for f in v.findings}
+
+
+def test_a_pack_sets_the_default_level_of_its_rules(tmp_path: Path) -> None:
+    """The pack says soft: its findings block (no override given), and carry the pack's name."""
+    v = verdict(tmp_path)
+    assert statuses(v)[("H-privileged", "service.web")] == "blocking"
+    assert all(f.level == "soft" and f.rule.pack == "house" for f in v.findings)
+    assert v.blocked
+    assert [p["name"] for p in v.to_json()["packs"]] == ["house"]
+
+
+def test_a_join_is_written_once_and_finds_both_sides(tmp_path: Path) -> None:
+    """The `let` grouping (`=> v...`) indexes volumes once; both sharers are found, not web."""
+    found = {a for (rule, a) in statuses(verdict(tmp_path)) if rule == "H-shared-volume"}
+    assert found == {"service.api", "service.worker"}
+
+
+def test_the_project_overrides_a_level_per_rule_and_per_pack(tmp_path: Path) -> None:
+    """`enforce "RULE"` beats `enforce "PACK"`, which beats the pack's default."""
+    config = """
+        enforce "house" { level = "advisory" }
+        enforce "H-privileged" { level = "hard" }
+    """
+    s = statuses(verdict(tmp_path, config))
+    assert s[("H-privileged", "service.web")] == "blocking"
+    assert s[("H-shared-volume", "service.api")] == "warning"
+
+
+def test_a_rollout_warns_until_its_date_then_blocks(tmp_path: Path) -> None:
+    """`warn_until`: advisory through that day, the level after it; the finding says so."""
+    config = 'enforce "H-privileged" {\n  level = "hard"\n  warn_until = "2026-12-31"\n}\n'
+    before = verdict(tmp_path, config, today=dt.date(2026, 12, 31))
+    [early] = [f for f in before.findings if f.rule.id == "H-privileged"]
+    assert (early.status, early.level) == ("warning", "advisory")
+    assert early.rollout == "advisory until 2026-12-31, then hard"
+    after = verdict(tmp_path, config, today=dt.date(2027, 1, 1))
+    assert statuses(after)[("H-privileged", "service.web")] == "blocking"
+
+
+def test_a_soft_finding_passes_with_an_identity_and_a_reason(tmp_path: Path) -> None:
+    """An override names who and why; it is recorded with the finding and in the verdict."""
+    given = policy.Override("H-privileged", "service.web", "vendor appliance", "alice")
+    v = verdict(tmp_path, overrides=(given,))
+    assert statuses(v)[("H-privileged", "service.web")] == "overridden"
+    assert v.to_json()["overrides"] == [given.to_json()]
+    assert v.to_json()["counts"]["overridden"] == 1
+
+
+def test_a_hard_finding_cannot_be_overridden(tmp_path: Path) -> None:
+    """Overriding a hard rule changes nothing and says the override matched no soft finding."""
+    given = policy.Override("H-privileged", "", "please", "alice")
+    v = verdict(tmp_path, 'enforce "H-privileged" { level = "hard" }', overrides=(given,))
+    assert statuses(v)[("H-privileged", "service.web")] == "blocking"
+    assert [p.kind for p in v.problems] == ["unused-override"]
+
+
+WAIVER = """
+waiver "legacy" {
+  rule     = "H-privileged"
+  resource = service.web
+  reason   = "the appliance needs raw sockets until v2"
+  owner    = "ops@example.com"
+  expires  = "EXPIRES"
+}
+"""
+
+
+def test_a_forgefile_waiver_excuses_one_rule_for_one_resource(tmp_path: Path) -> None:
+    """A waiver block beside the service: waived, counted apart, recorded with who and why."""
+    v = verdict(tmp_path, forgefile=FORGEFILE + WAIVER.replace("EXPIRES", "2027-01-31"))
+    [waived] = [f for f in v.findings if f.rule.id == "H-privileged"]
+    assert waived.status == "waived" and waived.waiver is not None
+    assert waived.waiver.owner == "ops@example.com"
+    assert v.to_json()["counts"]["waived"] == 1
+    assert v.to_json()["waivers"][0]["source"] == "forgefile"
+    assert statuses(v)[("H-shared-volume", "service.api")] == "blocking"
+
+
+def test_an_expired_waiver_blocks(tmp_path: Path) -> None:
+    """Past its date a waiver excuses nothing, and is itself an error."""
+    v = verdict(tmp_path, forgefile=FORGEFILE + WAIVER.replace("EXPIRES", "2026-12-02"))
+    assert statuses(v)[("H-privileged", "service.web")] == "blocking"
+    assert [(p.kind, p.severity) for p in v.problems] == [("expired-waiver", "error")]
+
+
+def test_a_waiver_holds_through_its_last_day(tmp_path: Path) -> None:
+    """`expires` is the last day the waiver holds."""
+    v = verdict(tmp_path, forgefile=FORGEFILE + WAIVER.replace("EXPIRES", TODAY.isoformat()))
+    assert statuses(v)[("H-privileged", "service.web")] == "waived"
+
+
+def test_a_waiver_in_a_policy_file_and_an_orphaned_one(tmp_path: Path) -> None:
+    """A waiver file excuses like a block; one that waives nothing broken warns."""
+    config = """
+        waiver "shared-ok" {
+          rule = "H-shared-volume"
+          resource = "service.api"
+          reason = "read-only in practice"
+          owner = "data@example.com"
+          expires = "2027-06-30"
+        }
+        waiver "stale" {
+          rule = "H-privileged"
+          resource = "service.api"
+          reason = "was privileged once"
+          owner = "ops@example.com"
+          expires = "2027-06-30"
+        }
+    """
+    v = verdict(tmp_path, config)
+    assert statuses(v)[("H-shared-volume", "service.api")] == "waived"
+    assert [(p.kind, p.severity) for p in v.problems] == [("orphaned-waiver", "warning")]
+    assert "service.api" in v.problems[0].message
+
+
+def test_info_and_whole_document_rules(tmp_path: Path) -> None:
+    """`info when` never blocks; `applies_to = document` evaluates once for the whole file."""
+    pack = (
+        PACK
+        + """
+rule "H-count" {
+  applies_to = document
+  severity   = "info"
+  info when length(document.resources) > 3
+  message    = "${length(document.resources)} resources"
+}
+"""
+    )
+    root = project(tmp_path, 'enforce "house" { level = "advisory" }', pack=pack)
+    doc = load(root / "Forgefile", {}, environ={})
+    v = policy.judge(policy.load_policy([root / "policy"]), doc, TODAY)
+    [info] = [f for f in v.findings if f.rule.id == "H-count"]
+    assert (info.status, info.address, info.message) == ("info", "", "5 resources")
+    assert not v.blocked
+
+
+def test_a_run_that_evaluates_nothing_is_an_error(tmp_path: Path) -> None:
+    """Rules for services over a Forgefile without one pass nothing: that is an error."""
+    v = verdict(tmp_path, forgefile='volume "only" {}\n')
+    assert v.evaluated == 0 and v.blocked
+    assert [p.kind for p in v.problems] == ["nothing-evaluated"]
+
+
+@pytest.mark.parametrize(
+    ("config", "code"),
+    [
+        ('enforce "H-privilegd" { level = "hard" }', "R0021"),
+        ('enforce "house" { level = "strict" }', "R0005"),
+        ('enforce "house" {\n  level = "hard"\n  warn_until = "soon"\n}', "R0015"),
+        ('polcy "x" {}', "R0020"),
+        ('waiver "w" { rule = "H-privileged" }', "R0003"),
+    ],
+)
+def test_configuration_mistakes_are_diagnostics(tmp_path: Path, config: str, code: str) -> None:
+    """A misspelt rule, level, date or block in the project's policy fails to load, by code."""
+    root = project(tmp_path, config)
+    with pytest.raises(DiagnosticError) as caught:
+        policy.load_policy([root / "policy"])
+    assert code in [d.code for d in caught.value.diagnostics]
+
+
+def test_a_pack_cannot_carry_project_configuration(tmp_path: Path) -> None:
+    """`enforce` inside a pack would let a pack loosen itself: refused with R0013."""
+    root = project(tmp_path)
+    (root / "house" / "sneaky.policy").write_text('enforce "house" { level = "advisory" }\n')
+    with pytest.raises(DiagnosticError) as caught:
+        policy.load_policy([root / "policy"])
+    assert [d.code for d in caught.value.diagnostics] == ["R0013"]
+
+
+def test_the_digest_pins_the_packs_a_project_uses(tmp_path: Path) -> None:
+    """Changing a rule in a used pack changes the policy digest that goes into the plan."""
+    root = project(tmp_path)
+    before = policy.load_policy([root / "policy"]).digest
+    (root / "house" / "rules.policy").write_text(PACK.replace('"medium"', '"high"'))
+    assert policy.load_policy([root / "policy"]).digest != before
+
+
+CASES = """
+test "privileged is caught" {
+  forgefile = <<-EOT
+    image "b" { context = "." }
+    service "s" {
+      image = image.b
+      command = ["x"]
+      privileged = true
+    }
+  EOT
+  fires  = ["H-privileged"]
+}
+
+test "a plain service passes" {
+  forgefile = <<-EOT
+    image "b" { context = "." }
+    service "s" {
+      image = image.b
+      command = ["x"]
+    }
+  EOT
+  passes = ["H-privileged", "H-shared-volume"]
+}
+"""
+
+
+def test_policy_cases_run_and_measure_coverage(tmp_path: Path) -> None:
+    """`test` blocks pass when the named rules fire (or not); coverage names rules never fired."""
+    root = project(tmp_path)
+    (root / "house" / "cases.policy").write_text(CASES)
+    loaded = policy.load_policy([root / "house"])
+    results = run_cases(loaded)
+    assert [r.passed for r in results] == [True, True]
+    assert coverage(loaded, results).uncovered == ("H-shared-volume",)
+
+
+def test_a_failing_case_says_what_it_expected(tmp_path: Path) -> None:
+    """A case whose rule does not fire fails with the rule named."""
+    root = project(tmp_path)
+    (root / "house" / "cases.policy").write_text(CASES.replace("privileged = true", ""))
+    [bad, _] = run_cases(policy.load_policy([root / "house"]))
+    assert bad.problems == ("expected H-privileged to fire; it did not",)
+
+
+def test_policy_check_prints_sarif_that_validates(tmp_path: Path) -> None:
+    """`forge policy check --format sarif` validates against SARIF 2.1.0 and exits 3 on a block."""
+    root = project(tmp_path)
+    result = runner.invoke(app, ["policy", "check", "-f", str(root), "--format", "sarif"])
+    assert result.exit_code == 3, result.output
+    log = json.loads(result.stdout)
+    schema = json.loads(SARIF_SCHEMA.read_text())
+    jsonschema.validators.validator_for(schema)(schema).validate(log)
+    rule_ids = {r["ruleId"] for r in log["runs"][0]["results"]}
+    assert rule_ids == {"H-privileged", "H-shared-volume"}
+
+
+def test_override_flag_reaches_the_plan_document(tmp_path: Path) -> None:
+    """`--override RULE@ADDRESS=REASON --identity` is recorded in the verdict JSON."""
+    root = project(tmp_path, 'enforce "H-shared-volume" { level = "advisory" }')
+    args = ["policy", "check", "-f", str(root), "--format", "json", "--identity", "alice"]
+    args += ["--override", "H-privileged@service.web=vendor appliance"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "pass"
+    assert data["overrides"] == [
+        {
+            "rule": "H-privileged",
+            "resource": "service.web",
+            "reason": "vendor appliance",
+            "identity": "alice",
+        }
+    ]
+
+
+def test_an_override_without_a_reason_is_refused(tmp_path: Path) -> None:
+    """A reason is required: `--override RULE` alone exits 1."""
+    root = project(tmp_path)
+    result = runner.invoke(app, ["policy", "check", "-f", str(root), "--override", "H-privileged"])
+    assert result.exit_code == 1
+    assert "reason is required" in result.output
+
+
+def test_policy_explain_shows_the_values_that_made_it_fire(tmp_path: Path) -> None:
+    """`forge policy explain RULE@ADDRESS` prints the rule, the fields it read and the result."""
+    root = project(tmp_path)
+    result = runner.invoke(app, ["policy", "explain", "H-privileged@service.web", "-f", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "resource.privileged = true" in result.stdout
+    assert "fires on service.web" in result.stdout
