@@ -46,6 +46,13 @@ def apply_plan(
     actions = plan["actions"]
     records = state.records()
     state.event("apply-start", None, actions=len(actions))
+    # The exceptions this plan was judged with are part of what an auditor reads: who waived or
+    # overrode which rule for which resource, and why.
+    judged = plan.get("policy", {})
+    for waiver in judged.get("waivers", []):
+        state.event("policy-waiver", waiver.get("resource"), **waiver)
+    for override in judged.get("overrides", []):
+        state.event("policy-override", override.get("resource") or None, **override)
     current: dict[str, Any] = {}
     try:
         _preflight(actions, host)

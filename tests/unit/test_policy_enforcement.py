@@ -373,3 +373,29 @@ def test_policy_explain_shows_the_values_that_made_it_fire(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "resource.privileged = true" in result.stdout
     assert "fires on service.web" in result.stdout
+
+
+def test_apply_records_the_waivers_and_overrides_it_was_judged_with(tmp_path: Path) -> None:
+    """The audit log gets one event per waiver and override in the plan's verdict."""
+    from executor.apply import apply_plan
+    from executor.drivers import Host
+    from executor.monitor import Monitor
+    from executor.paths import ProjectPaths
+    from executor.state import State
+
+    paths = ProjectPaths.for_state_dir(tmp_path / "state")
+    paths.ensure()
+    state = State.open(paths.database)
+    given = policy.Override("H-privileged", "service.web", "vendor appliance", "alice")
+    judged = verdict(
+        tmp_path,
+        'enforce "H-shared-volume" { level = "advisory" }',
+        forgefile=FORGEFILE,
+        overrides=(given,),
+    ).to_json()
+    plan = {"actions": [], "policy": judged, "outputs": {}}
+    apply_plan(plan, Host(paths, Monitor(tmp_path / "monitor.sock")), state)
+    events = [e for e in state.events() if e["kind"].startswith("policy-")]
+    assert events == [
+        {**events[0], "kind": "policy-override", "address": "service.web", **given.to_json()}
+    ]
