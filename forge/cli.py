@@ -805,8 +805,8 @@ def init(
     starter = template("init")
     targets = {
         folder / "Forgefile": starter.joinpath("Forgefile").read_text().replace("SUBNET", subnet),
-        folder / "policy" / "baseline.policy": starter.joinpath(
-            "policy", "baseline.policy"
+        folder / "policy" / "project.policy": starter.joinpath(
+            "policy", "project.policy"
         ).read_text(),
     }
     existing = [str(p) for p in targets if p.exists()]

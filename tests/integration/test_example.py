@@ -236,9 +236,10 @@ def test_policy_blocks_a_privileged_service_before_anything_runs(example: Exampl
     finally:
         forgefile.write_text(original)
     assert blocked.returncode == 3
-    assert "no-privileged" in blocked.stderr
-    assert "service.web must not run privileged" in blocked.stderr
-    assert "Forgefile:" in blocked.stderr
+    assert "FRG-C001" in blocked.stderr
+    assert "service.web runs privileged" in blocked.stderr
+    line = original[: original.index("image    = image.site")].count("\n") + 2
+    assert f"Forgefile:{line}:3:" in blocked.stderr
 
 
 def test_a_container_that_died_is_replaced_by_the_next_apply(example: Example) -> None:

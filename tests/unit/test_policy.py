@@ -13,7 +13,7 @@ from forgefile.diagnostics import Diagnostic, DiagnosticError
 from forgefile.lower import load
 from tests.conftest import REPO
 
-BASELINE = REPO / "examples" / "hello" / "policy" / "baseline.policy"
+BASELINE = REPO / "tests" / "fixtures" / "example_rules.policy"
 
 FORGEFILE = """\
 image "base" {
