@@ -1002,3 +1002,23 @@ def explain_bindings(rule: Rule, doc: ir.Document, address: str) -> dict[str, An
     except (DiagnosticError, TypeError) as exc:
         values["(let bindings)"] = f"failed: {exc}"
     return values
+
+
+def pack_reference() -> str:
+    """The packs Forge ships, rule by rule, as the markdown tables of docs/policy.md."""
+    parts = []
+    for name in stdlib.policy_packs():
+        loaded = load_policy([Path(str(stdlib.policy_pack(name)))])
+        [pack] = loaded.packs
+        parts.append(f"### `{name}`: {pack.title} (default level `{pack.enforcement}`)\n")
+        parts.append("| rule | title | applies to | severity | level | controls |")
+        parts.append("|---|---|---|---|---|---|")
+        for rule in loaded.rules:
+            kinds = ", ".join(rule.kinds) or _WHOLE
+            level = rule.enforcement or pack.enforcement
+            controls = ", ".join(rule.controls)
+            parts.append(
+                f"| {rule.id} | {rule.title} | {kinds} | {rule.severity} | {level} | {controls} |"
+            )
+        parts.append("")
+    return "\n".join(parts)

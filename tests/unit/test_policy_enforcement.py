@@ -399,3 +399,10 @@ def test_apply_records_the_waivers_and_overrides_it_was_judged_with(tmp_path: Pa
     assert events == [
         {**events[0], "kind": "policy-override", "address": "service.web", **given.to_json()}
     ]
+
+
+def test_the_policy_reference_lists_the_shipped_packs_rule_by_rule() -> None:
+    """docs/policy.md ends with the tables generated from stdlib/policy (regenerate if not)."""
+    doc = (REPO / "docs" / "policy.md").read_text()
+    marker = "The tables below are generated from `stdlib/policy/`; a test keeps them equal.\n\n"
+    assert doc.split(marker, 1)[1] == policy.pack_reference()
