@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -32,10 +33,12 @@ from forgefile.evaluate import Scope, evaluate
 from forgefile.schema import RESOURCE_KINDS, SCHEMAS
 from forgefile.syntax import (
     Call,
+    Duration,
     Expr,
     GetAttr,
     ListExpr,
     Literal,
+    Size,
     Variable,
     expression_from_tree,
     span_of,
@@ -63,6 +66,7 @@ _BLOCKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "enforce": (("level",), ("warn_until",)),
     "waiver": (("rule", "resource", "reason", "owner", "expires"), ()),
     "test": (("forgefile",), ("fires", "passes")),
+    "rego": (("path",), ("namespace", "engine", "enforcement", "timeout", "memory")),
 }
 _WHOLE = "document"  # `applies_to = document`: one evaluation for the whole Forgefile
 
@@ -144,6 +148,23 @@ class Override:
 
 
 @dataclass(frozen=True)
+class RegoSource:
+    """`rego { path = "..." }`: a folder of conftest-style Rego the adapter judges, out of process.
+
+    Its files are read when the policy loads, so their digest is part of the policy digest the
+    plan is bound to; the engine runs only when the policy judges.
+    """
+
+    folder: Path
+    namespace: str
+    engine: str | None  # None: opa, else conftest, else regopy, whichever is found first
+    level: str  # the enforcement level of its `deny` and `violation` findings
+    timeout: float  # seconds
+    memory_mb: int
+    span: Span
+
+
+@dataclass(frozen=True)
 class PolicyTest:
     """A table-driven case: a Forgefile snippet, the rules that must fire and must not."""
 
@@ -162,6 +183,7 @@ class Policy:
     waivers: tuple[ir.Waiver, ...] = ()
     tests: tuple[PolicyTest, ...] = ()
     digest: str = ""
+    rego: RegoSource | None = None
 
     def rule(self, rule_id: str) -> Rule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
@@ -225,6 +247,7 @@ class _Loader:
         self.enforce: list[Enforce] = []
         self.waivers: list[ir.Waiver] = []
         self.tests: list[PolicyTest] = []
+        self.rego: RegoSource | None = None
         self.contents: list[tuple[str, bytes]] = []
         self.seen: set[Path] = set()
 
@@ -454,6 +477,63 @@ class _Loader:
             )
         )
 
+    def _rego(self, node: Any, path: Path, shown: str) -> None:
+        from compiler import rego  # the adapter only: regopy itself is never imported here
+
+        attrs = self.attributes(node, shown, "rego")
+        span = span_of(node, shown)
+        if self.rego is not None:
+            self.out.error(
+                "R0011",
+                "the project has a second `rego` block",
+                span,
+                "keep one; put every Rego file under its folder",
+            )
+            return
+        if "path" not in attrs:
+            return
+        folder = (path.parent / _string(attrs["path"], "")).resolve()
+        namespace = _string(attrs.get("namespace"), "main")
+        engine = _string(attrs.get("engine"), "") or None
+        if engine is not None and engine not in rego.ENGINES:
+            self.out.error(
+                "R0005",
+                f"`{engine}` is not one of {', '.join(rego.ENGINES)}",
+                attrs["engine"].span,
+                suggest(engine, rego.ENGINES) or "leave `engine` out to use what is found",
+            )
+        level = _string(attrs.get("enforcement"), "hard")
+        if level not in LEVELS:
+            self.out.error(
+                "R0005",
+                f"`{level}` is not one of {', '.join(LEVELS)}",
+                attrs["enforcement"].span,
+                suggest(level, LEVELS),
+            )
+        timeout = _quantity(attrs.get("timeout"), Duration, self.out, "a duration, like `10s`")
+        memory = _quantity(attrs.get("memory"), Size, self.out, "a size, like `512MiB`")
+        try:
+            modules = rego.policy_modules(folder, namespace)
+        except rego.RegoError as exc:
+            self.out.error(
+                "R0030",
+                str(exc),
+                attrs["path"].span,
+                "`path` is relative to this policy file's folder and must hold `.rego` files "
+                f"in `package {namespace}`",
+            )
+            return
+        self.contents.extend((f"rego:{name}", text.encode()) for name, text in modules)
+        self.rego = RegoSource(
+            folder,
+            namespace,
+            engine,
+            level,
+            timeout.seconds if isinstance(timeout, Duration) else 10.0,
+            max(1, memory.bytes >> 20) if isinstance(memory, Size) else 512,
+            span,
+        )
+
     def finish(self) -> Policy:
         seen: dict[str, Rule] = {}
         for rule in self.rules:
@@ -487,6 +567,7 @@ class _Loader:
             tuple(self.waivers),
             tuple(self.tests),
             digest_of(self.contents),
+            self.rego,
         )
 
 
@@ -518,6 +599,20 @@ def _strings(expr: Expr, out: Collector, hint: str) -> list[tuple[str, Span]]:
         else:
             out.error("R0008", "expected a string", item.span, hint)
     return found
+
+
+def _quantity(expr: Expr | None, kind: type, out: Collector, wanted: str) -> Any:
+    if expr is None:
+        return None
+    try:
+        value = evaluate(expr, Scope())
+    except DiagnosticError as exc:
+        out.items.extend(exc.diagnostics)
+        return None
+    if not isinstance(value, kind) or value == kind(0):
+        out.error("R0008", f"expected {wanted}", expr.span, f"write {wanted}")
+        return None
+    return value
 
 
 def _date(expr: Expr, out: Collector) -> dt.date | None:
@@ -750,6 +845,7 @@ class Verdict:
     problems: tuple[Problem, ...] = ()
     packs: tuple[Pack, ...] = ()
     rules: tuple[Rule, ...] = field(default=(), repr=False)
+    rego: dict[str, Any] | None = None  # the Rego engine's run: engine, version, digest, files
 
     @property
     def blocked(self) -> bool:
@@ -777,6 +873,7 @@ class Verdict:
             "problems": [p.to_json() for p in self.problems],
             "waivers": [f.waiver.to_json() for f in self.findings if f.waiver],
             "overrides": [f.override.to_json() for f in self.findings if f.override],
+            "rego": self.rego,
         }
 
 
@@ -785,9 +882,23 @@ def judge(
     doc: ir.Document,
     today: dt.date,
     overrides: Sequence[Override] = (),
+    *,
+    rego: bool = True,
 ) -> Verdict:
-    """Evaluate every rule, then apply enforcement levels, waivers and overrides."""
+    """Evaluate every rule, then apply enforcement levels, waivers and overrides.
+
+    With a `rego` block in the policy (and `rego` true), the Rego adapter also judges the
+    document in a child process; its findings are settled like any other rule's.
+    """
     raw, evaluated = _evaluate(policy.rules, doc)
+    rules = policy.rules
+    run: dict[str, Any] | None = None
+    if policy.rego is not None and rego:
+        found, rules_run, run = _judge_rego(policy.rego, doc)
+        raw += found
+        rules += rules_run
+        # The engine is handed every resource at once: each counts as evaluated.
+        evaluated += len(doc.resources)
     packs = {p.name: p for p in policy.packs}
     waivers = [*doc.waivers, *policy.waivers]
     live = [w for w in waivers if dt.date.fromisoformat(w.expires) >= today]
@@ -825,7 +936,7 @@ def judge(
         for o in overrides
         if not any(f.override is o for f in findings)
     ]
-    if policy.rules and evaluated == 0:
+    if rules and evaluated == 0:
         problems.append(
             Problem(
                 "nothing-evaluated",
@@ -836,8 +947,96 @@ def judge(
             )
         )
     return Verdict(
-        tuple(findings), evaluated, policy.digest, tuple(problems), policy.packs, policy.rules
+        tuple(findings), evaluated, policy.digest, tuple(problems), policy.packs, rules, run
     )
+
+
+def _judge_rego(
+    source: RegoSource, doc: ir.Document
+) -> tuple[list[Finding], tuple[Rule, ...], dict[str, Any]]:
+    """Findings from the Rego adapter, each under a rule of its own; errors block (fail-closed)."""
+    from compiler import rego
+
+    rules: dict[str, Rule] = {}
+
+    def rule(rule_id: str, verdict: str) -> Rule:
+        if rule_id not in rules:
+            rules[rule_id] = _rego_rule(source, rule_id, verdict)
+        return rules[rule_id]
+
+    document = {"version": 1, **doc.to_document()}
+    try:
+        result = rego.evaluate_rego(
+            source.folder,
+            document,
+            timeout=source.timeout,
+            memory_mb=source.memory_mb,
+            namespace=source.namespace,
+            engine=source.engine,
+        )
+    except rego.RegoError as exc:
+        failed = _failed(rule("rego:error", "deny"), "", str(exc), source.span)
+        return [failed], tuple(rules.values()), {"engine": None, "errors": [str(exc)]}
+
+    spans = {r.address: r.span for r in doc.resources}
+    findings = [
+        _failed(rule("rego:error", "deny"), "", f"the Rego engine failed: {error}", source.span)
+        for error in result.errors
+    ]
+    for item in result.findings:
+        address = item["resource"] or _named_address(item["message"], spans)
+        found = Finding(
+            rule(item["rule"], item["verdict"]),
+            address,
+            item["message"],
+            spans.get(address, source.span),
+        )
+        if item["excepted"]:
+            # conftest's `exception`: the finding is kept for the record, and does not count.
+            found = Finding(
+                found.rule,
+                found.address,
+                f"{found.message} (excepted by the Rego `exception` rule)",
+                found.span,
+                "waived",
+            )
+        findings.append(found)
+    run = result.to_json()
+    del run["findings"], run["verdict"]  # they are the verdict's own findings now
+    return findings, tuple(rules.values()), run
+
+
+def _rego_rule(source: RegoSource, rule_id: str, verdict: str) -> Rule:
+    """The stand-in for a Rego rule: it carries the id, level and span a Finding needs."""
+    blocking = verdict == "deny"
+    title = (
+        "The Rego policy could not be judged"
+        if rule_id == "rego:error"
+        else f"Rego rule `{rule_id.removeprefix('rego:')}`"
+    )
+    return Rule(
+        id=rule_id,
+        title=title,
+        kinds=(),
+        verdict=verdict,
+        condition=Literal(source.span, True),
+        message=Literal(source.span, ""),
+        severity="high" if blocking else "medium",
+        enforcement=source.level if blocking else "advisory",
+        controls=(),
+        remediation="",
+        span=source.span,
+        pack="rego",
+    )
+
+
+def _named_address(message: str, spans: dict[str, Span]) -> str:
+    """The one resource address a string message names, as in `sprintf("%s ...", [r.address])`."""
+    named = {word for word in _ADDRESS.findall(message) if word in spans}
+    return named.pop() if len(named) == 1 else ""
+
+
+_ADDRESS = re.compile(r"[a-z]+\.[A-Za-z0-9_-]+(?:\[[^\]]*\])?")
 
 
 def evaluate_rules(rules: list[Rule], doc: ir.Document, digest: str) -> Verdict:
@@ -879,6 +1078,8 @@ def _settle(
         return Finding(
             rule, found.address, found.message, found.span, "blocking", level, error=True
         )
+    if found.status == "waived":  # excepted before it got here, by a Rego `exception` rule
+        return Finding(rule, found.address, found.message, found.span, "waived", level)
     waiver = next((w for w in waivers if w.rule == rule.id and w.resource == found.address), None)
     if waiver is not None:
         status = "waived"

@@ -1012,7 +1012,15 @@ def policy_explain(
     )
     for line in render.source_lines(rule.span):
         out.print(f"  [dim]{e(line)}[/]")
-    if address:
+    if rule.pack == "rego" and verdict.rego is not None:
+        engine = verdict.rego.get("engine") or {}
+        out.print(
+            f"  judged by the Rego adapter ({e(engine.get('engine') or 'no engine')} "
+            f"{e(engine.get('version') or '')}) over `forge show --json`, from "
+            f"{e(', '.join(verdict.rego.get('files') or []))}"
+        )
+        address = address if checked.doc.resource(address) else ""
+    elif address:
         if not rule.kinds:
             address = ""
         elif checked.doc.resource(address) is None:

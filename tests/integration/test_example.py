@@ -7,6 +7,8 @@ destroy leaves nothing behind on the host.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -240,6 +242,38 @@ def test_policy_blocks_a_privileged_service_before_anything_runs(example: Exampl
     assert "service.web runs privileged" in blocked.stderr
     line = original[: original.index("image    = image.site")].count("\n") + 2
     assert f"Forgefile:{line}:3:" in blocked.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("regopy") is None, reason="needs regopy (pip install regopy)"
+)
+def test_a_plan_records_the_rego_engine_and_is_bound_to_the_rego_files(example: Example) -> None:
+    """A `rego` block's engine and version go into the plan; editing a .rego voids the plan."""
+    rules = example.folder / "rego"
+    shutil.copytree(REPO / "tests" / "fixtures" / "rego" / "rules", rules)
+    config = example.folder / "policy" / "rego.policy"
+    config.write_text('rego {\n  path = "../rego"\n  enforcement = "advisory"\n}\n')
+    plan = example.folder / "build" / "rego.forgeplan"
+    try:
+        judged = example.plan_json()["policy"]
+        assert judged["rego"]["engine"] == {
+            "engine": "regopy",
+            "version": importlib.metadata.version("regopy"),
+        }
+        assert judged["rego"]["files"] == ["lib/helpers.rego", "policy.rego"]
+        # Every service of the example runs as root: the Rego rule fires, advisory here.
+        fired = {(f["rule"], f["resource"], f["status"]) for f in judged["findings"]}
+        assert ("rego:main.violation_root", "service.web", "warning") in fired
+
+        example.forge("plan", "-o", str(plan))
+        policy_rego = rules / "policy.rego"
+        policy_rego.write_text(policy_rego.read_text() + "\n# edited after planning\n")
+        refused = example.forge("apply", str(plan), check=False)
+        assert refused.returncode == 15, refused.stderr
+        assert "policy files changed" in refused.stderr
+    finally:
+        config.unlink()
+        shutil.rmtree(rules)
 
 
 def test_a_container_that_died_is_replaced_by_the_next_apply(example: Example) -> None:
