@@ -6,7 +6,6 @@ import dataclasses
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from stdlib import functions
@@ -59,7 +58,10 @@ class Scope:
     modules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def child(self, bindings: Mapping[str, Any]) -> Scope:
-        return dataclasses.replace(self, bindings={**self.bindings, **bindings})
+        # Made once per iteration of every `for`: a plain copy, not dataclasses.replace.
+        inner = Scope.__new__(Scope)
+        inner.__dict__ = {**self.__dict__, "bindings": {**self.bindings, **bindings}}
+        return inner
 
     def reading(self, attributes: Callable[[AttributeRef], Any] | None) -> Scope:
         return dataclasses.replace(self, attributes=attributes)
@@ -332,10 +334,12 @@ def _call(expr: Call, scope: Scope) -> Any:
             'in an output, read it into a local (locals { x = env("X") }) and use local.x; '
             "policy rules cannot read the host at all",
         )
-    args = [evaluate(a, scope) for a in expr.args]
-    context = scope.context or functions.CallContext(base_dir=Path.cwd())
+    return _call_with(expr, [evaluate(a, scope) for a in expr.args], scope)
+
+
+def _call_with(expr: Call, args: list[Any], scope: Scope) -> Any:
     try:
-        return functions.call(expr.name, args, context)
+        return functions.call(expr.name, args, scope.context)
     except functions.FunctionError as exc:
         raise EvalError("E0211", str(exc), expr.span) from None
 
@@ -364,7 +368,11 @@ def _binary(expr: Binary, scope: Scope) -> Any:
         return _bool(evaluate(expr.left, scope), expr.left.span) or _bool(
             evaluate(expr.right, scope), expr.right.span
         )
-    left, right = evaluate(expr.left, scope), evaluate(expr.right, scope)
+    return _apply(expr, evaluate(expr.left, scope), evaluate(expr.right, scope))
+
+
+def _apply(expr: Binary, left: Any, right: Any) -> Any:
+    """A binary operator other than `&&` and `||`, on values already evaluated."""
     if expr.op in ("==", "!="):
         return _COMPARE[expr.op](left, right)
     if expr.op in _COMPARE:
@@ -432,7 +440,22 @@ def _magnitude(value: Any) -> Any:
 
 
 def _for(expr: ForExpr, scope: Scope) -> Any:
-    collection = evaluate(expr.collection, scope)
+    def run(part: Expr) -> Callable[[Scope], Any]:
+        return lambda inner: evaluate(part, inner)
+
+    condition = run(expr.condition) if expr.condition is not None else None
+    key = run(expr.key) if expr.key is not None else None
+    return _for_with(expr, scope, evaluate(expr.collection, scope), condition, key, run(expr.body))
+
+
+def _for_with(
+    expr: ForExpr,
+    scope: Scope,
+    collection: Any,
+    condition: Callable[[Scope], Any] | None,
+    key_of: Callable[[Scope], Any] | None,
+    body: Callable[[Scope], Any],
+) -> Any:
     if isinstance(collection, dict):
         pairs = list(collection.items())
     elif isinstance(collection, list):
@@ -445,31 +468,31 @@ def _for(expr: ForExpr, scope: Scope) -> Any:
         )
     results_list: list[Any] = []
     results_map: dict[str, Any] = {}
+    condition_span = expr.condition.span if expr.condition is not None else expr.span
+    key_span = expr.key.span if expr.key is not None else expr.span
     for key, value in pairs:
         names = {expr.value_var: value}
         if expr.key_var:
             names[expr.key_var] = key
         inner = scope.child(names)
-        if expr.condition is not None and not _bool(
-            evaluate(expr.condition, inner), expr.condition.span
-        ):
+        if condition is not None and not _bool(condition(inner), condition_span):
             continue
-        if expr.key is None:
-            results_list.append(evaluate(expr.body, inner))
+        if key_of is None:
+            results_list.append(body(inner))
         else:
-            out_key = _key(evaluate(expr.key, inner), expr.key.span)
+            out_key = _key(key_of(inner), key_span)
             if expr.group:
-                results_map.setdefault(out_key, []).append(evaluate(expr.body, inner))
+                results_map.setdefault(out_key, []).append(body(inner))
                 continue
             if out_key in results_map:
                 raise EvalError(
                     "E0216",
                     f"the `for` expression makes the key `{out_key}` twice",
-                    expr.key.span,
+                    key_span,
                     "to gather the values of one key into a list, end the value with `...`",
                 )
-            results_map[out_key] = evaluate(expr.body, inner)
-    return results_list if expr.key is None else results_map
+            results_map[out_key] = body(inner)
+    return results_list if key_of is None else results_map
 
 
 def _bool(value: Any, span: Span) -> bool:
@@ -497,3 +520,123 @@ def _to_text(value: Any, span: Span) -> str:
         span,
         "interpolate one of its elements, or use jsonencode()",
     )
+
+
+# -- compiled evaluation ------------------------------------------------------------------------
+
+
+def compiled(expr: Expr) -> Callable[[Scope], Any]:
+    """`evaluate` specialised to one expression: built once, then called for many scopes.
+
+    Policy rules run the same condition over every resource; walking the tree each time costs
+    more than the work. Each closure does what `evaluate` does for its node, with the same
+    helpers and so the same values and diagnostics; nodes not specialised here fall back to it.
+    """
+    span = expr.span
+    match expr:
+        case Literal(value=value):
+            return lambda scope: value
+        case Variable(name=name):
+
+            def variable(scope: Scope) -> Any:
+                bindings = scope.bindings
+                return bindings[name] if name in bindings else _variable(name, span, scope)
+
+            return variable
+        case GetAttr(target=target, name=name):
+            of = compiled(target)
+
+            def get(scope: Scope) -> Any:
+                found = of(scope)
+                if type(found) is dict and name in found:
+                    return found[name]
+                return _get(found, name, span, scope)
+
+            return get
+        case Index(target=target, key=key):
+            of, index_of = compiled(target), compiled(key)
+
+            def index(scope: Scope) -> Any:
+                found, wanted = of(scope), index_of(scope)
+                if (
+                    type(found) is list
+                    and type(wanted) is int
+                    and -len(found) <= wanted < len(found)
+                ):
+                    return found[wanted]
+                if isinstance(found, ResourceRef):
+                    return _instance(found, wanted, span, scope)
+                return _get(found, wanted, span, scope)
+
+            return index
+        case Template(parts=parts):
+            pieces = [_text(p) for p in parts]
+            return lambda scope: _bounded("".join(piece(scope) for piece in pieces), span)
+        case Call(name=name, args=args) if name in functions.PURE:
+            runs, function, call = [compiled(a) for a in args], functions.PURE[name], expr
+
+            def pure(scope: Scope) -> Any:
+                values = [a(scope) for a in runs]
+                try:
+                    result = function(*values)
+                except Exception:
+                    # Pure, so it fails the same way again: through the path `evaluate` takes,
+                    # which turns the failure into the same diagnostic.
+                    result = _call_with(call, values, scope)
+                return _bounded(result, span)
+
+            return pure
+        case ListExpr(items=items):
+            runs = [compiled(i) for i in items]
+            return lambda scope: [i(scope) for i in runs]
+        case Binary(op="&&", left=left, right=right):
+            a, b, a_span, b_span = compiled(left), compiled(right), left.span, right.span
+            return lambda scope: _bool(a(scope), a_span) and _bool(b(scope), b_span)
+        case Binary(op="||", left=left, right=right):
+            a, b, a_span, b_span = compiled(left), compiled(right), left.span, right.span
+            return lambda scope: _bool(a(scope), a_span) or _bool(b(scope), b_span)
+        case Binary(op=op, left=left, right=right) if op in ("==", "!="):
+            a, b, compare = compiled(left), compiled(right), _COMPARE[op]
+            return lambda scope: compare(a(scope), b(scope))
+        case Binary(left=left, right=right):
+            a, b, binary = compiled(left), compiled(right), expr
+            return lambda scope: _apply(binary, a(scope), b(scope))
+        case Unary(op="!", operand=operand):
+            a, a_span = compiled(operand), operand.span
+            return lambda scope: not _bool(a(scope), a_span)
+        case Unary(op="-", operand=operand):
+            a, a_span = compiled(operand), operand.span
+
+            def negate(scope: Scope) -> Any:
+                value = a(scope)
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise EvalError("E0201", f"cannot negate a {type_name(value)}", a_span)
+                return -value
+
+            return negate
+        case Conditional(condition=condition, then=then, otherwise=otherwise):
+            test, yes, no, test_span = (
+                compiled(condition),
+                compiled(then),
+                compiled(otherwise),
+                condition.span,
+            )
+            return lambda scope: yes(scope) if _bool(test(scope), test_span) else no(scope)
+        case ForExpr():
+            loop = expr
+            collection = compiled(expr.collection)
+            keep = compiled(expr.condition) if expr.condition is not None else None
+            key_of = compiled(expr.key) if expr.key is not None else None
+            body = compiled(expr.body)
+            return lambda scope: _bounded(
+                _for_with(loop, scope, collection(scope), keep, key_of, body), span
+            )
+    return lambda scope: evaluate(expr, scope)
+
+
+def _text(part: str | Expr) -> Callable[[Scope], str]:
+    """One piece of a template: its text, or its expression's value as text."""
+    if isinstance(part, str):
+        return lambda scope: part
+    run, span = compiled(part), part.span
+    return lambda scope: _to_text(run(scope), span)

@@ -66,10 +66,8 @@ class Resource(Node):
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"address": self.address, "kind": self.kind}
-        for f in fields(self):
-            if f.name in ("span", "spans"):
-                continue
-            doc[f.name.rstrip("_")] = _to_json(getattr(self, f.name), f.type == "Pairs")
+        for name, key, as_map in _document_fields(type(self)):
+            doc[key] = _to_json(getattr(self, name), as_map)
         return doc
 
 
@@ -277,8 +275,27 @@ def _collect_refs(value: Any, found: list[ResourceRef]) -> None:
             _collect_refs(item, found)
 
 
+_FIELDS: dict[type, tuple[tuple[str, str, bool], ...]] = {}
+
+
+def _document_fields(cls: type) -> tuple[tuple[str, str, bool], ...]:
+    """A resource class's fields as (attribute, document key, is a map), made once per class."""
+    if cls not in _FIELDS:
+        _FIELDS[cls] = tuple(
+            (f.name, f.name.rstrip("_"), f.type == "Pairs")
+            for f in fields(cls)
+            if f.name not in ("span", "spans")
+        )
+    return _FIELDS[cls]
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _to_json(value: Any, as_map: bool = False) -> Any:
     """The JSON form of an IR value: references as addresses, sizes as bytes, times as seconds."""
+    if type(value) in _PLAIN and not as_map:
+        return value
     if as_map:
         return {k: _to_json(v) for k, v in value}
     if isinstance(value, ResourceRef):

@@ -124,7 +124,10 @@ def _flatten(value: object) -> list[Any]:
 def _regexall(pattern: str, text: str) -> list[Any]:
     # Policy rules match untrusted values: a pattern is compiled once per call and Python's re
     # has no catastrophic-backtracking guard, so patterns stay simple; MAX_STRING bounds input.
-    found = re.findall(_expect(pattern, str, "the pattern"), _expect(text, str, "the string"))
+    try:
+        found = re.findall(_expect(pattern, str, "the pattern"), _expect(text, str, "the string"))
+    except re.error as exc:
+        raise FunctionError(f"the pattern is not a regular expression: {exc}") from None
     return [list(m) if isinstance(m, tuple) else m for m in found]
 
 
@@ -175,9 +178,14 @@ CONTEXTUAL: dict[str, Function] = {
 NAMES = sorted([*PURE, *CONTEXTUAL])
 
 
-def call(name: str, args: list[Any], ctx: CallContext) -> Any:
-    """Call a built-in by name; raises `KeyError` for an unknown name, `FunctionError` otherwise."""
+def call(name: str, args: list[Any], ctx: CallContext | None) -> Any:
+    """Call a built-in by name; raises `KeyError` for an unknown name, `FunctionError` otherwise.
+
+    The functions that read the host (`file`, `env`) need the caller's context; pure ones do not.
+    """
     if name in CONTEXTUAL:
+        if ctx is None:
+            raise FunctionError(f"{name}() reads the host, which is not allowed here")
         fn: Function = CONTEXTUAL[name]
         try:
             return fn(ctx, *args)
