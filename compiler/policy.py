@@ -29,7 +29,7 @@ import lark
 import stdlib
 from forgefile import ir
 from forgefile.diagnostics import Collector, DiagnosticError, Span, suggest
-from forgefile.evaluate import Scope, evaluate
+from forgefile.evaluate import Scope, compiled, evaluate
 from forgefile.schema import RESOURCE_KINDS, SCHEMAS
 from forgefile.syntax import (
     Call,
@@ -1118,47 +1118,67 @@ def _evaluate(rules: Sequence[Rule], doc: ir.Document) -> tuple[list[Finding], i
     findings: list[Finding] = []
     evaluated = 0
     whole = doc.to_document()
-    documents = [(r, r.to_document()) for r in doc.resources]
+    documents = list(zip(doc.resources, whole["resources"], strict=True))
     for rule in rules:
         try:
             base = _bindings(rule, whole)
         except (DiagnosticError, TypeError) as exc:
             findings.append(_failed(rule, "", f"its `let` bindings failed: {exc}", rule.span))
             continue
+        judge = _Judge(rule)
         if not rule.kinds:
             evaluated += 1
-            findings.extend(_one(rule, Scope(bindings=base), "", _document_span(doc)))
+            findings.extend(judge(Scope(bindings=base), "", _document_span(doc)))
             continue
+        first = _first_field(rule.condition) or ""
+        # One scope per rule, its `resource` rebound for each resource: scopes are not free.
+        bindings = dict(base)
+        scope = Scope(bindings=bindings)
         for resource, document in documents:
             if resource.kind not in rule.kinds:
                 continue
             evaluated += 1
-            scope = Scope(bindings={**base, "resource": document})
-            field_span = resource.span_of(_first_field(rule.condition) or "")
-            findings.extend(_one(rule, scope, resource.address, field_span, resource.span))
+            bindings["resource"] = document
+            fired = judge(scope, document["address"], None, resource.span)
+            if fired:
+                # The span is looked up only for what fired: most resources pass.
+                span = resource.span_of(first)
+                findings.extend(
+                    f if f.error else Finding(rule, f.address, f.message, span) for f in fired
+                )
     return findings, evaluated
 
 
 def _bindings(rule: Rule, whole: dict[str, Any]) -> dict[str, Any]:
     bound: dict[str, Any] = {_WHOLE: whole}
     for name, expr in rule.bindings:
-        bound[name] = evaluate(expr, Scope(bindings=bound))
+        bound[name] = compiled(expr)(Scope(bindings=bound))
     return bound
 
 
-def _one(
-    rule: Rule, scope: Scope, address: str, span: Span, error_span: Span | None = None
-) -> list[Finding]:
-    try:
-        fired = evaluate(rule.condition, scope)
-        if not isinstance(fired, bool):
-            raise TypeError(f"the condition gave a {type(fired).__name__}, not a bool")
-        if not fired:
-            return []
-        return [Finding(rule, address, str(evaluate(rule.message, scope)), span)]
-    except (DiagnosticError, TypeError) as exc:
-        # Fail closed: a rule that cannot be evaluated blocks like one that fired.
-        return [_failed(rule, address, str(exc), error_span or span)]
+class _Judge:
+    """One rule's condition and message, compiled once and run for each resource."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.condition = compiled(rule.condition)
+        self.message = compiled(rule.message)
+
+    def __call__(
+        self, scope: Scope, address: str, span: Span | None, error_span: Span | None = None
+    ) -> list[Finding]:
+        rule = self.rule
+        where = span or error_span or rule.span
+        try:
+            fired = self.condition(scope)
+            if fired is False:
+                return []
+            if fired is not True:
+                raise TypeError(f"the condition gave a {type(fired).__name__}, not a bool")
+            return [Finding(rule, address, str(self.message(scope)), where)]
+        except (DiagnosticError, TypeError) as exc:
+            # Fail closed: a rule that cannot be evaluated blocks like one that fired.
+            return [_failed(rule, address, str(exc), error_span or where)]
 
 
 def _failed(rule: Rule, address: str, why: str, span: Span) -> Finding:

@@ -6,6 +6,7 @@ prints: results and errors go back to the command that renders them.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -85,6 +86,9 @@ class Checked:
 def check(project: Project) -> Checked:
     """Load, lower and check the Forgefile, then judge it against the policy files."""
     doc = load(project.forgefile, project.variables)
+    # The IR lives as long as the command: keep the garbage collector from walking it again and
+    # again while policy and the planner make their many small objects.
+    gc.freeze()
     warnings = checks.check(doc)
     verdict = judge(project, doc)
     return Checked(doc, warnings, verdict)
