@@ -25,7 +25,7 @@ from compiler import checks, policy
 from forgefile import ir, lower, syntax
 
 REPO = Path(__file__).resolve().parent.parent
-BASELINE = REPO / "examples" / "hello" / "policy"
+BASELINE = REPO / "stdlib" / "policy" / "baseline"
 MAX_NETWORKS = 200
 
 T = TypeVar("T")
@@ -198,7 +198,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     """The session's generated inputs, with the parsers built before anything is timed."""
     found = Corpus(tmp_path_factory.mktemp("forge-bench"))
     found.load_and_check(10)
-    policy.load(policy.policy_files([BASELINE]))
+    policy.load_policy([BASELINE])
     request.config.stash[_CORPUS] = found
     return found
 

@@ -51,10 +51,10 @@ def doc(corpus: Corpus) -> ir.Document:
 @pytest.fixture(scope="module")
 def facts(doc: ir.Document) -> BuildFacts:
     """What `forge build` and policy would hand the planner: one built image and the verdict."""
-    rules, digest = policy.load(policy.policy_files([BASELINE]))
+    verdict = policy.judge(policy.load_policy([BASELINE]), doc, CREATED_AT.date())
     return BuildFacts(
         images={"image.app": ImageFacts(digest="sha256:" + "a" * 64, command=("serve",))},
-        policy=policy.evaluate_rules(rules, doc, digest).to_json(),
+        policy=verdict.to_json(),
         variables_digest="sha256:" + "b" * 64,
     )
 
