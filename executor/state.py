@@ -27,7 +27,8 @@ from compiler.plan import StateResource, StateSnapshot
 
 from .errors import ExecutorError
 
-SCHEMA_VERSION = 1
+# 2: events carry `prev` and `hash`, a chain an edit cannot hide in.
+SCHEMA_VERSION = 2
 
 
 class StateError(ExecutorError):
@@ -99,6 +100,19 @@ class State:
                     f"{self.path} was written by a newer Forge (state schema "
                     f"{meta['schema']}); upgrade Forge"
                 )
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
+            if "hash" not in columns:
+                self.db.execute("ALTER TABLE events ADD COLUMN prev TEXT")
+                self.db.execute("ALTER TABLE events ADD COLUMN hash TEXT")
+                # Events written before the chain existed are chained now, as they stand.
+                prev = self._genesis()
+                for row in self.db.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id"):
+                    digest = event_hash(prev, row)
+                    self.db.execute(
+                        "UPDATE events SET prev = ?, hash = ? WHERE id = ?", [prev, digest, row[0]]
+                    )
+                    prev = digest
+                self._set_meta("schema", str(SCHEMA_VERSION))
 
     def _meta(self) -> dict[str, str]:
         return {row[0]: row[1] for row in self.db.execute("SELECT key, value FROM meta")}
@@ -207,24 +221,105 @@ class State:
         return value
 
     def event(self, kind: str, address: str | None, **detail: Any) -> None:
-        """Append to the event log; it is never updated or deleted."""
-        # TODO(#5): hash-chain the events and sign checkpoints so `forge audit verify` can
-        # detect an edit.
+        """Append to the audit log, chained to the entry before it; nothing updates or deletes.
+
+        Each entry's hash covers its id, time, serial, kind, address, detail and the previous
+        entry's hash, so `verify_events` finds an entry edited, deleted, inserted or moved.
+        """
+        # TODO(#5): sign checkpoints of the chain, so that rewriting the whole chain from some
+        # entry on is caught too, not only a change in the middle of it.
         with self.db.conn:
+            # Take the write lock before reading the last hash: two writers must not both chain
+            # to it.
+            if not self.db.conn.in_transaction:
+                self.db.execute("BEGIN IMMEDIATE")
+            last = self.db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+            prev = last[0] if last else self._genesis()
+            row_id = self.db.execute(
+                "INSERT INTO events (at, serial, kind, address, detail, prev) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [now(), self.serial, kind, address, json.dumps(detail, sort_keys=True), prev],
+            ).lastrowid
+            row = self.db.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", [row_id]
+            ).fetchone()
             self.db.execute(
-                "INSERT INTO events (at, serial, kind, address, detail) VALUES (?, ?, ?, ?, ?)",
-                [now(), self.serial, kind, address, json.dumps(detail, sort_keys=True)],
+                "UPDATE events SET hash = ? WHERE id = ?", [event_hash(prev, row), row_id]
             )
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT at, serial, kind, address, detail FROM events ORDER BY id DESC LIMIT ?",
+            "SELECT id, at, serial, kind, address, detail, hash FROM events "
+            "ORDER BY id DESC LIMIT ?",
             [limit],
         ).fetchall()
         return [
-            {"at": r[0], "serial": r[1], "kind": r[2], "address": r[3], **json.loads(r[4])}
+            {
+                "id": r[0],
+                "at": r[1],
+                "serial": r[2],
+                "kind": r[3],
+                "address": r[4],
+                **json.loads(r[5]),
+                "hash": r[6],
+            }
             for r in reversed(rows)
         ]
+
+    def verify_events(self) -> AuditCheck:
+        """Walk the chain from the start: the first entry that does not follow is where it broke."""
+        prev = self._genesis()
+        expected_id = None
+        count = 0
+        for row in self.db.execute(f"SELECT {_EVENT_COLUMNS}, prev, hash FROM events ORDER BY id"):
+            *fields, row_prev, row_hash = row
+            entry = fields[0]
+            if row_prev != prev:
+                gap = expected_id is not None and entry != expected_id
+                why = (
+                    f"entries {expected_id}..{entry - 1} are missing"
+                    if gap
+                    else "it does not follow the entry before it (inserted or moved)"
+                )
+                return AuditCheck(count, entry, f"the chain breaks at entry {entry}: {why}")
+            if row_hash != event_hash(prev, tuple(fields)):
+                return AuditCheck(
+                    count, entry, f"the chain breaks at entry {entry}: its content was changed"
+                )
+            prev, expected_id, count = row_hash, entry + 1, count + 1
+        return AuditCheck(count, None, "")
+
+    def _genesis(self) -> str:
+        """The chain's anchor: the state's lineage, so two projects' logs cannot be spliced."""
+        return "sha256:" + hashlib.sha256(f"forge-audit:{self.lineage}".encode()).hexdigest()
+
+
+_EVENT_COLUMNS = "id, at, serial, kind, address, detail"
+
+
+def event_hash(prev: str, row: tuple[Any, ...]) -> str:
+    entry_id, at, serial, kind, address, detail = row
+    body = canonical_json(
+        {
+            "prev": prev,
+            "id": entry_id,
+            "at": at,
+            "serial": serial,
+            "kind": kind,
+            "address": address,
+            "detail": json.loads(detail),
+        }
+    )
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """What `forge audit verify` found: entries checked, and where the chain broke, if it did."""
+
+    checked: int
+    broken_at: int | None
+    message: str
 
 
 @contextlib.contextmanager

@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 a diagnostic (bad Forgefile, bad policy file, bad input); 2 `plan
 --detailed-exitcode` found changes; 3 policy blocked the plan; 4 an action failed during apply;
-5 the user declined; 10-17 `apply` refused a plan (see docs/plan-format.md); 70 an internal
-error, which is a bug.
+5 the user declined; 6 `audit verify` found the audit log's chain broken; 10-17 `apply` refused
+a plan (see docs/plan-format.md); 70 an internal error, which is a bug.
 """
 
 import functools
@@ -42,6 +42,11 @@ policy_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(policy_app, name="policy")
+audit_app = typer.Typer(
+    help="Read and verify the audit log: every plan applied, by whom, and what came of it.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
 
 
 class _LazyConsole:
@@ -76,6 +81,7 @@ EXIT_CHANGES = 2
 EXIT_POLICY = 3
 EXIT_ACTION_FAILED = 4
 EXIT_DECLINED = 5
+EXIT_AUDIT_BROKEN = 6
 EXIT_INTERNAL = 70
 
 
@@ -880,6 +886,86 @@ def key_list(
             for k in keys
         ],
     )
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@audit_app.command("log")
+@reports
+def audit_log(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show the last N entries.")] = 100,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Show the audit log: plans verified and applied, actions, waivers and overrides used."""
+    state = _project(file, state_dir).existing_state()
+    entries: list[dict[str, Any]] = []
+    if state is not None:
+        try:
+            entries = state.events(limit)
+        finally:
+            state.close()
+    if as_json:
+        out.print_json(data={"version": 1, "entries": entries})
+        return
+    fixed = ("id", "at", "serial", "kind", "address", "hash")
+    render.table(
+        out,
+        "Audit log",
+        ["ID", "AT", "SERIAL", "KIND", "ADDRESS", "DETAIL"],
+        [
+            [
+                str(entry["id"]),
+                entry["at"],
+                str(entry["serial"]),
+                entry["kind"],
+                entry["address"] or "",
+                ", ".join(f"{k}={v}" for k, v in entry.items() if k not in fixed),
+            ]
+            for entry in entries
+        ],
+    )
+
+
+@audit_app.command("verify")
+@reports
+def audit_verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Check the audit log's hash chain: exit 6 naming the entry where an edit, a deletion, an
+    insertion or a move breaks it."""
+    state = _project(file, state_dir).existing_state()
+    if state is None:
+        err.print("[bold red]error:[/] nothing was ever planned here, so there is no audit log")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    try:
+        check = state.verify_events()
+    finally:
+        state.close()
+    if as_json:
+        out.print_json(
+            data={
+                "version": 1,
+                "intact": check.broken_at is None,
+                "checked": check.checked,
+                "broken_at": check.broken_at,
+                "message": check.message,
+            }
+        )
+    elif check.broken_at is None:
+        out.print(f"[green]Intact:[/] {check.checked} entries, each chained to the one before.")
+    else:
+        err.print(f"[bold red]error:[/] {e(check.message)}")
+        err.print(
+            f"  [green]hint:[/] entries 1..{check.broken_at - 1} are intact; restore the state "
+            "database from a backup, and find out who could write to it"
+        )
+    if check.broken_at is not None:
+        raise typer.Exit(EXIT_AUDIT_BROKEN)
 
 
 # -- policy -----------------------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""The audit log is a hash chain: an edited, deleted, inserted or moved entry is found and named.
+
+Real SQLite throughout; the tampering is done as an attacker with write access would, with the
+sqlite3 module straight on the database file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from executor.state import State, event_hash
+from forge.cli import EXIT_AUDIT_BROKEN, app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def logged(tmp_path: Path) -> Iterator[Path]:
+    """A state database with five chained entries."""
+    database = tmp_path / ".forge" / "state.db"
+    state = State.open(database)
+    for n in range(1, 6):
+        state.event("action", f"service.s{n}", outcome="created", n=n)
+    state.close()
+    yield database
+
+
+def check(database: Path) -> tuple[int, int | None, str]:
+    state = State.open(database)
+    try:
+        found = state.verify_events()
+    finally:
+        state.close()
+    return found.checked, found.broken_at, found.message
+
+
+def tamper(database: Path, *statements: str) -> None:
+    db = sqlite3.connect(database)
+    with db:
+        for statement in statements:
+            db.execute(statement)
+    db.close()
+
+
+def test_an_untouched_log_verifies(logged: Path) -> None:
+    assert check(logged) == (5, None, "")
+
+
+def test_an_edited_entry_is_named(logged: Path) -> None:
+    tamper(logged, """UPDATE events SET detail = '{"n": 3, "outcome": "failed"}' WHERE id = 3""")
+    assert check(logged) == (2, 3, "the chain breaks at entry 3: its content was changed")
+
+
+def test_an_edit_that_also_recomputes_the_entry_hash_breaks_the_next_link(logged: Path) -> None:
+    """A forger who rehashes the entry they edited is caught where the next entry points back."""
+    edited = '{"n": 3, "outcome": "failed"}'
+    db = sqlite3.connect(logged)
+    prev, at, serial, kind, address = db.execute(
+        "SELECT prev, at, serial, kind, address FROM events WHERE id = 3"
+    ).fetchone()
+    forged = event_hash(prev, (3, at, serial, kind, address, edited))
+    with db:
+        db.execute("UPDATE events SET detail = ?, hash = ? WHERE id = 3", [edited, forged])
+    db.close()
+    assert check(logged) == (
+        3,
+        4,
+        "the chain breaks at entry 4: it does not follow the entry before it (inserted or moved)",
+    )
+
+
+def test_a_deleted_entry_is_named(logged: Path) -> None:
+    tamper(logged, "DELETE FROM events WHERE id = 2")
+    assert check(logged) == (1, 3, "the chain breaks at entry 3: entries 2..2 are missing")
+
+
+def test_an_inserted_entry_is_named(logged: Path) -> None:
+    tamper(
+        logged,
+        "INSERT INTO events (id, at, serial, kind, address, detail, prev, hash) "
+        "SELECT 10, at, serial, kind, address, detail, prev, hash FROM events WHERE id = 2",
+    )
+    assert check(logged)[1] == 10
+
+
+def test_moved_entries_are_found(logged: Path) -> None:
+    """Swapping the contents of two entries (a reorder) breaks the chain at the first of them."""
+    tamper(
+        logged,
+        "UPDATE events SET id = 100 WHERE id = 2",
+        "UPDATE events SET id = 2 WHERE id = 4",
+        "UPDATE events SET id = 4 WHERE id = 100",
+    )
+    assert check(logged)[1] == 2
+
+
+def test_a_log_from_before_the_chain_is_chained_when_opened(tmp_path: Path) -> None:
+    """A schema-1 database's events are chained as they stand, and new ones follow on."""
+    database = tmp_path / "state.db"
+    db = sqlite3.connect(database)
+    with db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.executemany(
+            "INSERT INTO meta VALUES (?, ?)", [("schema", "1"), ("lineage", "l"), ("serial", "3")]
+        )
+        db.execute(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, "
+            "serial INTEGER NOT NULL, kind TEXT NOT NULL, address TEXT, detail TEXT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO events (at, serial, kind, address, detail) "
+            "VALUES ('2026-01-01T00:00:00Z', 1, 'apply', NULL, '{}')"
+        )
+    db.close()
+    state = State.open(database)
+    state.event("action", "service.web", outcome="created")
+    state.close()
+    assert check(database) == (2, None, "")
+
+
+def test_audit_commands(logged: Path) -> None:
+    """`forge audit log --json` lists the entries; `verify` passes, then fails with exit 6."""
+    folder = logged.parent.parent
+    (folder / "Forgefile").write_text("")
+    listed = runner.invoke(app, ["audit", "log", "--json", "-f", str(folder)])
+    assert listed.exit_code == 0, listed.output
+    entries = json.loads(listed.stdout)["entries"]
+    assert [e["address"] for e in entries] == [f"service.s{n}" for n in range(1, 6)]
+    assert entries[0]["outcome"] == "created" and entries[0]["hash"].startswith("sha256:")
+
+    verified = runner.invoke(app, ["audit", "verify", "-f", str(folder)])
+    assert verified.exit_code == 0, verified.output
+    assert "5 entries" in verified.stdout
+
+    tamper(logged, "DELETE FROM events WHERE id = 4")
+    broken = runner.invoke(app, ["audit", "verify", "--json", "-f", str(folder)])
+    assert broken.exit_code == EXIT_AUDIT_BROKEN
+    assert json.loads(broken.stdout)["broken_at"] == 5
