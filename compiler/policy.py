@@ -936,7 +936,7 @@ def judge(
         for o in overrides
         if not any(f.override is o for f in findings)
     ]
-    if rules and evaluated == 0:
+    if (rules or (policy.rego is not None and rego)) and evaluated == 0:
         problems.append(
             Problem(
                 "nothing-evaluated",

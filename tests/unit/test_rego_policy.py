@@ -167,3 +167,13 @@ def test_the_policy_digest_covers_the_rego_files_and_only_them(tmp_path: Path) -
     helper = root / "rego" / "lib" / "helpers.rego"
     helper.write_text(helper.read_text() + "\n# edited\n")
     assert policy.load_policy([root / "policy"]).digest != before
+
+
+@needs_regopy
+def test_rego_over_a_forgefile_without_resources_is_an_error_not_a_pass(tmp_path: Path) -> None:
+    """Fail-closed: the Rego found nothing because it was shown nothing."""
+    root = project(tmp_path, 'rego {\n  path = "../rego"\n}\n')
+    (root / "Forgefile").write_text("")
+    v = judge(root)
+    assert [(p.kind, p.severity) for p in v.problems] == [("nothing-evaluated", "error")]
+    assert v.blocked
