@@ -912,7 +912,11 @@ def judge(
         for w in waivers
         if w not in live
     ]
-    findings = [_settle(f, policy, packs, live, overrides, today) for f in raw]
+    levels: dict[str, tuple[str, str]] = {}  # a rule's level today, worked out once per rule
+    for f in raw:
+        if f.rule.id not in levels:
+            levels[f.rule.id] = level_of(f.rule, policy, packs, today)
+    findings = [_settle(f, levels[f.rule.id], live, overrides) for f in raw]
     used = {id(f.waiver) for f in findings if f.waiver}
     problems += [
         Problem(
@@ -1066,14 +1070,13 @@ def level_of(rule: Rule, policy: Policy, packs: dict[str, Pack], today: dt.date)
 
 def _settle(
     found: Finding,
-    policy: Policy,
-    packs: dict[str, Pack],
+    level_today: tuple[str, str],
     waivers: list[ir.Waiver],
     overrides: Sequence[Override],
-    today: dt.date,
 ) -> Finding:
+    """The finding's status: what its level, a waiver or an override makes of it."""
     rule = found.rule
-    level, rollout = level_of(rule, policy, packs, today)
+    level, rollout = level_today
     if found.error:
         return Finding(
             rule, found.address, found.message, found.span, "blocking", level, error=True
