@@ -28,7 +28,7 @@ import lark
 
 import stdlib
 from forgefile import ir
-from forgefile.diagnostics import Collector, DiagnosticError, Span, suggest
+from forgefile.diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
 from forgefile.evaluate import Scope, compiled, evaluate
 from forgefile.schema import RESOURCE_KINDS, SCHEMAS
 from forgefile.syntax import (
@@ -250,6 +250,7 @@ class _Loader:
         self.rego: RegoSource | None = None
         self.contents: list[tuple[str, bytes]] = []
         self.seen: set[Path] = set()
+        self.listed: dict[str, Span] = {}  # pack name -> where a `packs` list names it
 
     def source(self, path: Path) -> None:
         """A file or folder given by the user: a pack if it has a header, else project files."""
@@ -260,9 +261,9 @@ class _Loader:
             for file in files:
                 self.file(file, "")
 
-    def folder(self, folder: Path, files: list[Path]) -> None:
+    def folder(self, folder: Path, files: list[Path]) -> Pack | None:
         if folder in self.seen:
-            return
+            return None
         self.seen.add(folder)
         parsed = [(f, *self.parse(f)) for f in files]
         headers = [
@@ -276,6 +277,7 @@ class _Loader:
         for file, tree, _ in parsed:
             if tree is not None:
                 self.items(file, tree, pack.name if pack else "")
+        return pack
 
     def pack_header(
         self, folder: Path, headers: list[tuple[Path, Any]], data: list[tuple[str, bytes]]
@@ -410,7 +412,23 @@ class _Loader:
                     or f"Forge ships: {', '.join(known)}; or name a folder of *.policy files",
                 )
                 continue
-            self.folder(folder, policy_files([folder]))
+            pack = self.folder(folder, policy_files([folder]))
+            if pack is not None:
+                self.listed.setdefault(pack.name, span)
+
+    def pack_clash(self, one: str, other: str, ids: list[str]) -> None:
+        """Two packs that share rule ids: one error at the `packs` line, not one per rule."""
+        whole = sum(r.pack == one for r in self.rules) == len(ids)
+        listed = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        self.out.error(
+            "R0010",
+            f"packs `{one}` and `{other}` both declare {len(ids)} rule(s): {listed}",
+            self.listed.get(other, self.packs[other].span),
+            f"`{other}` holds every rule of `{one}`; list only `{other}`"
+            if whole
+            else "a rule id may come from one pack only; list one of them",
+            [Related(self.listed.get(one, self.packs[one].span), f"`{one}` is loaded here")],
+        )
 
     def pack_folder(self, name: str, base: Path) -> Path | None:
         if "/" not in name and name in stdlib.policy_packs():
@@ -536,12 +554,23 @@ class _Loader:
 
     def finish(self) -> Policy:
         seen: dict[str, Rule] = {}
+        clashes: dict[tuple[str, str], list[str]] = {}
         for rule in self.rules:
-            if rule.id in seen:
-                self.out.error(
-                    "R0010", f"rule `{rule.id}` is declared twice", rule.span, "rename one"
-                )
-            seen[rule.id] = rule
+            first = seen.setdefault(rule.id, rule)
+            if first is rule:
+                continue
+            if first.pack and rule.pack and first.pack != rule.pack:
+                clashes.setdefault((first.pack, rule.pack), []).append(rule.id)
+                continue
+            self.out.error(
+                "R0010",
+                f"rule `{rule.id}` is declared twice",
+                rule.span,
+                "rename one",
+                [Related(first.span, "first declared here")],
+            )
+        for (one, other), ids in clashes.items():
+            self.pack_clash(one, other, ids)
         targets = [*seen, *self.packs]
         for entry in self.enforce:
             if entry.target not in targets:
@@ -626,6 +655,7 @@ def _date(expr: Expr, out: Collector) -> dt.date | None:
 
 def _rule(node: Any, path: str, out: Collector, pack: str) -> Rule | None:
     _keyword, label, _open, *items, _close = node.children
+    start = len(out.items)  # this rule's own errors; an earlier rule's must not hide this one
     span = span_of(node, path)
     rule_id = _literal_string(string_from_token(label, path))
     attrs: dict[str, tuple[Expr, Span]] = {}
@@ -663,7 +693,7 @@ def _rule(node: Any, path: str, out: Collector, pack: str) -> Rule | None:
     for needed in ("applies_to", "message", "severity"):
         if needed not in attrs:
             out.error("R0003", f"rule `{rule_id}` needs `{needed}`", span, f"add `{needed} = ...`")
-    if out.has_errors:
+    if any(d.severity is Severity.ERROR for d in out.items[start:]):
         return None
     kinds = _kinds(attrs["applies_to"], out)
     # No CallContext: a verdict must not depend on the host's files or environment.
@@ -703,9 +733,16 @@ def _plain(entry: tuple[Expr, Span] | None, scope: Scope) -> str:
 
 def _kinds(entry: tuple[Expr, Span], out: Collector) -> tuple[str, ...]:
     expr, _ = entry
-    if isinstance(expr, Variable) and expr.name == _WHOLE:
-        return ()
     names = [i for i in getattr(expr, "items", (expr,))]
+    if any(isinstance(i, Variable) and i.name == _WHOLE for i in names):
+        if len(names) > 1:
+            out.error(
+                "R0004",
+                "a rule applies to resource kinds or to the whole document, not both",
+                expr.span,
+                "write `applies_to = document`, or list kinds only",
+            )
+        return ()
     kinds = []
     for item in names:
         name = item.name if isinstance(item, Variable) else None

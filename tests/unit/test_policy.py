@@ -224,3 +224,84 @@ def test_the_digest_follows_the_rule_files_bytes(tmp_path: Path) -> None:
     assert second.digest != first.digest
     assert second.to_json()["digest"] == second.digest
     assert policy.digest_of([(path.name, path.read_bytes())]) == second.digest
+
+
+def test_an_error_in_one_rule_does_not_hide_the_rules_after_it(tmp_path: Path) -> None:
+    """A broken rule is reported, and the rules after it still load and are still checked."""
+    path = rule_file(
+        tmp_path,
+        """\
+        rule "broken" {
+          applies_to = [service]
+          deny when true
+        }
+
+        rule "later" {
+          applies_to = [service]
+          severity   = "high"
+          deny when resource.privilegd
+          message    = "x"
+        }
+
+        rule "later" {
+          applies_to = [service]
+          severity   = "high"
+          deny when true
+          message    = "x"
+        }
+        """,
+    )
+    codes = sorted(d.code for d in load_errors(path))
+
+    # R0003 twice for `broken`, R0006 (misspelt field) for the first `later`, R0010 for the second.
+    assert codes == ["R0003", "R0003", "R0006", "R0010"]
+
+
+def test_a_duplicate_rule_points_at_both_declarations(tmp_path: Path) -> None:
+    path = rule_file(tmp_path, rule("true") + rule("false"))
+    (error,) = load_errors(path)
+
+    assert error.code == "R0010"
+    assert error.span is not None and error.span.line == 8
+    (first,) = error.related
+    assert first.span.line == 1 and "first declared" in first.message
+
+
+def test_two_packs_sharing_rules_are_one_error_at_the_packs_line(tmp_path: Path) -> None:
+    """restricted holds every baseline rule: listing both is one actionable error, not 16."""
+    path = rule_file(tmp_path, 'policy {\n  packs = ["baseline",\n    "restricted"]\n}\n')
+    (error,) = load_errors(path)
+
+    assert error.code == "R0010"
+    assert "`baseline` and `restricted`" in error.message
+    assert error.span is not None and error.span.line == 3
+    assert "list only `restricted`" in error.hint
+    assert error.related[0].span.line == 2
+
+
+@pytest.mark.parametrize("applies_to", ["document", "[document]"])
+def test_a_document_rule_may_be_written_bare_or_as_a_list(tmp_path: Path, applies_to: str) -> None:
+    path = rule_file(
+        tmp_path,
+        f"""\
+        rule "doc" {{
+          applies_to = {applies_to}
+          severity   = "low"
+          deny when length(document.resources) > 0
+          message    = "has resources"
+        }}
+        """,
+    )
+    (loaded,), _ = policy.load([path])
+
+    assert loaded.kinds == ()
+    verdict = judge(tmp_path, path, lower(tmp_path))
+    assert [f.rule.id for f in verdict.findings] == ["doc"]
+
+
+def test_document_and_kinds_together_is_an_error(tmp_path: Path) -> None:
+    errors = load_errors(rule_file(tmp_path, rule("true", "[service, document]")))
+
+    # R0004 for applies_to; then, as a document rule, its message may not read `resource`.
+    assert [e.code for e in errors] == ["R0004", "R0006"]
+    assert "not both" in errors[0].message
