@@ -459,8 +459,13 @@ class _Loader:
         attrs = self.attributes(node, shown, "waiver")
         if len(attrs) < len(_BLOCKS["waiver"][0]):
             return
+        blank = [k for k in ir.WAIVER_HINTS if not _string(attrs[k], "").strip()]
+        for key in blank:
+            self.out.error(
+                "R0016", f"a waiver's `{key}` is blank", attrs[key].span, ir.WAIVER_HINTS[key]
+            )
         expires = _date(attrs["expires"], self.out)
-        if expires is None:
+        if expires is None or blank:
             return
         self.waivers.append(
             ir.Waiver(
@@ -904,6 +909,8 @@ class Verdict:
                 "info": self.count("info"),
                 "waived": self.count("waived"),
                 "overridden": self.count("overridden"),
+                # Problems that block though no finding does: an expired waiver, say.
+                "errors": sum(1 for p in self.problems if p.severity == "error"),
             },
             "packs": [p.to_json() for p in self.packs],
             "findings": [f.to_json() for f in self.findings],
@@ -961,7 +968,8 @@ def judge(
             "warning",
             f"waiver `{w.name}` excuses {w.resource} from rule {w.rule}, which it does not break"
             if policy.rule(w.rule)
-            else f"waiver `{w.name}` names rule {w.rule}, which no loaded policy has",
+            else f"waiver `{w.name}` names rule {w.rule}, which no loaded policy has"
+            + _did_you_mean(w.rule, rules),
             w.span,
         )
         for w in live
@@ -971,7 +979,12 @@ def judge(
         Problem(
             "unused-override",
             "warning",
-            f"--override {o.rule}{'@' + o.resource if o.resource else ''} matched no soft finding",
+            f"--override {o.rule}{'@' + o.resource if o.resource else ''} matched no soft finding"
+            + (
+                ""
+                if policy.rule(o.rule)
+                else f"; no loaded rule is {o.rule}{_did_you_mean(o.rule, rules)}"
+            ),
             None,
         )
         for o in overrides
@@ -990,6 +1003,11 @@ def judge(
     return Verdict(
         tuple(findings), evaluated, policy.digest, tuple(problems), policy.packs, rules, run
     )
+
+
+def _did_you_mean(rule_id: str, rules: Sequence[Rule]) -> str:
+    near = suggest(rule_id, [r.id for r in rules])
+    return f" ({near})" if near else ""
 
 
 def _judge_rego(

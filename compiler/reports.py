@@ -47,12 +47,17 @@ def sarif(
 ) -> dict[str, Any]:
     """The verdict as a SARIF 2.1.0 log with one run; paths under `root` become relative."""
     index = _rule_index(rules)
+    driver = _driver(rules, tool_version, root)
+    expired = [p for p in verdict.get("problems", []) if p.get("kind") == "expired-waiver"]
+    if expired:  # it blocks the plan, so it is a result, under a descriptor of its own
+        driver["rules"].append(_EXPIRED_WAIVER)
     run: dict[str, Any] = {
-        "tool": {"driver": _driver(rules, tool_version, root)},
+        "tool": {"driver": driver},
         "invocations": [_invocation(verdict.get("problems", []), root)],
         # Forge counts columns in code points (Python str indices), not SARIF's UTF-16 default.
         "columnKind": "unicodeCodePoints",
-        "results": [_result(f, index, root) for f in verdict.get("findings", [])],
+        "results": [_result(f, index, root) for f in verdict.get("findings", [])]
+        + [_expired_result(p, len(driver["rules"]) - 1, root) for p in expired],
         "properties": {
             "verdict": verdict.get("verdict", "pass"),
             "digest": verdict.get("digest", ""),
@@ -197,6 +202,35 @@ def _result(finding: Mapping[str, Any], index: dict[str, int], root: Path | None
         "status": status,
         "blocking": bool(finding.get("blocking", False)),
     }
+    return result
+
+
+_EXPIRED_WAIVER: dict[str, Any] = {
+    "id": "forge/expired-waiver",
+    "name": "ExpiredWaiver",
+    "shortDescription": {"text": "A waiver is past its expiry date"},
+    "fullDescription": {"text": "A waiver past its expiry blocks the plan until renewed."},
+    "help": {"text": "Renew the waiver with a new expiry and reason, or fix what it waived."},
+    "helpUri": f"{DOCS_URI}#waivers",
+    "defaultConfiguration": {"level": "error"},
+}
+
+
+def _expired_result(
+    problem: Mapping[str, Any], rule_index: int, root: Path | None
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "ruleId": _EXPIRED_WAIVER["id"],
+        "ruleIndex": rule_index,
+        "level": "error",
+        "message": {"text": problem.get("message") or "expired waiver"},
+        "locations": [],
+    }
+    if problem.get("span"):
+        result["locations"] = [{"physicalLocation": _physical(problem["span"], root)}]
+    key = f"expired-waiver\0{problem.get('message', '')}".encode()
+    result["partialFingerprints"] = {"forgeProblem/v1": hashlib.sha256(key).hexdigest()}
+    result["properties"] = {"status": "blocking", "blocking": True}
     return result
 
 

@@ -198,16 +198,27 @@ def _overrides(items: list[str], identity: str | None) -> tuple[Any, ...]:
 
     from compiler.policy import Override
 
-    who = identity or getpass.getuser()
+    if identity is not None and not identity.strip():
+        err.print("[bold red]error:[/] --identity is blank; name who gives the overrides")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    try:
+        who = (identity or getpass.getuser()).strip()
+    except (OSError, KeyError):  # no login name: an override must still say who gave it
+        err.print("[bold red]error:[/] no login user to record; give --identity NAME")
+        raise typer.Exit(EXIT_DIAGNOSTIC) from None
     found = []
     for item in items:
         target, sep, reason = item.partition("=")
         rule, _, address = target.partition("@")
-        if not sep or not rule or not reason.strip():
-            err.print(
-                f"[bold red]error:[/] --override {e(repr(item))} is not RULE=REASON "
-                "(a reason is required)"
-            )
+        problem = (
+            "is not RULE=REASON (a reason is required)"
+            if not sep or not reason.strip()
+            else "names no rule: write RULE=REASON, such as FRG-C001=REASON"
+            if not rule.strip()
+            else ""
+        )
+        if problem:
+            err.print(f"[bold red]error:[/] --override {e(repr(item))} {problem}")
             raise typer.Exit(EXIT_DIAGNOSTIC)
         found.append(Override(rule.strip(), address.strip(), reason.strip(), who))
     return tuple(found)

@@ -213,6 +213,15 @@ class Waiver(Node):
         }
 
 
+# What a waiver's text fields must say, for the diagnostic when one is left blank.
+WAIVER_HINTS = {
+    "rule": "name the rule it waives, such as FRG-C001",
+    "reason": "say why the rule does not apply here; auditors read it",
+    "owner": "name who answers for the waiver, such as a team or an email",
+    "resource": "name the resource it waives, such as service.web",
+}
+
+
 RESOURCE_CLASSES: dict[str, type[Resource]] = {
     cls.kind: cls for cls in (Image, Network, Volume, Service, Job, Wasm)
 }

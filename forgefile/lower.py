@@ -246,6 +246,17 @@ class Lowering:
                 "write resource = service.NAME (or the address as a string)",
             )
             return None
+        spans = dict(self._attr_spans(block))
+        blank = [key for key in ("rule", "reason", "owner") if not str(values[key]).strip()]
+        for key in blank:
+            self.errors.error(
+                "E0162",
+                f"a waiver's `{key}` is blank",
+                spans.get(key, block.span),
+                ir.WAIVER_HINTS[key],
+            )
+        if blank:
+            return None
         expires = str(values["expires"])
         try:
             datetime.date.fromisoformat(expires)
@@ -253,7 +264,7 @@ class Lowering:
             self.errors.error(
                 "E0161",
                 f"`{expires}` is not a date",
-                dict(self._attr_spans(block)).get("expires", block.span),
+                spans.get("expires", block.span),
                 'write the last day the waiver holds as "YYYY-MM-DD"',
             )
             return None

@@ -83,3 +83,23 @@ def test_json_ranges_count_bytes_on_disk(tmp_path: Path, monkeypatch: pytest.Mon
     start, end = entry["range"]["start"], entry["range"]["end"]
     assert (start["line"], start["column"]) == (3, 12)
     assert raw[start["byte"] : end["byte"]] == b"7"
+
+
+def test_control_characters_in_user_text_print_as_escapes(tmp_path: Path) -> None:
+    """An ESC or a bidi override in a message or source line must not drive the terminal."""
+    from forgefile.diagnostics import Diagnostic, Span
+
+    source = tmp_path / "Forgefile"
+    source.write_text('name = "a\x1b[2Jb\u202ec"\n')
+    diagnostic = Diagnostic(
+        "E0001", "bad \x1b]0;title\x07 value\r\nforged: line", Span(str(source), 1, 1, 1, 4), ""
+    )
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, color_system=None, highlight=False, soft_wrap=True)
+    render.diagnostic(console, diagnostic)
+    text = buffer.getvalue()
+
+    assert not any(ch in text for ch in "\x1b\x07\r\u202e")
+    assert "bad \\x1b]0;title\\x07 value\\r\\nforged: line" in text
+    assert 'name = "a\\x1b[2Jb\\u202ec"' in text
+    assert len(text.splitlines()) == 3  # message, source line, carets: nothing forged

@@ -188,6 +188,53 @@ def test_an_expired_waiver_blocks(tmp_path: Path) -> None:
     v = verdict(tmp_path, forgefile=FORGEFILE + WAIVER.replace("EXPIRES", "2026-12-02"))
     assert statuses(v)[("H-privileged", "service.web")] == "blocking"
     assert [(p.kind, p.severity) for p in v.problems] == [("expired-waiver", "error")]
+    assert v.to_json()["counts"]["errors"] == 1
+
+
+def test_an_expired_waiver_blocks_even_when_no_finding_does(tmp_path: Path) -> None:
+    """The verdict's counts say why it blocks: an error, though no finding is blocking."""
+    fixed = FORGEFILE.replace("privileged = true", "privileged = false")
+    shared = 'enforce "H-shared-volume" { level = "advisory" }'
+    v = verdict(tmp_path, shared, forgefile=fixed + WAIVER.replace("EXPIRES", "2026-01-01"))
+    counts = v.to_json()["counts"]
+
+    assert v.blocked and v.to_json()["verdict"] == "block"
+    assert (counts["blocking"], counts["errors"]) == (0, 1)
+
+
+@pytest.mark.parametrize("field", ["reason", "owner", "rule"])
+def test_a_blank_waiver_field_is_an_error_in_the_forgefile(tmp_path: Path, field: str) -> None:
+    """A waiver must say which rule, why and who answers for it; whitespace says none of it."""
+    value = {"reason": "the appliance needs raw sockets until v2", "owner": "ops@example.com"}
+    value["rule"] = "H-privileged"
+    blanked = WAIVER.replace(f'"{value[field]}"', '"   "').replace("EXPIRES", "2027-01-31")
+    (tmp_path / "Forgefile").write_text(FORGEFILE + blanked)
+    with pytest.raises(DiagnosticError) as caught:
+        load(tmp_path / "Forgefile", {}, environ={})
+    (error,) = caught.value.diagnostics
+    assert (error.code, error.message) == ("E0162", f"a waiver's `{field}` is blank")
+    assert error.span is not None and error.span.line == len(FORGEFILE.splitlines()) + 3 + (
+        ["rule", "resource", "reason", "owner"].index(field)
+    )
+
+
+def test_a_blank_waiver_field_is_an_error_in_a_policy_file(tmp_path: Path) -> None:
+    config = """
+        waiver "w" {
+          rule = "H-privileged"
+          resource = "service.web"
+          reason = ""
+          owner = "  "
+          expires = "2027-06-30"
+        }
+    """
+    root = project(tmp_path, config)
+    with pytest.raises(DiagnosticError) as caught:
+        policy.load_policy([root / "policy"])
+    assert [(d.code, d.message) for d in caught.value.diagnostics] == [
+        ("R0016", "a waiver's `reason` is blank"),
+        ("R0016", "a waiver's `owner` is blank"),
+    ]
 
 
 def test_a_waiver_holds_through_its_last_day(tmp_path: Path) -> None:
@@ -364,6 +411,30 @@ def test_an_override_without_a_reason_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["policy", "check", "-f", str(root), "--override", "H-privileged"])
     assert result.exit_code == 1
     assert "reason is required" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--identity", "   ", "--override", "H-privileged=why"], "--identity is blank"),
+        (["--override", "=why"], "names no rule"),
+        (["--override", "@service.web=why"], "names no rule"),
+    ],
+)
+def test_an_override_must_name_a_rule_and_a_who(tmp_path: Path, args: list[str], says: str) -> None:
+    root = project(tmp_path)
+    result = runner.invoke(app, ["policy", "check", "-f", str(root), *args])
+    assert result.exit_code == 1
+    assert says in result.output
+
+
+def test_an_override_of_a_misspelt_rule_suggests_the_id(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    overrides = (policy.Override("H-privilegd", "", "why", "alice"),)
+    doc = load(root / "Forgefile", {}, environ={})
+    v = policy.judge(policy.load_policy([root / "policy"]), doc, TODAY, overrides)
+    [unused] = [p for p in v.problems if p.kind == "unused-override"]
+    assert "no loaded rule is H-privilegd (did you mean `H-privileged`?)" in unused.message
 
 
 def test_policy_explain_shows_the_values_that_made_it_fire(tmp_path: Path) -> None:

@@ -189,7 +189,8 @@ def test_realistic_sarif_validates_against_the_official_schema(
     assert errors == []
     assert json.loads(json.dumps(log)) == log
     assert log["version"] == "2.1.0"
-    assert len(log["runs"][0]["results"]) == 4
+    # Four findings and the expired waiver, which blocks and so is a result too.
+    assert len(log["runs"][0]["results"]) == 5
 
 
 def test_empty_verdict_gives_a_valid_log_with_no_results(
@@ -285,7 +286,7 @@ def test_rule_index_points_at_the_rule_each_result_names(tmp_path: Path) -> None
     run = log["runs"][0]
     driver_rules = run["tool"]["driver"]["rules"]
 
-    assert [r["ruleIndex"] for r in run["results"]] == [0, 1, 2, 3]
+    assert [r["ruleIndex"] for r in run["results"]] == [0, 1, 2, 3, len(driver_rules) - 1]
     for result in run["results"]:
         assert driver_rules[result["ruleIndex"]]["id"] == result["ruleId"]
 
@@ -342,6 +343,7 @@ def test_result_level_follows_the_finding_status(tmp_path: Path) -> None:
         "FRG-C022": "note",
         "FRG-C010": "warning",
         "FRG-C021": "note",
+        "forge/expired-waiver": "error",
     }
     assert results_by_rule(log)["FRG-C001"]["properties"] == {
         "severity": "critical",
@@ -363,6 +365,7 @@ def test_a_verdict_without_statuses_is_read_from_blocking(tmp_path: Path) -> Non
         "warning",
         "warning",
         "warning",
+        "error",  # the expired waiver
     ]
 
 
@@ -416,6 +419,17 @@ def test_waiver_problems_are_notifications_and_the_run_still_succeeded(tmp_path:
     assert orphaned["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == (
         "waivers.forge"
     )
+
+
+def test_an_expired_waiver_is_a_blocking_result_at_the_waiver(tmp_path: Path) -> None:
+    """It blocks the plan, so a code-scanning view must list it, not only a notification."""
+    log = reports.sarif(verdict_for(tmp_path), rules_for(tmp_path), "1.4.0", root=tmp_path)
+    result = results_by_rule(log)["forge/expired-waiver"]
+
+    assert result["level"] == "error"
+    assert result["message"]["text"] == "waiver `old` expired on 2026-01-01"
+    assert result["locations"][0]["physicalLocation"]["region"]["startLine"] == 40
+    assert "forge/orphaned-waiver" not in results_by_rule(log)  # a warning stays a notification
 
 
 def test_an_evaluation_error_marks_the_run_unsuccessful(
