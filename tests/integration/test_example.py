@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -45,8 +46,9 @@ class Example:
             )
         return done
 
-    def plan_json(self, *args: str) -> dict:
-        return json.loads(self.forge("plan", "--json", *args).stdout)
+    def plan_json(self, *args: str) -> dict[str, Any]:
+        plan: dict[str, Any] = json.loads(self.forge("plan", "--json", *args).stdout)
+        return plan
 
     def changes(self, *args: str) -> dict[str, str]:
         plan = self.plan_json(*args)
@@ -56,7 +58,7 @@ class Example:
     def paths(self) -> ProjectPaths:
         return ProjectPaths.for_state_dir(self.folder / ".forge")
 
-    def ps(self) -> dict[str, dict]:
+    def ps(self) -> dict[str, dict[str, Any]]:
         rows = json.loads(self.forge("ps", "--json").stdout)["workloads"]
         return {r["address"]: r for r in rows}
 

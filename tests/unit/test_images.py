@@ -20,6 +20,7 @@ import zstandard
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
+from compiler.envelope import canonical_json
 from executor.images import (
     LAYER_MEDIA_TYPE,
     CopyStep,
@@ -28,7 +29,6 @@ from executor.images import (
     ImageStore,
     LinkStep,
     Step,
-    canonical_json,
     digest_bytes,
     host_platform,
 )
