@@ -253,7 +253,12 @@ class _Loader:
         self.listed: dict[str, Span] = {}  # pack name -> where a `packs` list names it
 
     def source(self, path: Path) -> None:
-        """A file or folder given by the user: a pack if it has a header, else project files."""
+        """A file or folder given by the user: a pack if it has a header, else project files.
+
+        A name that is no file but is a pack Forge ships, such as `baseline`, is that pack.
+        """
+        if not path.exists() and str(path) in stdlib.policy_packs():
+            path = Path(str(stdlib.policy_pack(str(path))))
         files = policy_files([path])
         if path.is_dir():
             self.folder(path.resolve(), files)
@@ -490,6 +495,22 @@ class _Loader:
             for key in ("fires", "passes")
             if key in attrs
         }
+        both = set(lists.get("fires", ())) & set(lists.get("passes", ()))
+        if both:
+            self.out.error(
+                "R0023",
+                f"test `{_label(node, shown)}` expects {', '.join(sorted(both))} both to fire "
+                "and to pass",
+                span_of(node, shown),
+                "keep each rule id in one of `fires` and `passes`",
+            )
+        if not any(lists.values()):
+            self.out.error(
+                "R0023",
+                f"test `{_label(node, shown)}` expects nothing",
+                span_of(node, shown),
+                'list the rules it must make fire (`fires = ["ID"]`) or pass (`passes = [...]`)',
+            )
         self.tests.append(
             PolicyTest(
                 _label(node, shown),

@@ -97,4 +97,12 @@ def _run(case: PolicyTest, policy: Policy) -> CaseResult:
     errors = [f.message for f in verdict.findings if f.error]
     problems = [f"expected {rule} to fire; it did not" for rule in case.fires if rule not in fired]
     problems += [f"expected {rule} not to fire; it did" for rule in case.passes if rule in fired]
+    # A rule that passes only because the fixture has nothing it applies to tests nothing.
+    kinds = {r.kind for r in doc.resources}
+    problems += [
+        f"{rule_id} applies to {', '.join(rule.kinds)}, which the fixture does not declare: "
+        "it passes without being evaluated"
+        for rule_id in case.passes
+        if (rule := policy.rule(rule_id)) is not None and rule.kinds and not kinds & set(rule.kinds)
+    ]
     return CaseResult(case, fired, tuple(errors + problems))

@@ -1043,7 +1043,8 @@ def policy_test(
 ) -> None:
     """Run the `test` blocks of policy files: Forgefile snippets and the rules that must fire.
 
-    Exit 1 when a case fails, or with --coverage when a rule has no case that makes it fire.
+    Exit 1 when a case fails, when there is no case at all, or with --coverage when a rule has
+    no case that makes it fire. Try `forge policy test --coverage baseline`.
     """
     from compiler import policy as policies
     from compiler.policy_cases import coverage as measure
@@ -1066,12 +1067,17 @@ def policy_test(
             for problem in result.problems:
                 out.print(f"     {e(problem)}")
         out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed.")
+        if not results:
+            err.print(
+                "[bold red]error:[/] the policy has no `test` blocks, so nothing was tested; "
+                'write one: test "name" { forgefile = "..." fires = ["RULE"] }'
+            )
         if coverage:
             out.print(
                 f"coverage: {covered.percent:.0f}% of {len(covered.rules)} rules fire in a case"
                 + (f"; never: {e(', '.join(covered.uncovered))}" if covered.uncovered else "")
             )
-    if failed or (coverage and covered.uncovered):
+    if failed or not results or (coverage and covered.uncovered):
         raise typer.Exit(EXIT_DIAGNOSTIC)
 
 

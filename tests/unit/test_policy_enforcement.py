@@ -374,6 +374,43 @@ def test_a_failing_case_says_what_it_expected(tmp_path: Path) -> None:
     assert bad.problems == ("expected H-privileged to fire; it did not",)
 
 
+def test_a_case_cannot_pass_a_rule_it_never_evaluates(tmp_path: Path) -> None:
+    """A fixture without a service says nothing about a service rule: the case fails."""
+    root = project(tmp_path)
+    case = 'test "empty" {\n  forgefile = <<-EOT\n    volume "v" {}\n  EOT\n'
+    (root / "house" / "cases.policy").write_text(case + '  passes = ["H-privileged"]\n}\n')
+    [case] = run_cases(policy.load_policy([root / "house"]))
+    assert case.problems == (
+        "H-privileged applies to service, which the fixture does not declare: "
+        "it passes without being evaluated",
+    )
+
+
+@pytest.mark.parametrize(
+    ("lists", "says"),
+    [
+        ('fires = ["H-privileged"]\n  passes = ["H-privileged"]', "both to fire and to pass"),
+        ("", "expects nothing"),
+    ],
+)
+def test_a_case_lists_each_rule_once(tmp_path: Path, lists: str, says: str) -> None:
+    root = project(tmp_path)
+    case = f'test "t" {{\n  forgefile = ""\n  {lists}\n}}\n'
+    (root / "house" / "cases.policy").write_text(case)
+    with pytest.raises(DiagnosticError) as caught:
+        policy.load_policy([root / "house"])
+    [error] = caught.value.diagnostics
+    assert error.code == "R0023" and says in error.message
+
+
+def test_policy_test_without_cases_fails(tmp_path: Path) -> None:
+    """Zero cases is not a pass: exit 1, saying there is nothing to run."""
+    root = project(tmp_path)
+    result = runner.invoke(app, ["policy", "test", "-f", str(root), str(root / "house")])
+    assert result.exit_code == 1
+    assert "no `test` blocks" in result.output
+
+
 def test_policy_check_prints_sarif_that_validates(tmp_path: Path) -> None:
     """`forge policy check --format sarif` validates against SARIF 2.1.0 and exits 3 on a block."""
     root = project(tmp_path)
