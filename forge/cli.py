@@ -1108,6 +1108,7 @@ def policy_explain(
         if hint := suggest(rule_id, known):
             err.print(f"  [green]hint:[/] {e(hint)}")
         raise typer.Exit(EXIT_DIAGNOSTIC)
+    _explainable(rule, address, checked.doc, project.forgefile)
     out.print(f"[bold]{e(rule.id)}[/] {e(rule.title)} [dim]({e(rule.span)})[/]")
     out.print(
         f"  pack {e(rule.pack or '(project)')}, severity {e(rule.severity)}, "
@@ -1126,9 +1127,6 @@ def policy_explain(
     elif address:
         if not rule.kinds:
             address = ""
-        elif checked.doc.resource(address) is None:
-            err.print(f"[bold red]error:[/] no resource `{e(address)}` in {e(project.forgefile)}")
-            raise typer.Exit(EXIT_DIAGNOSTIC)
         out.print(f"[bold]values read from {e(address or 'the document')}:[/]")
         for name, value in policies.explain_bindings(rule, checked.doc, address).items():
             out.print(f"  {e(name)} = {e(json.dumps(value, default=str))}")
@@ -1152,6 +1150,26 @@ def policy_explain(
             out.print(
                 f"  waived by {e(f.waiver.name)} until {e(f.waiver.expires)}: {e(f.waiver.reason)}"
             )
+
+
+def _explainable(rule: Any, address: str, doc: Any, forgefile: Path) -> None:
+    """Refuse, before printing anything, an address that is not there or not of the rule's kind."""
+    from forgefile.diagnostics import suggest
+
+    if not address or not rule.kinds or rule.pack == "rego":
+        return
+    resource = doc.resource(address)
+    if resource is None:
+        err.print(f"[bold red]error:[/] no resource `{e(address)}` in {e(forgefile)}")
+        if hint := suggest(address, [r.address for r in doc.resources]):
+            err.print(f"  [green]hint:[/] {e(hint)}")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    if resource.kind not in rule.kinds:
+        err.print(
+            f"[bold red]error:[/] {e(rule.id)} applies to {e(', '.join(rule.kinds))}; "
+            f"`{e(address)}` is a {e(resource.kind)}, which it never judges"
+        )
+        raise typer.Exit(EXIT_DIAGNOSTIC)
 
 
 def main() -> None:

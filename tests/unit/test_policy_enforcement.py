@@ -483,6 +483,26 @@ def test_policy_explain_shows_the_values_that_made_it_fire(tmp_path: Path) -> No
     assert "fires on service.web" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("H-privileged@service.wb", "no resource `service.wb`"),
+        ("H-privileged@volume.shared", "`volume.shared` is a volume, which it never judges"),
+    ],
+)
+def test_policy_explain_refuses_an_address_it_cannot_explain(
+    tmp_path: Path, target: str, says: str
+) -> None:
+    """Before printing the rule: a misspelt address gets a suggestion, a wrong kind a reason."""
+    root = project(tmp_path)
+    result = runner.invoke(app, ["policy", "explain", target, "-f", str(root)])
+    assert result.exit_code == 1
+    assert says in result.output
+    assert "deny when" not in result.output
+    if "wb" in target:
+        assert "did you mean `service.web`?" in result.output
+
+
 def test_apply_records_the_waivers_and_overrides_it_was_judged_with(tmp_path: Path) -> None:
     """The audit log gets one event per waiver and override in the plan's verdict."""
     from executor.apply import apply_plan
