@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 import lark
 
+import grammar
 import stdlib
 from forgefile import ir
 from forgefile.diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
@@ -194,9 +195,7 @@ class Policy:
 
 @cache
 def _parser() -> lark.Lark:
-    return lark.Lark.open_from_package(
-        "grammar", "policy.lark", parser="lalr", maybe_placeholders=True
-    )
+    return grammar.parser("policy.lark")
 
 
 def policy_files(paths: Iterable[Path]) -> list[Path]:
@@ -955,7 +954,10 @@ def judge(
     With a `rego` block in the policy (and `rego` true), the Rego adapter also judges the
     document in a child process; its findings are settled like any other rule's.
     """
-    raw, evaluated = _evaluate(policy.rules, doc)
+    packs = {p.name: p for p in policy.packs}
+    # A rule's level today, worked out once per rule; findings are made with it already applied.
+    levels = {rule.id: level_of(rule, policy, packs, today) for rule in policy.rules}
+    raw, evaluated = _evaluate(policy.rules, doc, levels)
     rules = policy.rules
     run: dict[str, Any] | None = None
     if policy.rego is not None and rego:
@@ -964,7 +966,6 @@ def judge(
         rules += rules_run
         # The engine is handed every resource at once: each counts as evaluated.
         evaluated += len(doc.resources)
-    packs = {p.name: p for p in policy.packs}
     waivers = [*doc.waivers, *policy.waivers]
     live = [w for w in waivers if dt.date.fromisoformat(w.expires) >= today]
     problems = [
@@ -977,11 +978,17 @@ def judge(
         for w in waivers
         if w not in live
     ]
-    levels: dict[str, tuple[str, str]] = {}  # a rule's level today, worked out once per rule
+    # Only a finding a waiver or an override may touch, or one from Rego, is settled again.
+    touched = {w.rule for w in live} | {o.rule for o in overrides}
     for f in raw:
         if f.rule.id not in levels:
             levels[f.rule.id] = level_of(f.rule, policy, packs, today)
-    findings = [_settle(f, levels[f.rule.id], live, overrides) for f in raw]
+    findings = [
+        _settle(f, levels[f.rule.id], live, overrides)
+        if f.rule.id in touched or f.rule.pack == "rego"
+        else f
+        for f in raw
+    ]
     used = {id(f.waiver) for f in findings if f.waiver}
     problems += [
         Problem(
@@ -1192,40 +1199,76 @@ def _override_for(found: Finding, overrides: Sequence[Override]) -> Override | N
     )
 
 
-def _evaluate(rules: Sequence[Rule], doc: ir.Document) -> tuple[list[Finding], int]:
-    """Every rule over every resource it applies to: linear in rules times resources."""
+def _evaluate(
+    rules: Sequence[Rule], doc: ir.Document, levels: dict[str, tuple[str, str]]
+) -> tuple[list[Finding], int]:
+    """Every rule over every resource it applies to: linear in rules times resources.
+
+    Findings carry the status their rule's level gives them; waivers and overrides come later.
+    """
     findings: list[Finding] = []
     evaluated = 0
     whole = doc.to_document()
     documents = list(zip(doc.resources, whole["resources"], strict=True))
     for rule in rules:
+        level, rollout = levels[rule.id]
         try:
             base = _bindings(rule, whole)
         except (DiagnosticError, TypeError) as exc:
-            findings.append(_failed(rule, "", f"its `let` bindings failed: {exc}", rule.span))
+            why = f"its `let` bindings failed: {exc}"
+            findings.append(_failed(rule, "", why, rule.span, level))
             continue
-        judge = _Judge(rule)
+        judged = _judge(rule, level, rollout, _document_span(doc), findings)
         if not rule.kinds:
             evaluated += 1
-            findings.extend(judge(Scope(bindings=base), "", _document_span(doc)))
+            judged(Scope(bindings=base), "", None)
             continue
-        first = _first_field(rule.condition) or ""
         # One scope per rule, its `resource` rebound for each resource: scopes are not free.
         bindings = dict(base)
         scope = Scope(bindings=bindings)
+        kinds = rule.kinds
         for resource, document in documents:
-            if resource.kind not in rule.kinds:
-                continue
-            evaluated += 1
-            bindings["resource"] = document
-            fired = judge(scope, document["address"], None, resource.span)
-            if fired:
-                # The span is looked up only for what fired: most resources pass.
-                span = resource.span_of(first)
-                findings.extend(
-                    f if f.error else Finding(rule, f.address, f.message, span) for f in fired
-                )
+            if resource.kind in kinds:
+                evaluated += 1
+                bindings["resource"] = document
+                judged(scope, document["address"], resource)
     return findings, evaluated
+
+
+def _judge(
+    rule: Rule, level: str, rollout: str, whole_span: Span, findings: list[Finding]
+) -> Callable[[Scope, str, ir.Resource | None], None]:
+    """One rule, compiled once: a call judges one resource (None: the document) into findings."""
+    condition, message = compiled(rule.condition), compiled(rule.message)
+    status = _status(rule, level)
+    first = _first_field(rule.condition) or ""
+
+    def judged(scope: Scope, address: str, resource: ir.Resource | None) -> None:
+        try:
+            fired = condition(scope)
+            if fired is False:
+                return
+            if fired is not True:
+                raise TypeError(f"the condition gave a {type(fired).__name__}, not a bool")
+            text = str(message(scope))
+            # The span is looked up only for what fired: most resources pass.
+            where = resource.span_of(first) if resource else whole_span
+            findings.append(Finding(rule, address, text, where, status, level, None, None, rollout))
+        except (DiagnosticError, TypeError) as exc:
+            # Fail closed: a rule that cannot be evaluated blocks like one that fired.
+            where = resource.span if resource else whole_span
+            findings.append(_failed(rule, address, str(exc), where, level))
+
+    return judged
+
+
+def _status(rule: Rule, level: str) -> str:
+    """A finding's status from its rule and level alone, as `_settle` gives it unwaived."""
+    if rule.verdict == "info":
+        return "info"
+    if rule.verdict == "warn" or level == "advisory":
+        return "warning"
+    return "blocking"
 
 
 def _bindings(rule: Rule, whole: dict[str, Any]) -> dict[str, Any]:
@@ -1235,35 +1278,9 @@ def _bindings(rule: Rule, whole: dict[str, Any]) -> dict[str, Any]:
     return bound
 
 
-class _Judge:
-    """One rule's condition and message, compiled once and run for each resource."""
-
-    def __init__(self, rule: Rule) -> None:
-        self.rule = rule
-        self.condition = compiled(rule.condition)
-        self.message = compiled(rule.message)
-
-    def __call__(
-        self, scope: Scope, address: str, span: Span | None, error_span: Span | None = None
-    ) -> list[Finding]:
-        rule = self.rule
-        where = span or error_span or rule.span
-        try:
-            fired = self.condition(scope)
-            if fired is False:
-                return []
-            if fired is not True:
-                raise TypeError(f"the condition gave a {type(fired).__name__}, not a bool")
-            return [Finding(rule, address, str(self.message(scope)), where)]
-        except (DiagnosticError, TypeError) as exc:
-            # Fail closed: a rule that cannot be evaluated blocks like one that fired.
-            return [_failed(rule, address, str(exc), error_span or where)]
-
-
-def _failed(rule: Rule, address: str, why: str, span: Span) -> Finding:
-    return Finding(
-        rule, address, f"rule `{rule.id}` could not be evaluated: {why}", span, error=True
-    )
+def _failed(rule: Rule, address: str, why: str, span: Span, level: str = "hard") -> Finding:
+    message = f"rule `{rule.id}` could not be evaluated: {why}"
+    return Finding(rule, address, message, span, "blocking", level, error=True)
 
 
 def _document_span(doc: ir.Document) -> Span:

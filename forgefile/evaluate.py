@@ -571,7 +571,7 @@ def compiled(expr: Expr) -> Callable[[Scope], Any]:
             return index
         case Template(parts=parts):
             pieces = [_text(p) for p in parts]
-            return lambda scope: _bounded("".join(piece(scope) for piece in pieces), span)
+            return lambda scope: _bounded("".join([piece(scope) for piece in pieces]), span)
         case Call(name=name, args=args) if name in functions.PURE:
             runs, function, call = [compiled(a) for a in args], functions.PURE[name], expr
 
@@ -583,9 +583,21 @@ def compiled(expr: Expr) -> Callable[[Scope], Any]:
                     # Pure, so it fails the same way again: through the path `evaluate` takes,
                     # which turns the failure into the same diagnostic.
                     result = _call_with(call, values, scope)
-                return _bounded(result, span)
+                return result if type(result) in _SCALARS else _bounded(result, span)
 
-            return pure
+            if len(runs) != 1:
+                return pure
+            (only,) = runs
+
+            def pure_one(scope: Scope) -> Any:  # the common arity, without the argument list
+                value = only(scope)
+                try:
+                    result = function(value)
+                except Exception:
+                    result = _call_with(call, [value], scope)
+                return result if type(result) in _SCALARS else _bounded(result, span)
+
+            return pure_one
         case ListExpr(items=items):
             runs = [compiled(i) for i in items]
             return lambda scope: [i(scope) for i in runs]
@@ -639,4 +651,13 @@ def _text(part: str | Expr) -> Callable[[Scope], str]:
     if isinstance(part, str):
         return lambda scope: part
     run, span = compiled(part), part.span
-    return lambda scope: _to_text(run(scope), span)
+
+    def text(scope: Scope) -> str:
+        value = run(scope)
+        return value if type(value) is str else _to_text(value, span)
+
+    return text
+
+
+# Values `_bounded` has nothing to check in: they cannot grow.
+_SCALARS = frozenset((bool, int, float, type(None)))

@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 
 import lark
 
+import grammar
+
 from .diagnostics import DiagnosticError
 from .syntax import normalise, parse, syntax_diagnostic
 
@@ -99,12 +101,9 @@ def _collect_comment(token: lark.Token) -> lark.Token:
 
 @cache
 def _parser() -> lark.Lark:
-    return lark.Lark.open_from_package(
-        "grammar",
+    return grammar.parser(
         "forgefile.lark",
-        parser="lalr",
         propagate_positions=True,
-        maybe_placeholders=True,
         keep_all_tokens=True,
         lexer_callbacks={"COMMENT": _collect_comment},
     )

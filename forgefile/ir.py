@@ -7,6 +7,7 @@ configuration that will run. `to_document()` gives the JSON-shaped view that rul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, ClassVar
@@ -298,30 +299,53 @@ def _document_fields(cls: type) -> tuple[tuple[str, str, bool], ...]:
     return _FIELDS[cls]
 
 
-_PLAIN = (str, int, float, bool, type(None))
+_PLAIN = frozenset((str, int, float, bool, type(None)))
 
 
 def _to_json(value: Any, as_map: bool = False) -> Any:
     """The JSON form of an IR value: references as addresses, sizes as bytes, times as seconds."""
-    if type(value) in _PLAIN and not as_map:
-        return value
     if as_map:
-        return {k: _to_json(v) for k, v in value}
-    if isinstance(value, ResourceRef):
-        return value.address
-    if isinstance(value, Size):
-        return value.bytes
-    if isinstance(value, Duration):
-        return value.seconds
-    if isinstance(value, CopyStep | LinkStep):
-        step = {
-            f.name: _to_json(getattr(value, f.name))
-            for f in fields(value)
-            if f.name not in ("span", "spans")
-        }
-        return {"copy" if isinstance(value, CopyStep) else "link": step}
-    if isinstance(value, Limits | WasmLimits):
-        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple):
-        return [_to_json(v) for v in value]
+        return {k: v if type(v) in _PLAIN else _to_json(v) for k, v in value}
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is tuple:
+        return [v if type(v) in _PLAIN else _to_json(v) for v in value]
+    convert = _CONVERT.get(kind)
+    if convert is None:  # a subclass: find the converter of the class it extends
+        convert = next((c for t, c in _CONVERT.items() if isinstance(value, t)), _same)
+        _CONVERT[kind] = convert
+    return convert(value)
+
+
+def _record(value: Any) -> dict[str, Any]:
+    return {name: _to_json(getattr(value, name)) for name in _record_fields(type(value))}
+
+
+def _step(value: CopyStep | LinkStep) -> dict[str, Any]:
+    return {"copy" if isinstance(value, CopyStep) else "link": _record(value)}
+
+
+_RECORD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _record_fields(cls: type) -> tuple[str, ...]:
+    if cls not in _RECORD_FIELDS:
+        _RECORD_FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name not in ("span", "spans"))
+    return _RECORD_FIELDS[cls]
+
+
+def _same(value: Any) -> Any:
     return value
+
+
+# Each IR value type and its JSON form; looked up by exact type, which is what the IR holds.
+_CONVERT: dict[type, Callable[[Any], Any]] = {
+    ResourceRef: lambda ref: ref.address,
+    Size: lambda size: size.bytes,
+    Duration: lambda duration: duration.seconds,
+    CopyStep: _step,
+    LinkStep: _step,
+    Limits: _record,
+    WasmLimits: _record,
+}

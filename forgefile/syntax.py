@@ -15,6 +15,8 @@ from typing import Any
 
 import lark
 
+import grammar
+
 from .diagnostics import Diagnostic, DiagnosticError, Span
 
 # Lark's trees and tokens, as the builder walks them; Lark's own types are too loose to help.
@@ -193,23 +195,12 @@ class File:
 
 @cache
 def _forgefile_parser() -> lark.Lark:
-    return lark.Lark.open_from_package(
-        "grammar",
-        "forgefile.lark",
-        parser="lalr",
-        maybe_placeholders=True,
-    )
+    return grammar.parser("forgefile.lark")
 
 
 @cache
 def _expression_parser() -> lark.Lark:
-    return lark.Lark.open_from_package(
-        "grammar",
-        "expressions.lark",
-        parser="lalr",
-        start="expr",
-        maybe_placeholders=True,
-    )
+    return grammar.parser("expressions.lark", start="expr")
 
 
 def parse(text: str, path: str) -> File:

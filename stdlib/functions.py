@@ -39,6 +39,8 @@ _TYPE_WORDS = {str: "string", int: "int", float: "number", bool: "bool", list: "
 
 
 def _expect(value: object, kind: type | tuple[type, ...], what: str) -> Any:
+    if type(value) is kind:  # the common case, and the cheapest test
+        return value
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         kinds = kind if isinstance(kind, tuple) else (kind,)
         wanted = " or ".join(_TYPE_WORDS.get(k, k.__name__) for k in kinds)

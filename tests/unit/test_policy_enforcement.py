@@ -377,10 +377,10 @@ def test_a_failing_case_says_what_it_expected(tmp_path: Path) -> None:
 def test_a_case_cannot_pass_a_rule_it_never_evaluates(tmp_path: Path) -> None:
     """A fixture without a service says nothing about a service rule: the case fails."""
     root = project(tmp_path)
-    case = 'test "empty" {\n  forgefile = <<-EOT\n    volume "v" {}\n  EOT\n'
-    (root / "house" / "cases.policy").write_text(case + '  passes = ["H-privileged"]\n}\n')
-    [case] = run_cases(policy.load_policy([root / "house"]))
-    assert case.problems == (
+    text = 'test "empty" {\n  forgefile = <<-EOT\n    volume "v" {}\n  EOT\n'
+    (root / "house" / "cases.policy").write_text(text + '  passes = ["H-privileged"]\n}\n')
+    [result] = run_cases(policy.load_policy([root / "house"]))
+    assert result.problems == (
         "H-privileged applies to service, which the fixture does not declare: "
         "it passes without being evaluated",
     )
