@@ -28,7 +28,7 @@ import lark
 
 import grammar
 import stdlib
-from forgefile import ir
+from forgefile import collector, ir
 from forgefile.diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
 from forgefile.evaluate import Scope, compiled, evaluate
 from forgefile.schema import RESOURCE_KINDS, SCHEMAS
@@ -957,7 +957,8 @@ def judge(
     packs = {p.name: p for p in policy.packs}
     # A rule's level today, worked out once per rule; findings are made with it already applied.
     levels = {rule.id: level_of(rule, policy, packs, today) for rule in policy.rules}
-    raw, evaluated = _evaluate(policy.rules, doc, levels)
+    with collector.paused():  # the documents and findings live until the verdict is made
+        raw, evaluated = _evaluate(policy.rules, doc, levels)
     rules = policy.rules
     run: dict[str, Any] | None = None
     if policy.rego is not None and rego:

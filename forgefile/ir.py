@@ -67,8 +67,10 @@ class Resource(Node):
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"address": self.address, "kind": self.kind}
+        values = self.__dict__  # read directly: policy turns every resource into a document
         for name, key, as_map in _document_fields(type(self)):
-            doc[key] = _to_json(getattr(self, name), as_map)
+            value = values[name]
+            doc[key] = value if type(value) in _PLAIN and not as_map else _to_json(value, as_map)
         return doc
 
 
