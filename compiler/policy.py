@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,22 @@ class RegoSource:
     timeout: float  # seconds
     memory_mb: int
     span: Span
+    shown: str = ""  # the folder as the user sees it, for spans in its files
+
+    def span_in(self, message: str) -> Span | None:
+        """The place in one of its files that an engine's message names (`x.rego:4:14: ...`)."""
+        return _rego_place(self.folder, self.shown, message)
+
+
+def _rego_place(folder: Path, shown: str, message: str) -> Span | None:
+    for name, line, column in _REGO_PLACE.findall(message):
+        if (folder / name).is_file():
+            at = int(column or 1)
+            return Span(str(Path(shown or folder) / name), int(line), at, int(line), at)
+    return None
+
+
+_REGO_PLACE = re.compile(r"([\w./-]+\.rego):(\d+)(?::(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -536,6 +553,7 @@ class _Loader:
         if "path" not in attrs:
             return
         folder = (path.parent / _string(attrs["path"], "")).resolve()
+        shown_folder = os.path.normpath(Path(shown).parent / _string(attrs["path"], ""))
         namespace = _string(attrs.get("namespace"), "main")
         engine = _string(attrs.get("engine"), "") or None
         if engine is not None and engine not in rego.ENGINES:
@@ -558,12 +576,15 @@ class _Loader:
         try:
             modules = rego.policy_modules(folder, namespace)
         except rego.RegoError as exc:
+            place = _rego_place(folder, shown_folder, str(exc))
             self.out.error(
                 "R0030",
                 str(exc),
-                attrs["path"].span,
-                "`path` is relative to this policy file's folder and must hold `.rego` files "
-                f"in `package {namespace}`",
+                place or attrs["path"].span,
+                ""
+                if place
+                else "`path` is relative to this policy file's folder and must hold `.rego` "
+                f"files in `package {namespace}`",
             )
             return
         self.contents.extend((f"rego:{name}", text.encode()) for name, text in modules)
@@ -575,6 +596,7 @@ class _Loader:
             timeout.seconds if isinstance(timeout, Duration) else 10.0,
             max(1, memory.bytes >> 20) if isinstance(memory, Size) else 512,
             span,
+            shown_folder,
         )
 
     def finish(self) -> Policy:
@@ -663,8 +685,11 @@ def _quantity(expr: Expr | None, kind: type, out: Collector, wanted: str) -> Any
     except DiagnosticError as exc:
         out.items.extend(exc.diagnostics)
         return None
-    if not isinstance(value, kind) or value == kind(0):
+    if not isinstance(value, kind):
         out.error("R0008", f"expected {wanted}", expr.span, f"write {wanted}")
+        return None
+    if value == kind(0):
+        out.error("R0008", "a limit of 0 allows nothing: it must be more than 0", expr.span, wanted)
         return None
     return value
 
@@ -1068,15 +1093,25 @@ def _judge_rego(
 
     spans = {r.address: r.span for r in doc.resources}
     findings = [
-        _failed(rule("rego:error", "deny"), "", f"the Rego engine failed: {error}", source.span)
+        _failed(
+            rule("rego:error", "deny"),
+            "",
+            f"the Rego engine failed: {error}",
+            source.span_in(error) or source.span,
+        )
         for error in result.errors
     ]
     for item in result.findings:
         address = item["resource"] or _named_address(item["message"], spans)
+        message = item["message"]
+        if address and address not in spans:
+            # A typo in the policy, or a resource since renamed: say so, not just place it.
+            message += f" (it names `{address}`, which this Forgefile does not declare)"
+            address = ""
         found = Finding(
             rule(item["rule"], item["verdict"]),
             address,
-            item["message"],
+            message,
             spans.get(address, source.span),
         )
         if item["excepted"]:

@@ -94,9 +94,18 @@ def find_engine(engine: str | None = None) -> tuple[str, str]:
     if engine in (None, "regopy") and importlib.util.find_spec("regopy") is not None:
         return "regopy", sys.executable
 
-    wanted = f"`{engine}`" if engine else "a Rego engine"
+    how = {
+        "opa": "put the `opa` binary on PATH",
+        "conftest": "put the `conftest` binary on PATH",
+        "regopy": "`pip install regopy` into Forge's environment",
+    }
+    if engine is not None:
+        raise RegoError(
+            f"the Rego engine `{engine}` is not available: {how[engine]}, "
+            "or leave `engine` out to use whichever engine is found"
+        )
     raise RegoError(
-        f"{wanted} is not available: put `opa` or `conftest` on PATH, or `pip install regopy`"
+        "no Rego engine is available: put `opa` or `conftest` on PATH, or `pip install regopy`"
     )
 
 
@@ -121,6 +130,10 @@ def policy_modules(policy_dir: Path, namespace: str = "main") -> list[tuple[str,
     """The `.rego` files under the folder (tests excluded), as (relative name, text), sorted."""
     if not _NAMESPACE.fullmatch(namespace):
         raise RegoError(f"`{namespace}` is not a Rego package name")
+    if policy_dir.is_file():
+        raise RegoError(
+            f"{policy_dir} is a file: `path` names the folder that holds the .rego files"
+        )
     if not policy_dir.is_dir():
         raise RegoError(f"the Rego policy folder {policy_dir} does not exist")
 
@@ -135,7 +148,21 @@ def policy_modules(policy_dir: Path, namespace: str = "main") -> list[tuple[str,
             raise RegoError(f"cannot read the Rego policy {path}: {exc}") from None
 
     if not modules:
-        raise RegoError(f"the Rego policy folder {policy_dir} holds no .rego file")
+        tests = any(policy_dir.rglob("*_test.rego"))
+        raise RegoError(
+            f"the Rego policy folder {policy_dir} holds only tests (`*_test.rego`), which are "
+            "not evaluated"
+            if tests
+            else f"the Rego policy folder {policy_dir} holds no .rego file"
+        )
+    for name, text in modules:
+        if _package(text) == namespace and (head := _BOOLEAN_HEAD.search(text)):
+            line = text.count("\n", 0, head.start()) + 1
+            rule = head.group(1)
+            raise RegoError(
+                f"{name}:{line}: `{rule}` is a single value, not a set of messages, so a false "
+                f"`{rule}` would pass without a word; write `{rule} contains msg if {{ ... }}`"
+            )
     if not any(_package(text) == namespace for _, text in modules):
         raise RegoError(
             f"no policy in {policy_dir} declares `package {namespace}`, so no rule would run"
@@ -450,6 +477,13 @@ def _fields(text: str) -> Iterable[tuple[str, str]]:
         key, sep, value = line.partition(":")
         if sep:
             yield key.strip(), value.strip()
+
+
+# A deny, warn or violation rule written as a single value (`deny if {...}`, `deny := x`)
+# rather than a set (`deny contains msg if {...}`); Rego v0's `deny[msg] {` is a set too.
+_BOOLEAN_HEAD = re.compile(
+    r"^((?:deny|warn|violation)(?:_[A-Za-z0-9_]*)?)[ \t]*(?:if\b|\{|:=|=(?!=))", re.M
+)
 
 
 def _package(text: str) -> str | None:

@@ -171,6 +171,22 @@ def test_rules_of_the_wrong_shape_are_errors(document: dict[str, Any]) -> None:
     assert result.findings == (finding("deny", "deny", "a proper message"),)
 
 
+@pytest.mark.parametrize("head", ["deny if {", "deny_root := true", "warn = x", "violation {"])
+def test_a_single_value_rule_is_refused_before_it_runs(tmp_path: Path, head: str) -> None:
+    """`deny if { false }` is undefined when false: the rule would pass without a word."""
+    (tmp_path / "policy.rego").write_text(f"package main\n\n{head}\n  true\n}}\n")
+    with pytest.raises(rego.RegoError) as caught:
+        rego.policy_modules(tmp_path)
+    rule = head.split()[0]
+    assert str(caught.value).startswith(f"policy.rego:3: `{rule}` is a single value")
+
+
+@pytest.mark.parametrize("head", ["deny contains msg if {", "deny[msg] {", "deny_x contains 1"])
+def test_a_set_rule_is_accepted(tmp_path: Path, head: str) -> None:
+    (tmp_path / "policy.rego").write_text(f"package main\n\n{head}\n  msg := 1\n}}\n")
+    assert rego.policy_modules(tmp_path)
+
+
 def test_input_strings_and_big_numbers_reach_the_policy_intact() -> None:
     """Quotes and integers past 2**63 arrive unchanged (regopy's set_input mangles both)."""
     resources = [{"address": 'service."quoted"', "big": 10**20}]

@@ -103,7 +103,8 @@ def test_an_engine_error_is_a_blocking_finding_not_a_pass(tmp_path: Path) -> Non
     [failed] = v.findings
     assert failed.rule.id == "rego:error" and failed.error and failed.status == "blocking"
     assert "broken.rego" in failed.message
-    assert failed.span.file.endswith("project.policy")
+    # At the place in the Rego file the engine names, not at the `rego` block.
+    assert failed.span.file.endswith("broken.rego") and failed.span.line == 6
     assert v.blocked
 
 
@@ -114,7 +115,8 @@ def test_no_engine_at_all_blocks(tmp_path: Path) -> None:
     v = judge(project(tmp_path, 'rego {\n  path = "../rego"\n  engine = "conftest"\n}\n'))
     [failed] = v.findings
     assert failed.error and failed.status == "blocking"
-    assert "`conftest` is not available" in failed.message
+    assert "`conftest` is not available: put the `conftest` binary on PATH" in failed.message
+    assert "pip install" not in failed.message
     assert (failed.span.line, failed.span.column) == (1, 1)
 
 
@@ -138,6 +140,55 @@ def test_a_bad_rego_block_is_a_diagnostic_at_the_attribute(tmp_path: Path) -> No
         ("R0008", 5, 17),
         ("R0030", 2, 17),
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("../rego/policy.rego", "is a file: `path` names the folder"),
+        ("../tests-only", "holds only tests (`*_test.rego`)"),
+    ],
+)
+def test_a_path_that_holds_no_policy_says_why(tmp_path: Path, path: str, says: str) -> None:
+    root = project(tmp_path, f'rego {{\n  path = "{path}"\n}}\n')
+    (root / "tests-only").mkdir()
+    shutil.copy(root / "rego" / "policy_test.rego", root / "tests-only")
+    with pytest.raises(DiagnosticError) as caught:
+        policy.load_policy([root / "policy"])
+    [error] = caught.value.diagnostics
+    assert error.code == "R0030" and says in error.message
+
+
+def test_limits_of_zero_say_they_must_be_more(tmp_path: Path) -> None:
+    root = project(tmp_path, 'rego {\n  path = "../rego"\n  timeout = 0s\n  memory = 0MiB\n}\n')
+    with pytest.raises(DiagnosticError) as caught:
+        policy.load_policy([root / "policy"])
+    assert [(d.message, d.span.line) for d in caught.value.diagnostics if d.span] == [
+        ("a limit of 0 allows nothing: it must be more than 0", 3),
+        ("a limit of 0 allows nothing: it must be more than 0", 4),
+    ]
+
+
+def test_a_single_value_deny_is_a_diagnostic_in_the_rego_file(tmp_path: Path) -> None:
+    """`deny if { ... }` would pass in silence when false: refused at its own line."""
+    root = project(tmp_path, 'rego {\n  path = "../rego"\n}\n')
+    (root / "rego" / "policy.rego").write_text("package main\n\ndeny if {\n  false\n}\n")
+    with pytest.raises(DiagnosticError) as caught:
+        policy.load_policy([root / "policy"])
+    [error] = caught.value.diagnostics
+    assert error.span is not None and error.span.file.endswith("rego/policy.rego")
+    assert (error.code, error.span.line) == ("R0030", 3)
+
+
+@needs_regopy
+def test_a_message_naming_an_unknown_resource_says_so(tmp_path: Path) -> None:
+    root = project(tmp_path, 'rego {\n  path = "../rego"\n}\n')
+    (root / "rego" / "policy.rego").write_text(
+        'package main\n\ndeny contains {"msg": "bad", "resource": "service.nope"}\n'
+    )
+    [found] = judge(root).findings
+    assert found.address == ""
+    assert found.message == "bad (it names `service.nope`, which this Forgefile does not declare)"
 
 
 def test_a_folder_without_the_package_and_a_second_block_are_diagnostics(tmp_path: Path) -> None:
