@@ -48,6 +48,7 @@ from forgefile.syntax import (
     subexpressions,
     syntax_diagnostic,
 )
+from forgefile.values import a_type
 from stdlib import functions
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -349,7 +350,18 @@ class _Loader:
         except OSError as exc:
             self.out.error("R0000", f"cannot read policy {shown}: {exc.strerror}", None)
             return None, b""
-        text = data.decode("utf-8", errors="replace")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            self.out.error(
+                "R0000",
+                f"{shown} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})",
+                Span(shown, line, column, line, column),
+                "save it as UTF-8",
+            )
+            return None, data
         try:
             tree = _parser().parse(text)
         except lark.exceptions.UnexpectedInput as exc:
@@ -1285,7 +1297,7 @@ def _judge(
             if fired is False:
                 return
             if fired is not True:
-                raise TypeError(f"the condition gave a {type(fired).__name__}, not a bool")
+                raise TypeError(f"the condition gave {a_type(fired)}, not a bool")
             text = str(message(scope))
             # The span is looked up only for what fired: most resources pass.
             where = resource.span_of(first) if resource else whole_span

@@ -1089,8 +1089,14 @@ def policy_explain(
     state_dir: StateOption = None,
     policy: PolicyOption = None,
     var: VarOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the rule, values and findings as JSON.")
+    ] = False,
 ) -> None:
-    """Show a rule, the values it read from one resource, and why it fired or did not."""
+    """Show a rule, the values it read from one resource, and why it fired or did not.
+
+    RULE alone explains the rule over the whole Forgefile; RULE@ADDRESS one resource.
+    """
     from compiler import policy as policies
 
     from .project import check
@@ -1109,6 +1115,33 @@ def policy_explain(
             err.print(f"  [green]hint:[/] {e(hint)}")
         raise typer.Exit(EXIT_DIAGNOSTIC)
     _explainable(rule, address, checked.doc, project.forgefile)
+    rego = rule.pack == "rego" and verdict.rego is not None
+    if rego:
+        address = address if checked.doc.resource(address) else ""
+    elif not rule.kinds:
+        address = ""
+    values = (
+        policies.explain_bindings(rule, checked.doc, address)
+        if address or (not rule.kinds and not rego)
+        else {}
+    )
+    matching = [
+        f
+        for f in verdict.findings
+        if f.rule.id == rule.id and (not address or f.address == address)
+    ]
+    if as_json:
+        data = {
+            "version": 1,
+            "rule": rule.to_json(),
+            "address": address,
+            "values": values,
+            "fires": bool(matching),
+            "findings": [f.to_json() for f in matching],
+            "rego": verdict.rego if rego else None,
+        }
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
     out.print(f"[bold]{e(rule.id)}[/] {e(rule.title)} [dim]({e(rule.span)})[/]")
     out.print(
         f"  pack {e(rule.pack or '(project)')}, severity {e(rule.severity)}, "
@@ -1116,25 +1149,17 @@ def policy_explain(
     )
     for line in render.source_lines(rule.span):
         out.print(f"  [dim]{e(line)}[/]")
-    if rule.pack == "rego" and verdict.rego is not None:
-        engine = verdict.rego.get("engine") or {}
+    if rego:
+        engine = (verdict.rego or {}).get("engine") or {}
         out.print(
             f"  judged by the Rego adapter ({e(engine.get('engine') or 'no engine')} "
             f"{e(engine.get('version') or '')}) over `forge show --json`, from "
-            f"{e(', '.join(verdict.rego.get('files') or []))}"
+            f"{e(', '.join((verdict.rego or {}).get('files') or []))}"
         )
-        address = address if checked.doc.resource(address) else ""
-    elif address:
-        if not rule.kinds:
-            address = ""
+    elif values:
         out.print(f"[bold]values read from {e(address or 'the document')}:[/]")
-        for name, value in policies.explain_bindings(rule, checked.doc, address).items():
+        for name, value in values.items():
             out.print(f"  {e(name)} = {e(json.dumps(value, default=str))}")
-    matching = [
-        f
-        for f in verdict.findings
-        if f.rule.id == rule.id and (not address or f.address == address)
-    ]
     if not matching:
         out.print(
             "[green]result:[/] the rule does not fire" + (f" on {e(address)}" if address else "")

@@ -29,7 +29,7 @@ from .syntax import (
     Unary,
     Variable,
 )
-from .values import AttributeRef, ResourceRef, type_name
+from .values import AttributeRef, ResourceRef, a_type
 
 
 class EvalError(DiagnosticError):
@@ -161,7 +161,7 @@ def evaluate(expr: Expr, scope: Scope) -> Any:
         case Unary(op="-", operand=operand):
             value = evaluate(operand, scope)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise EvalError("E0201", f"cannot negate a {type_name(value)}", operand.span)
+                raise EvalError("E0201", f"cannot negate {a_type(value)}", operand.span)
             return -value
         case Conditional(condition=condition, then=then, otherwise=otherwise):
             chosen = then if _bool(evaluate(condition, scope), condition.span) else otherwise
@@ -286,13 +286,13 @@ def _get(target: Any, key: Any, span: Span, scope: Scope) -> Any:
         )
     if isinstance(target, list):
         if isinstance(key, bool) or not isinstance(key, int):
-            raise EvalError("E0207", f"a list is indexed by an int, not a {type_name(key)}", span)
+            raise EvalError("E0207", f"a list is indexed by an int, not {a_type(key)}", span)
         if not -len(target) <= key < len(target):
             raise EvalError(
                 "E0208", f"index {key} is out of range for a list of {len(target)}", span
             )
         return target[key]
-    raise EvalError("E0209", f"a {type_name(target)} has no attributes or elements", span)
+    raise EvalError("E0209", f"{a_type(target)} has no attributes or elements", span)
 
 
 def _instance(ref: ResourceRef, key: Any, span: Span, scope: Scope) -> ResourceRef:
@@ -379,7 +379,7 @@ def _apply(expr: Binary, left: Any, right: Any) -> Any:
         if not _comparable(left, right):
             raise EvalError(
                 "E0212",
-                f"cannot compare a {type_name(left)} with a {type_name(right)} using `{expr.op}`",
+                f"cannot compare {a_type(left)} with {a_type(right)} using `{expr.op}`",
                 expr.span,
             )
         return _COMPARE[expr.op](_magnitude(left), _magnitude(right))
@@ -417,7 +417,7 @@ def _arithmetic(expr: Binary, left: Any, right: Any) -> Any:
     hint = 'join strings with interpolation: "${a}${b}"' if isinstance(left, str) else ""
     raise EvalError(
         "E0214",
-        f"cannot apply `{expr.op}` to a {type_name(left)} and a {type_name(right)}",
+        f"cannot apply `{expr.op}` to {a_type(left)} and {a_type(right)}",
         expr.span,
         hint,
     )
@@ -463,7 +463,7 @@ def _for_with(
     else:
         raise EvalError(
             "E0215",
-            f"`for` iterates over a list or a map, not a {type_name(collection)}",
+            f"`for` iterates over a list or a map, not {a_type(collection)}",
             expr.collection.span,
         )
     results_list: list[Any] = []
@@ -498,7 +498,7 @@ def _for_with(
 def _bool(value: Any, span: Span) -> bool:
     if isinstance(value, bool):
         return value
-    raise EvalError("E0217", f"expected a bool, found a {type_name(value)}", span)
+    raise EvalError("E0217", f"expected a bool, found {a_type(value)}", span)
 
 
 def _key(value: Any, span: Span) -> str:
@@ -506,7 +506,7 @@ def _key(value: Any, span: Span) -> str:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    raise EvalError("E0218", f"a map key must be a string, not a {type_name(value)}", span)
+    raise EvalError("E0218", f"a map key must be a string, not {a_type(value)}", span)
 
 
 def _to_text(value: Any, span: Span) -> str:
@@ -516,7 +516,7 @@ def _to_text(value: Any, span: Span) -> str:
         return str(value)
     raise EvalError(
         "E0219",
-        f"cannot interpolate a {type_name(value)} into a string",
+        f"cannot interpolate {a_type(value)} into a string",
         span,
         "interpolate one of its elements, or use jsonencode()",
     )
@@ -622,7 +622,7 @@ def compiled(expr: Expr) -> Callable[[Scope], Any]:
             def negate(scope: Scope) -> Any:
                 value = a(scope)
                 if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise EvalError("E0201", f"cannot negate a {type_name(value)}", a_span)
+                    raise EvalError("E0201", f"cannot negate {a_type(value)}", a_span)
                 return -value
 
             return negate

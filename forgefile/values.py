@@ -88,6 +88,12 @@ class AttributeRef:
         return f"{self.resource.address}{tail}"
 
 
+def a_type(value: object) -> str:
+    """The type's name with its article, for messages: "an int", "a string"."""
+    name = type_name(value)
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
 def type_name(value: object) -> str:
     """The Forgefile name of a value's type, for diagnostics."""
     match value:

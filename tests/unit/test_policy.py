@@ -180,15 +180,15 @@ def test_a_condition_that_cannot_be_evaluated_blocks(tmp_path: Path, condition: 
 
 
 @pytest.mark.parametrize(
-    "condition",
+    ("condition", "gave"),
     [
-        pytest.param("resource.name", id="string"),
-        pytest.param("resource.resources.pids", id="null"),
-        pytest.param("resource.cap_add", id="list"),
-        pytest.param("1", id="int"),
+        pytest.param("resource.name", "a string", id="string"),
+        pytest.param("resource.resources.pids", "a null", id="null"),
+        pytest.param("resource.cap_add", "a list", id="list"),
+        pytest.param("1", "an int", id="int"),
     ],
 )
-def test_a_condition_that_is_not_a_bool_blocks(tmp_path: Path, condition: str) -> None:
+def test_a_condition_that_is_not_a_bool_blocks(tmp_path: Path, condition: str, gave: str) -> None:
     """A condition giving anything but true or false is a blocking finding, never a pass."""
     path = rule_file(tmp_path, rule(condition))
 
@@ -196,7 +196,7 @@ def test_a_condition_that_is_not_a_bool_blocks(tmp_path: Path, condition: str) -
 
     [finding] = verdict.findings
     assert finding.blocking
-    assert "not a bool" in finding.message
+    assert f"the condition gave {gave}, not a bool" in finding.message
 
 
 def test_a_false_condition_passes(tmp_path: Path) -> None:
@@ -305,3 +305,13 @@ def test_document_and_kinds_together_is_an_error(tmp_path: Path) -> None:
     # R0004 for applies_to; then, as a document rule, its message may not read `resource`.
     assert [e.code for e in errors] == ["R0004", "R0006"]
     assert "not both" in errors[0].message
+
+
+def test_a_policy_file_that_is_not_utf8_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "rules.policy"
+    path.write_bytes(b'# fine\nrule "x" {\n  title = "caf\xe9"\n}\n')
+    (error,) = load_errors(path)
+
+    assert error.code == "R0000"
+    assert "is not UTF-8 text (byte 32 is 0xe9)" in error.message
+    assert error.span is not None and (error.span.line, error.span.column) == (3, 15)

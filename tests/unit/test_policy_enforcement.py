@@ -483,6 +483,18 @@ def test_policy_explain_shows_the_values_that_made_it_fire(tmp_path: Path) -> No
     assert "fires on service.web" in result.stdout
 
 
+def test_policy_explain_json_carries_the_values_and_the_finding(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    args = ["policy", "explain", "H-privileged@service.web", "-f", str(root), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["rule"]["id"] == "H-privileged" and data["address"] == "service.web"
+    assert data["values"] == {"resource.address": "service.web", "resource.privileged": True}
+    assert data["fires"] is True
+    assert [f["resource"] for f in data["findings"]] == ["service.web"]
+
+
 @pytest.mark.parametrize(
     ("target", "says"),
     [
