@@ -84,8 +84,87 @@ class Opened:
     payload_digest: str
 
 
-def open_envelope(data: bytes, trusted: dict[str, Ed25519PublicKey], threshold: int = 1) -> Opened:
-    """Verify an envelope against trusted keys and return its plan document."""
+def open_envelope(
+    data: bytes,
+    trusted: dict[str, Ed25519PublicKey],
+    threshold: int = 1,
+    revoked: frozenset[str] | set[str] = frozenset(),
+) -> Opened:
+    """Verify an envelope against trusted keys and return its plan document.
+
+    At least `threshold` distinct trusted keys must have signed it. A signature by a key that
+    is not trusted does not count (and a revoked key is never trusted), but every signature by
+    a trusted key must verify.
+    """
+    _, payload, signatures = _outer(data)
+    message = pae(PAYLOAD_TYPE, payload)
+    verified: list[str] = []
+    for keyid, sig in signatures:
+        key = trusted.get(keyid) if keyid not in revoked else None
+        if key is None:
+            continue
+        try:
+            key.verify(sig, message)
+        except InvalidSignature:
+            raise EnvelopeError(
+                "signature",
+                f"the signature by {keyid[:19]}… does not verify",
+                "the plan was changed after it was signed; plan again",
+            ) from None
+        verified.append(keyid)
+    if len(verified) < threshold:
+        raise _too_few(verified, [k for k, _ in signatures], threshold, revoked)
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=MAX_PAYLOAD)
+    except zstandard.ZstdError as exc:
+        raise EnvelopeError("format", f"the payload does not decompress: {exc}") from None
+    document = _strict_json(raw, "plan")
+    if not isinstance(document, dict) or canonical_json(document) != raw:
+        raise EnvelopeError("format", "the plan payload is not canonical JSON")
+    return Opened(document, tuple(verified), "sha256:" + hashlib.sha256(payload).hexdigest())
+
+
+def add_signature(data: bytes, signer: Ed25519PrivateKey) -> bytes:
+    """The envelope with one more signature over the same payload: a second person's approval.
+
+    The payload is not touched, so every signature already there stays valid.
+    """
+    envelope, payload, signatures = _outer(data)
+    keyid = key_id(signer.public_key())
+    if keyid in (k for k, _ in signatures):
+        raise EnvelopeError("signature", f"key {keyid[:19]}… has already signed this plan")
+    sig = signer.sign(pae(PAYLOAD_TYPE, payload))
+    envelope["signatures"].append({"keyid": keyid, "sig": base64.b64encode(sig).decode()})
+    return canonical_json(envelope) + b"\n"
+
+
+def _too_few(
+    verified: list[str], signed: list[str], threshold: int, revoked: frozenset[str] | set[str]
+) -> EnvelopeError:
+    short = ", ".join(k[:19] + "…" for k in signed)
+    by_revoked = [k[:19] + "…" for k in signed if k in revoked]
+    if by_revoked and not verified:
+        return EnvelopeError(
+            "signer",
+            f"this plan is signed by the revoked key {', '.join(by_revoked)}",
+            "plan again and sign with a key that is still trusted",
+        )
+    if not verified:
+        return EnvelopeError(
+            "signer",
+            f"no trusted key signed this plan (signed by {short})",
+            "trust the signer's key with `forge key trust`, or plan again with a trusted key",
+        )
+    return EnvelopeError(
+        "signer",
+        f"this plan needs {threshold} trusted signatures and has {len(verified)} "
+        f"(signed by {short})",
+        "have another trusted signer add theirs with `forge key sign FILE`",
+    )
+
+
+def _outer(data: bytes) -> tuple[dict[str, Any], bytes, list[tuple[str, bytes]]]:
+    """The envelope, checked field by field: its payload and its (keyid, signature) pairs."""
     envelope = _strict_json(data, "envelope")
     if not isinstance(envelope, dict) or set(envelope) != {"payloadType", "payload", "signatures"}:
         raise EnvelopeError(
@@ -105,48 +184,20 @@ def open_envelope(data: bytes, trusted: dict[str, Ed25519PublicKey], threshold: 
             "this file is not a Forge plan",
         )
     payload = _b64(envelope["payload"], "payload")
-    signatures = envelope["signatures"]
-    if not isinstance(signatures, list) or not signatures:
+    entries = envelope["signatures"]
+    if not isinstance(entries, list) or not entries:
         raise EnvelopeError("signature", "the plan carries no signatures")
-    message = pae(PAYLOAD_TYPE, payload)
-    verified: list[str] = []
-    for entry in signatures:
+    signatures: list[tuple[str, bytes]] = []
+    for entry in entries:
         if not isinstance(entry, dict) or set(entry) != {"keyid", "sig"}:
             raise EnvelopeError("format", "each signature must hold exactly keyid and sig")
         keyid, sig = entry["keyid"], _b64(entry["sig"], "signature")
         if not isinstance(keyid, str):
             raise EnvelopeError("format", "keyid must be a string")
-        key = trusted.get(keyid)
-        if key is None:
-            continue
-        try:
-            key.verify(sig, message)
-        except InvalidSignature:
-            raise EnvelopeError(
-                "signature",
-                f"the signature by {keyid[:19]}… does not verify",
-                "the plan was changed after it was signed; plan again",
-            ) from None
-        if keyid in verified:
+        if keyid in (k for k, _ in signatures):
             raise EnvelopeError("format", f"key {keyid[:19]}… signed twice")
-        verified.append(keyid)
-    if len(verified) < threshold:
-        ids = ", ".join(
-            str(s.get("keyid", "?"))[:19] + "…" for s in signatures if isinstance(s, dict)
-        )
-        raise EnvelopeError(
-            "signer",
-            f"no trusted key signed this plan (signed by {ids})",
-            "trust the signer's key with `forge key trust`, or plan again with a trusted key",
-        )
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=MAX_PAYLOAD)
-    except zstandard.ZstdError as exc:
-        raise EnvelopeError("format", f"the payload does not decompress: {exc}") from None
-    document = _strict_json(raw, "plan")
-    if not isinstance(document, dict) or canonical_json(document) != raw:
-        raise EnvelopeError("format", "the plan payload is not canonical JSON")
-    return Opened(document, tuple(verified), "sha256:" + hashlib.sha256(payload).hexdigest())
+        signatures.append((keyid, sig))
+    return envelope, payload, signatures
 
 
 def _b64(value: Any, what: str) -> bytes:

@@ -2,13 +2,16 @@
 
 Private keys are PEM files with mode 0600, optionally encrypted with a passphrase; a key's id is
 the SHA-256 of its public key. The trust store is a folder of public keys: `forge apply`
-accepts a plan only when a key in it signed the plan.
+accepts a plan only when enough keys in it signed the plan (the threshold, one by default).
+A revoked key's public key moves to a folder of its own and can never be trusted again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -29,14 +32,18 @@ class KeyInfo:
     keyid: str
     trusted: bool
     private: bool
+    revoked: bool = False
 
 
 class KeyStore:
-    """Keys in `<state>/keys/NAME.key|.pub`, trusted public keys in `<state>/keys/trusted/`."""
+    """Keys in `<state>/keys/NAME.key|.pub`, trusted public keys in `<state>/keys/trusted/`,
+    revoked ones in `<state>/keys/revoked/`, the threshold in `<state>/keys/trust.json`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.trusted_dir = root / "trusted"
+        self.revoked_dir = root / "revoked"
+        self.policy_file = root / "trust.json"
 
     def generate(self, name: str, passphrase: bytes | None = None, trust: bool = True) -> KeyInfo:
         if not name.replace("-", "").replace("_", "").isalnum():
@@ -68,16 +75,96 @@ class KeyStore:
     def trust(self, public_pem: bytes) -> str:
         key = _load_public(public_pem)
         keyid = key_id(key)
+        if keyid in self.revoked():
+            raise KeyStoreError(
+                f"key {keyid[:19]}… was revoked, and a revoked key is never trusted again; "
+                "its owner makes a new one with `forge key generate`"
+            )
         self.trusted_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.trusted_dir / f"{keyid.split(':')[1]}.pub").write_bytes(_public_pem(key))
         return keyid
 
     def trusted(self) -> dict[str, Ed25519PublicKey]:
+        revoked = self.revoked()
         keys: dict[str, Ed25519PublicKey] = {}
         for path in sorted(self.trusted_dir.glob("*.pub")):
             key = _load_public(path.read_bytes())
-            keys[key_id(key)] = key
+            if key_id(key) not in revoked:
+                keys[key_id(key)] = key
         return keys
+
+    def revoke(self, which: str, reason: str) -> str:
+        """Stop trusting a key for good: by its name, its id, or a prefix of its id."""
+        if not reason.strip():
+            raise KeyStoreError("say why the key is revoked: --reason TEXT")
+        key = self._find_public(which)
+        keyid = key_id(key)
+        hexid = keyid.split(":")[1]
+        self.revoked_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        record = {"keyid": keyid, "at": datetime.now(UTC).isoformat(), "reason": reason.strip()}
+        (self.revoked_dir / f"{hexid}.pub").write_bytes(_public_pem(key))
+        (self.revoked_dir / f"{hexid}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (self.trusted_dir / f"{hexid}.pub").unlink(missing_ok=True)
+        return keyid
+
+    def revoked(self) -> set[str]:
+        return {"sha256:" + p.stem for p in self.revoked_dir.glob("*.pub")}
+
+    def threshold(self) -> int:
+        """How many trusted keys must sign a plan for apply to accept it."""
+        try:
+            data = json.loads(self.policy_file.read_text())
+        except FileNotFoundError:
+            return 1
+        except (OSError, ValueError) as exc:
+            raise KeyStoreError(f"cannot read the trust policy {self.policy_file}: {exc}") from None
+        value = data.get("threshold") if isinstance(data, dict) else None
+        if type(value) is not int or value < 1:
+            raise KeyStoreError(
+                f"the trust policy {self.policy_file} needs a threshold of 1 or more; "
+                "set it with `forge key threshold N`"
+            )
+        return value
+
+    def set_threshold(self, count: int) -> None:
+        trusted = len(self.trusted())
+        if count < 1:
+            raise KeyStoreError("the threshold is at least 1")
+        if count > trusted:
+            raise KeyStoreError(
+                f"a threshold of {count} needs {count} trusted keys, and {trusted} are trusted; "
+                "trust more with `forge key trust` first"
+            )
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.policy_file.write_text(json.dumps({"threshold": count}) + "\n")
+
+    def _find_public(self, which: str) -> Ed25519PublicKey:
+        named = self.root / f"{which}.pub"
+        if "/" not in which and named.is_file():
+            return _load_public(named.read_bytes())
+        wanted = which.removeprefix("sha256:")
+        found = {
+            key_id(key): key
+            for folder in (self.trusted_dir, self.root)
+            for path in folder.glob("*.pub")
+            if key_id(key := _load_public(path.read_bytes()))
+            .removeprefix("sha256:")
+            .startswith(wanted)
+        }
+        if len(wanted) >= 8 and len(found) == 1:
+            return next(iter(found.values()))
+        raise KeyStoreError(
+            f"no single key is named or has an id starting with `{which}`; "
+            "`forge key list` shows names and ids (give at least 8 hex digits)"
+        )
+
+    def signers(
+        self, names: list[str] | None = None, passphrase: bytes | None = None
+    ) -> list[Ed25519PrivateKey]:
+        """The named private keys (each once), or the only one there is."""
+        if not names:
+            return [self.signer(None, passphrase)]
+        return [self.signer(name, passphrase) for name in dict.fromkeys(names)]
 
     def signer(self, name: str | None = None, passphrase: bytes | None = None) -> Ed25519PrivateKey:
         """The named private key, or the only one there is."""
@@ -106,13 +193,16 @@ class KeyStore:
         return key
 
     def list(self) -> list[KeyInfo]:
-        trusted = self.trusted()
+        """This project's own keys, then the trusted and revoked keys of other signers."""
+        trusted, revoked = self.trusted(), self.revoked()
         infos = []
         for pub in sorted(self.root.glob("*.pub")):
             keyid = key_id(_load_public(pub.read_bytes()))
-            infos.append(
-                KeyInfo(pub.stem, keyid, keyid in trusted, (self.root / f"{pub.stem}.key").exists())
-            )
+            private = (self.root / f"{pub.stem}.key").exists()
+            infos.append(KeyInfo(pub.stem, keyid, keyid in trusted, private, keyid in revoked))
+        own = {info.keyid for info in infos}
+        infos += [KeyInfo("", k, True, False) for k in sorted(trusted) if k not in own]
+        infos += [KeyInfo("", k, False, False, True) for k in sorted(revoked) if k not in own]
         return infos
 
 

@@ -57,7 +57,9 @@ def verify(
 ) -> VerifiedPlan:
     """Check signature, signer, toolchain, expiry, prior state and policy, in that order."""
     try:
-        opened: Opened = open_envelope(data, keys.trusted())
+        opened: Opened = open_envelope(
+            data, keys.trusted(), keys.threshold(), revoked=keys.revoked()
+        )
     except EnvelopeError as exc:
         raise PlanRejected(exc.check, str(exc), exc.hint) from None
     plan = opened.document

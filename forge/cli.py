@@ -123,6 +123,13 @@ IdentityOption = Annotated[
     ),
 ]
 HERE = Path(".")
+KeyOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--key",
+        help="The signing key's name; repeat to sign with several (for a trust threshold).",
+    ),
+]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -358,7 +365,7 @@ def plan(
         typer.Option("--out", "-o", help="Write the signed plan here, for `forge apply FILE`."),
     ] = None,
     destroy: Annotated[bool, typer.Option("--destroy", help="Plan to remove everything.")] = False,
-    key: Annotated[str | None, typer.Option("--key", help="The signing key's name.")] = None,
+    key: KeyOption = None,
     detailed_exitcode: Annotated[
         bool,
         typer.Option(
@@ -465,7 +472,7 @@ def apply(
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Apply without asking.")
     ] = False,
-    key: Annotated[str | None, typer.Option("--key", help="The signing key's name.")] = None,
+    key: KeyOption = None,
     file: FileOption = HERE,
     state_dir: StateOption = None,
     policy: PolicyOption = None,
@@ -516,7 +523,7 @@ def destroy(
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Destroy without asking.")
     ] = False,
-    key: Annotated[str | None, typer.Option("--key", help="The signing key's name.")] = None,
+    key: KeyOption = None,
     file: FileOption = HERE,
     state_dir: StateOption = None,
     policy: PolicyOption = None,
@@ -880,6 +887,71 @@ def key_trust(
     out.print(f"[green]Trusted[/] {e(public_key)} [dim]{e(keyid)}[/].")
 
 
+@key_app.command("revoke")
+@reports
+def key_revoke(
+    which: Annotated[str, typer.Argument(help="A key's name, or its id (at least 8 hex digits).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: recorded with the revocation.")],
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Stop trusting a key for good: apply refuses plans that only it signed, and it cannot be
+    trusted again. Revoke a key that was lost or leaked; its owner generates a new one."""
+    keyid = _project(file, state_dir).keys().revoke(which, reason)
+    out.print(f"[green]Revoked[/] {e(keyid)}: {e(reason.strip())}")
+
+
+@key_app.command("threshold")
+@reports
+def key_threshold(
+    count: Annotated[
+        int | None, typer.Argument(help="How many trusted keys must sign [default: show it].")
+    ] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Require several trusted signatures on a plan before apply accepts it (two of three, say).
+
+    A plan gets more signatures with `forge plan --key A --key B`, or after it is written, by
+    another signer's `forge key sign FILE`.
+    """
+    keys = _project(file, state_dir).keys()
+    if count is not None:
+        keys.set_threshold(count)
+    out.print(
+        f"apply accepts a plan signed by {keys.threshold()} of the {len(keys.trusted())} "
+        "trusted key(s)."
+    )
+
+
+@key_app.command("sign")
+@reports
+def key_sign(
+    plan_file: Annotated[Path, typer.Argument(help="A plan file written by `forge plan -o`.")],
+    key: Annotated[str | None, typer.Option("--key", help="The signing key's name.")] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Add your signature to a saved plan, as a second approver: read it first with
+    `forge show FILE`. The plan itself is unchanged, so the signatures already on it hold."""
+    from compiler.envelope import add_signature
+
+    project = _project(file, state_dir)
+    passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
+    signer = project.keys().signer(key, passphrase.encode() if passphrase else None)
+    try:
+        data = plan_file.read_bytes()
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot read {e(plan_file)}: {e(exc.strerror)}")
+        raise typer.Exit(EXIT_DIAGNOSTIC) from None
+    signed = add_signature(data, signer)
+    temporary = plan_file.with_name(plan_file.name + ".signing")
+    temporary.write_bytes(signed)
+    temporary.replace(plan_file)  # never a half-written plan file
+    count = len(json.loads(signed)["signatures"])
+    out.print(f"[green]Signed[/] {e(plan_file)}; it now carries {count} signature(s).")
+
+
 @key_app.command("list")
 @reports
 def key_list(
@@ -893,7 +965,12 @@ def key_list(
         "Keys",
         ["NAME", "KEY ID", "TRUSTED", "PRIVATE"],
         [
-            [k.name, k.keyid, "yes" if k.trusted else "no", "yes" if k.private else "no"]
+            [
+                k.name or "(another signer)",
+                k.keyid,
+                "revoked" if k.revoked else "yes" if k.trusted else "no",
+                "yes" if k.private else "no",
+            ]
             for k in keys
         ],
     )

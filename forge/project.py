@@ -167,10 +167,11 @@ def _variables_digest(doc: ir.Document) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def sign(project: Project, document: dict[str, Any], key_name: str | None = None) -> bytes:
+def sign(project: Project, document: dict[str, Any], key_names: list[str] | None = None) -> bytes:
+    """Seal the plan with each named key (the only key there is, when none is named)."""
     passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
-    signer = project.keys().signer(key_name, passphrase.encode() if passphrase else None)
-    return seal(document, [signer])
+    signers = project.keys().signers(key_names, passphrase.encode() if passphrase else None)
+    return seal(document, signers)
 
 
 def apply(

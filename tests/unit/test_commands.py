@@ -113,3 +113,34 @@ def test_shipped_forgefiles_are_canonical() -> None:
     root = EXAMPLE.parents[1]
     for path in (EXAMPLE / "Forgefile", root / "stdlib" / "templates" / "init" / "Forgefile"):
         assert format_source(path.read_text()) == path.read_text(), path
+
+
+def test_key_commands_revoke_set_a_threshold_and_co_sign(tmp_path: Path) -> None:
+    """forge key generate/threshold/sign/revoke/list, as two approvers would use them."""
+    (tmp_path / "Forgefile").write_text('volume "data" {}\n')
+    plan_file = tmp_path / "plan.forge"
+    base = ["-f", str(tmp_path)]
+
+    def forge(*args: str) -> str:
+        result = runner.invoke(app, [*args, *base])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    forge("key", "generate", "alice")
+    forge("key", "generate", "bob")
+    assert "signed by 2 of the 2" in forge("key", "threshold", "2")
+
+    bad = runner.invoke(app, ["key", "threshold", "3", *base])
+    assert bad.exit_code != 0 and "2 are trusted" in bad.output
+
+    forge("plan", "--key", "alice", "-o", str(plan_file))
+    assert len(json.loads(plan_file.read_bytes())["signatures"]) == 1
+    assert "now carries 2 signature(s)" in forge("key", "sign", str(plan_file), "--key", "bob")
+    assert len(json.loads(plan_file.read_bytes())["signatures"]) == 2
+
+    again = runner.invoke(app, ["key", "sign", str(plan_file), "--key", "bob", *base])
+    assert again.exit_code != 0 and "already signed" in again.output
+
+    assert "Revoked" in forge("key", "revoke", "bob", "--reason", "left the team")
+    listed = forge("key", "list")
+    assert "revoked" in listed

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from compiler.envelope import canonical_json, seal
+from compiler.envelope import EnvelopeError, add_signature, canonical_json, seal
 from compiler.plan import BuildFacts, ImageFacts, plan
 from compiler.version import VERSION
-from executor.keys import KeyStore
+from executor.keys import KeyStore, KeyStoreError
 from executor.state import State
 from executor.verify import EXIT_CODES, PlanRejected, verify
 from forgefile.lower import load
@@ -263,3 +263,74 @@ def test_a_plan_from_the_future_is_refused(tmp_path: Path, keys: KeyStore, state
     assert (error.check, error.exit_code) == ("clock", 17)
     slightly = seal(make_plan(tmp_path, state, now + timedelta(minutes=1)), [keys.signer("ci")])
     assert verify(slightly, keys, state, now, POLICY_DIGEST).document["created_at"]
+
+
+# -- revocation and thresholds ------------------------------------------------------------------
+
+
+def test_a_plan_by_a_revoked_key_is_refused_and_says_revoked(
+    tmp_path: Path, keys: KeyStore, state: State
+) -> None:
+    now = datetime.now(UTC)
+    data = seal(make_plan(tmp_path, state, now), [keys.signer("ci")])
+    keyid = keys.revoke("ci", "the laptop was stolen")
+
+    refused = rejection(data, keys, state, now)
+
+    assert (refused.check, refused.exit_code) == ("signer", 12)
+    assert "signed by the revoked key" in str(refused)
+    assert keyid not in keys.trusted()
+    record = json.loads((tmp_path / "keys" / "revoked" / f"{keyid[7:]}.json").read_text())
+    assert record["reason"] == "the laptop was stolen"
+
+
+def test_a_revoked_key_cannot_be_trusted_again(keys: KeyStore, tmp_path: Path) -> None:
+    keys.revoke("ci", "leaked")
+    with pytest.raises(KeyStoreError, match="never trusted again"):
+        keys.trust((tmp_path / "keys" / "ci.pub").read_bytes())
+    [info] = keys.list()
+    assert (info.name, info.trusted, info.revoked) == ("ci", False, True)
+
+
+def test_a_key_is_revoked_by_name_or_id_prefix_and_needs_a_reason(keys: KeyStore) -> None:
+    keyid = keys.list()[0].keyid
+    with pytest.raises(KeyStoreError, match="say why"):
+        keys.revoke("ci", "  ")
+    with pytest.raises(KeyStoreError, match="at least 8 hex digits"):
+        keys.revoke(keyid[7:12], "too short to be sure")
+    assert keys.revoke(keyid[7:19], "by prefix") == keyid
+
+
+def test_a_threshold_needs_that_many_trusted_signatures(
+    tmp_path: Path, keys: KeyStore, state: State
+) -> None:
+    """Two of three: one signature is refused with how many it has; a co-signature passes."""
+    keys.generate("alice")
+    keys.generate("bob")
+    keys.set_threshold(2)
+    now = datetime.now(UTC)
+    one = seal(make_plan(tmp_path, state, now), [keys.signer("ci")])
+
+    refused = rejection(one, keys, state, now)
+    assert refused.check == "signer"
+    assert "needs 2 trusted signatures and has 1" in str(refused)
+    assert "forge key sign" in refused.hint
+
+    two = add_signature(one, keys.signer("bob"))
+    verified = verify(two, keys, state, now, POLICY_DIGEST)
+    assert len(verified.signers) == 2
+
+    keys.revoke("bob", "left the team")  # a revoked co-signer no longer counts
+    assert "has 1" in str(rejection(two, keys, state, now))
+
+
+def test_a_threshold_above_the_trusted_keys_is_refused(keys: KeyStore) -> None:
+    with pytest.raises(KeyStoreError, match="1 are trusted"):
+        keys.set_threshold(2)
+    assert keys.threshold() == 1
+
+
+def test_the_same_key_cannot_sign_twice(tmp_path: Path, keys: KeyStore, state: State) -> None:
+    data = seal(make_plan(tmp_path, state, datetime.now(UTC)), [keys.signer("ci")])
+    with pytest.raises(EnvelopeError, match="already signed"):
+        add_signature(data, keys.signer("ci"))
