@@ -9,10 +9,16 @@ so a plan made before another apply is refused as stale.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import getpass
 import hashlib
 import json
 import os
+import secrets
+import signal
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -322,18 +328,126 @@ class AuditCheck:
     message: str
 
 
+class StateLocked(StateError):
+    """Another forge command holds the project's lock."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a project's lock: written into the lock file by the holder itself."""
+
+    id: str
+    pid: int
+    user: str
+    host: str
+    operation: str
+    since: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.user}@{self.host} (pid {self.pid}) holds it for `{self.operation}` since "
+            f"{self.since}, lock id {self.id}"
+        )
+
+
 @contextlib.contextmanager
-def locked(state_dir: Path) -> Iterator[None]:
-    """Hold the project's apply lock, so two applies never interleave."""
+def locked(state_dir: Path, operation: str = "apply") -> Iterator[LockHolder]:
+    """Hold the project's lock, so two applies never interleave; record who holds it.
+
+    The lock is an flock on `<state>/lock`: the kernel drops it when its process ends, however
+    it ends, so a lock never outlives its holder. The file holds the holder's record, for the
+    message another command gets, and for `forge force-unlock`.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StateError(
-                f"another forge command holds the lock on {state_dir}; wait for it to finish"
+            holder = _read_holder(fd)
+            who = holder.describe() if holder else "another forge command holds it"
+            raise StateLocked(
+                f"the state in {state_dir} is locked: {who}",
+                "wait for it to finish; if it hangs, `forge force-unlock "
+                f"{holder.id if holder else 'ID'}` stops it",
             ) from None
-        yield
+        holder = LockHolder(
+            secrets.token_hex(4),
+            os.getpid(),
+            _user(),
+            socket.gethostname(),
+            operation,
+            now(),
+        )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(dataclasses.asdict(holder)).encode(), 0)
+        try:
+            yield holder
+        finally:
+            os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+
+
+def lock_holder(state_dir: Path) -> LockHolder | None:
+    """The lock's holder, or None when nothing holds it."""
+    try:
+        fd = os.open(state_dir / "lock", os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        return None  # it could be taken: nobody holds it
+    finally:
+        os.close(fd)
+
+
+def force_unlock(state_dir: Path, lock_id: str, wait: float = 30.0) -> LockHolder:
+    """Stop the process that holds the lock `lock_id`, the way Ctrl-C stops it, and wait.
+
+    A lock never outlives its process, so a lock that stays is a command that hangs: it gets
+    SIGTERM, which a forge command takes as an interrupt and stops cleanly at.
+    """
+    holder = lock_holder(state_dir)
+    if holder is None:
+        raise StateError(f"the state in {state_dir} is not locked; there is nothing to unlock")
+    if holder.id != lock_id:
+        raise StateError(
+            f"lock id {lock_id} is not the lock on {state_dir}: {holder.describe()}",
+        )
+    if holder.host != socket.gethostname():
+        raise StateError(
+            f"the lock is held on {holder.host}; run `forge force-unlock {lock_id}` there"
+        )
+    with contextlib.suppress(ProcessLookupError):  # it ended just now, and with it the lock
+        os.kill(holder.pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while lock_holder(state_dir) is not None:
+        if time.monotonic() > deadline:
+            raise StateError(
+                f"process {holder.pid} did not stop within {wait:.0f} s of SIGTERM",
+            )
+        time.sleep(0.05)
+    return holder
+
+
+def _read_holder(fd: int) -> LockHolder | None:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return LockHolder(**data) if isinstance(data, dict) else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid {os.getuid()}"

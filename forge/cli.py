@@ -544,6 +544,34 @@ def destroy(
     _run(project, sign(project, document, key))
 
 
+@app.command("force-unlock")
+@reports
+def force_unlock(
+    lock_id: Annotated[str, typer.Argument(help="The lock id the locked-out command printed.")],
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Stop it without asking.")
+    ] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Stop the forge command that holds this project's lock, when it hangs.
+
+    A lock never outlives its process (it is a kernel lock on .forge/lock), so a lock that
+    stays is a command still running. This sends it SIGTERM, which a forge command takes as
+    Ctrl-C: it stops cleanly, and the next apply picks up from what it finished.
+    """
+    from executor.state import force_unlock as unlock
+    from executor.state import lock_holder
+
+    project = _project(file, state_dir)
+    holder = lock_holder(project.state_dir)
+    if holder is not None and holder.id == lock_id:
+        out.print(f"The lock on {e(project.state_dir)}: {e(holder.describe())}.")
+        _confirm(auto_approve, f"Stop process {holder.pid}?")
+    stopped = unlock(project.state_dir, lock_id)
+    out.print(f"[green]Unlocked:[/] process {stopped.pid} ({e(stopped.operation)}) stopped.")
+
+
 # -- inspecting ------------------------------------------------------------------------------
 
 
