@@ -34,7 +34,8 @@ from compiler.plan import StateResource, StateSnapshot
 from .errors import ExecutorError
 
 # 2: events carry `prev` and `hash`, a chain an edit cannot hide in.
-SCHEMA_VERSION = 2
+# 3: a snapshot of the resources and outputs at every serial.
+SCHEMA_VERSION = 3
 
 
 class StateError(ExecutorError):
@@ -106,6 +107,14 @@ class State:
                     f"{self.path} was written by a newer Forge (state schema "
                     f"{meta['schema']}); upgrade Forge"
                 )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS snapshots (serial INTEGER PRIMARY KEY, at TEXT NOT "
+                "NULL, digest TEXT NOT NULL, body TEXT NOT NULL)"
+            )
+            if int(meta.get("schema", SCHEMA_VERSION)) < 3:
+                # Earlier serials were never kept; the one there is, is kept from now on.
+                self._snapshot()
+                self._set_meta("schema", str(SCHEMA_VERSION))
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
             if "hash" not in columns:
                 self.db.execute("ALTER TABLE events ADD COLUMN prev TEXT")
@@ -216,11 +225,72 @@ class State:
         with self.db.conn:
             serial = self.serial + 1
             self._set_meta("serial", str(serial))
+            self._snapshot()
         return serial
 
     def set_outputs(self, outputs: dict[str, Any]) -> None:
         with self.db.conn:
             self._set_meta("outputs", json.dumps(outputs, sort_keys=True))
+            self._snapshot()
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def _snapshot(self) -> None:
+        """Keep the state as it stands under its serial (replacing an earlier copy of it)."""
+        if self.serial == 0:
+            return
+        body = self.export()
+        self.db.execute(
+            "INSERT OR REPLACE INTO snapshots (serial, at, digest, body) VALUES (?, ?, ?, ?)",
+            [self.serial, now(), body["digest"], json.dumps(body, sort_keys=True)],
+        )
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """Every serial kept, newest first."""
+        rows = self.db.execute(
+            "SELECT serial, at, digest, json_array_length(body, '$.resources') FROM snapshots "
+            "ORDER BY serial DESC"
+        ).fetchall()
+        return [SnapshotInfo(*row) for row in rows]
+
+    def snapshot_at(self, serial: int) -> dict[str, Any] | None:
+        """The state as it was at `serial`, in the form `export` writes."""
+        # TODO(#5): `forge state rollback SERIAL` needs the planner to plan from a kept
+        # snapshot's specs (and policy to judge them) rather than from a Forgefile.
+        row = self.db.execute("SELECT body FROM snapshots WHERE serial = ?", [serial]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def export(self) -> dict[str, Any]:
+        """The state as JSON for people and tools: no secret values, sensitive outputs redacted.
+
+        Specs hold what the executor runs, never a secret's value (secrets are delivered at run
+        time); an output marked sensitive keeps its name and loses its value.
+        """
+        # TODO(#9): a sensitive variable used in a resource still shows in its spec here.
+        return {
+            "format": 1,
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "digest": self.digest(),
+            "resources": [
+                {
+                    "address": r.address,
+                    "kind": r.kind,
+                    "spec": r.spec,
+                    "spec_digest": r.spec_digest,
+                    "depends_on": list(r.depends_on),
+                    "runtime": r.runtime,
+                    "updated_at": r.updated_at,
+                }
+                for r in self.records().values()
+            ],
+            "outputs": {
+                name: {"sensitive": True, "value": None}
+                if isinstance(output, dict) and output.get("sensitive")
+                else output
+                for name, output in self.outputs().items()
+            },
+        }
 
     def outputs(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self._meta().get("outputs", "{}"))
@@ -317,6 +387,14 @@ def event_hash(prev: str, row: tuple[Any, ...]) -> str:
         }
     )
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    serial: int
+    at: str
+    digest: str
+    resources: int
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from compiler.version import VERSION
 
 from . import render
+
+if TYPE_CHECKING:
+    from executor.state import State
 
 app = typer.Typer(
     name="forge",
@@ -47,6 +50,11 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
+state_app = typer.Typer(
+    help="Inspect the recorded state: its serials, what each held, and an export for tools.",
+    no_args_is_help=True,
+)
+app.add_typer(state_app, name="state")
 
 
 class _LazyConsole:
@@ -1082,6 +1090,117 @@ def audit_verify(
         )
     if check.broken_at is not None:
         raise typer.Exit(EXIT_AUDIT_BROKEN)
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+def _open_state(file: Path, state_dir: Path | None) -> "State":
+    state: State | None = _project(file, state_dir).existing_state()
+    if state is None:
+        err.print("[bold red]error:[/] nothing was ever applied here, so there is no state")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    return state
+
+
+@state_app.command("list")
+@reports
+def state_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """List the serials kept: one per apply that changed something, newest first."""
+    import dataclasses
+
+    state = _open_state(file, state_dir)
+    try:
+        kept, current = state.snapshots(), state.serial
+    finally:
+        state.close()
+    if as_json:
+        rows = [dataclasses.asdict(k) for k in kept]
+        out.print_json(data={"version": 1, "current": current, "serials": rows})
+        return
+    render.table(
+        out,
+        "State serials",
+        ["SERIAL", "AT", "RESOURCES", "DIGEST"],
+        [
+            [
+                f"{k.serial}{' (current)' if k.serial == current else ''}",
+                k.at,
+                str(k.resources),
+                k.digest,
+            ]
+            for k in kept
+        ],
+    )
+
+
+@state_app.command("show")
+@reports
+def state_show(
+    serial: Annotated[
+        int | None, typer.Argument(help="A serial from `forge state list` [default: current].")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Show what the state held at a serial: each resource, its spec digest, and the outputs."""
+    body = _state_body(file, state_dir, serial)
+    if as_json:
+        out.print_json(data=body)
+        return
+    out.print(f"[bold]serial {body['serial']}[/] of lineage {e(body['lineage'])}")
+    render.table(
+        out,
+        "Resources",
+        ["ADDRESS", "KIND", "SPEC DIGEST", "UPDATED"],
+        [[r["address"], r["kind"], r["spec_digest"], r["updated_at"]] for r in body["resources"]],
+    )
+    for name, output in body["outputs"].items():
+        shown = "(sensitive)" if output.get("sensitive") else json.dumps(output.get("value"))
+        out.print(f"  output {e(name)} = {e(shown)}")
+
+
+@state_app.command("export")
+@reports
+def state_export(
+    serial: Annotated[
+        int | None, typer.Option("--serial", help="Export a kept serial [default: current].")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to FILE [default: stdout].")
+    ] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Write the state as JSON for tools and auditors: no secret values, sensitive outputs
+    without their values."""
+    text = json.dumps(_state_body(file, state_dir, serial), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        out.print(f"[green]Wrote[/] {e(output)}.")
+
+
+def _state_body(file: Path, state_dir: Path | None, serial: int | None) -> dict[str, Any]:
+    state = _open_state(file, state_dir)
+    try:
+        if serial is None or serial == state.serial:
+            body: dict[str, Any] = state.export()
+            return body
+        kept = state.snapshot_at(serial)
+        if kept is None:
+            serials = ", ".join(str(k.serial) for k in state.snapshots()) or "none"
+            err.print(f"[bold red]error:[/] no serial {serial} is kept (kept: {serials})")
+            raise typer.Exit(EXIT_DIAGNOSTIC)
+        return kept
+    finally:
+        state.close()
 
 
 # -- policy -----------------------------------------------------------------------------------
