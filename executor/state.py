@@ -8,6 +8,7 @@ so a plan made before another apply is refused as stale.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -27,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from compiler.envelope import canonical_json
+from compiler.envelope import canonical_json, key_id
 from compiler.plan import StateResource, StateSnapshot
 
 from .errors import ExecutorError
@@ -110,6 +113,11 @@ class State:
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS snapshots (serial INTEGER PRIMARY KEY, at TEXT NOT "
                 "NULL, digest TEXT NOT NULL, body TEXT NOT NULL)"
+            )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS checkpoints (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "event_id INTEGER NOT NULL, head TEXT NOT NULL, at TEXT NOT NULL, keyid TEXT NOT "
+                "NULL, sig TEXT NOT NULL)"
             )
             if int(meta.get("schema", SCHEMA_VERSION)) < 3:
                 # Earlier serials were never kept; the one there is, is kept from now on.
@@ -302,8 +310,6 @@ class State:
         Each entry's hash covers its id, time, serial, kind, address, detail and the previous
         entry's hash, so `verify_events` finds an entry edited, deleted, inserted or moved.
         """
-        # TODO(#5): sign checkpoints of the chain, so that rewriting the whole chain from some
-        # entry on is caught too, not only a change in the middle of it.
         with self.db.conn:
             # Take the write lock before reading the last hash: two writers must not both chain
             # to it.
@@ -365,6 +371,67 @@ class State:
             prev, expected_id, count = row_hash, entry + 1, count + 1
         return AuditCheck(count, None, "")
 
+    # -- signed checkpoints ---------------------------------------------------------------------
+
+    def checkpoint(self, signer: Ed25519PrivateKey) -> Checkpoint:
+        """Sign the chain's head: whoever rewrites the log from some entry on, or cuts its tail,
+        cannot make the signature over the head they removed hold."""
+        with self.db.conn:
+            if not self.db.conn.in_transaction:
+                self.db.execute("BEGIN IMMEDIATE")
+            last = self.db.execute(
+                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            if last is None:
+                raise StateError("the audit log is empty: there is nothing to sign yet")
+            at = now()
+            signature = signer.sign(_checkpoint_message(self.lineage, last[0], last[1], at))
+            keyid = key_id(signer.public_key())
+            sig = base64.b64encode(signature).decode()
+            row_id = self.db.execute(
+                "INSERT INTO checkpoints (event_id, head, at, keyid, sig) VALUES (?, ?, ?, ?, ?)",
+                [last[0], last[1], at, keyid, sig],
+            ).lastrowid
+        return Checkpoint(int(row_id or 0), last[0], last[1], at, keyid, sig)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self.db.execute(
+            "SELECT id, event_id, head, at, keyid, sig FROM checkpoints ORDER BY id"
+        ).fetchall()
+        return [Checkpoint(*row) for row in rows]
+
+    def verify_checkpoints(self, trusted: dict[str, Ed25519PublicKey]) -> list[str]:
+        """What is wrong with the signed checkpoints: each must be signed by a trusted key and
+        name an entry that is still there, with the hash it had when it was signed."""
+        problems = []
+        for point in self.checkpoints():
+            key = trusted.get(point.keyid)
+            message = _checkpoint_message(self.lineage, point.event_id, point.head, point.at)
+            try:
+                if key is None:
+                    raise InvalidSignature
+                key.verify(base64.b64decode(point.sig, validate=True), message)
+            except (InvalidSignature, ValueError):
+                problems.append(
+                    f"checkpoint {point.id} (entry {point.event_id}, {point.at}) is not signed "
+                    f"by a trusted key ({point.keyid[:19]}…)"
+                )
+                continue
+            row = self.db.execute(
+                "SELECT hash FROM events WHERE id = ?", [point.event_id]
+            ).fetchone()
+            if row is None:
+                problems.append(
+                    f"checkpoint {point.id} signed entry {point.event_id}, which is gone: the log "
+                    "was cut or rewritten after it"
+                )
+            elif row[0] != point.head:
+                problems.append(
+                    f"checkpoint {point.id} signed entry {point.event_id} with another hash: the "
+                    "log was rewritten up to it"
+                )
+        return problems
+
     def _genesis(self) -> str:
         """The chain's anchor: the state's lineage, so two projects' logs cannot be spliced."""
         return "sha256:" + hashlib.sha256(f"forge-audit:{self.lineage}".encode()).hexdigest()
@@ -387,6 +454,24 @@ def event_hash(prev: str, row: tuple[Any, ...]) -> str:
         }
     )
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signature over the audit chain's head at one moment."""
+
+    id: int
+    event_id: int
+    head: str
+    at: str
+    keyid: str
+    sig: str
+
+
+def _checkpoint_message(lineage: str, event_id: int, head: str, at: str) -> bytes:
+    # Its own prefix, so a checkpoint signature can never pass for a plan's (DSSE) or the reverse.
+    body = {"lineage": lineage, "event": event_id, "head": head, "at": at}
+    return b"forge-audit-checkpoint-v1\n" + canonical_json(body)
 
 
 @dataclass(frozen=True)

@@ -1060,36 +1060,83 @@ def audit_verify(
     file: FileOption = HERE,
     state_dir: StateOption = None,
 ) -> None:
-    """Check the audit log's hash chain: exit 6 naming the entry where an edit, a deletion, an
-    insertion or a move breaks it."""
-    state = _project(file, state_dir).existing_state()
+    """Check the audit log's hash chain and its signed checkpoints: exit 6 naming the entry
+    where an edit, a deletion, an insertion or a move breaks the chain, or the checkpoint that a
+    rewrite or a cut tail no longer matches."""
+    project = _project(file, state_dir)
+    state = project.existing_state()
     if state is None:
         err.print("[bold red]error:[/] nothing was ever planned here, so there is no audit log")
         raise typer.Exit(EXIT_DIAGNOSTIC)
     try:
         check = state.verify_events()
+        points = state.checkpoints()
+        problems = state.verify_checkpoints(project.keys().trusted())
     finally:
         state.close()
+    signed = max((p.event_id for p in points), default=0)
     if as_json:
         out.print_json(
             data={
                 "version": 1,
-                "intact": check.broken_at is None,
+                "intact": check.broken_at is None and not problems,
                 "checked": check.checked,
                 "broken_at": check.broken_at,
                 "message": check.message,
+                "checkpoints": len(points),
+                "signed_through": signed,
+                "checkpoint_problems": problems,
             }
         )
-    elif check.broken_at is None:
-        out.print(f"[green]Intact:[/] {check.checked} entries, each chained to the one before.")
     else:
-        err.print(f"[bold red]error:[/] {e(check.message)}")
-        err.print(
-            f"  [green]hint:[/] entries 1..{check.broken_at - 1} are intact; restore the state "
-            "database from a backup, and find out who could write to it"
-        )
-    if check.broken_at is not None:
+        if check.broken_at is None:
+            out.print(f"[green]Intact:[/] {check.checked} entries, each chained to the one before.")
+        else:
+            err.print(f"[bold red]error:[/] {e(check.message)}")
+            err.print(
+                f"  [green]hint:[/] entries 1..{check.broken_at - 1} are intact; restore the "
+                "state database from a backup, and find out who could write to it"
+            )
+        for problem in problems:
+            err.print(f"[bold red]error:[/] {e(problem)}")
+        if points and not problems:
+            out.print(
+                f"[green]Signed:[/] {len(points)} checkpoint(s) by trusted keys; entries "
+                f"1..{signed} are covered by a signature."
+            )
+        elif not points:
+            out.print(
+                "[yellow]note:[/] no signed checkpoint yet, so a rewrite of the whole log would "
+                "not show; `forge audit checkpoint` signs its head"
+            )
+    if check.broken_at is not None or problems:
         raise typer.Exit(EXIT_AUDIT_BROKEN)
+
+
+@audit_app.command("checkpoint")
+@reports
+def audit_checkpoint(
+    key: Annotated[str | None, typer.Option("--key", help="The signing key's name.")] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Sign the audit log's head with a key, so that rewriting the log up to it, or cutting its
+    tail, is found by `forge audit verify`. Apply does this by itself when it has a key."""
+    project = _project(file, state_dir)
+    state = project.existing_state()
+    if state is None:
+        err.print("[bold red]error:[/] nothing was ever planned here, so there is no audit log")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
+    try:
+        signer = project.keys().signer(key, passphrase.encode() if passphrase else None)
+        point = state.checkpoint(signer)
+    finally:
+        state.close()
+    out.print(
+        f"[green]Signed[/] entry {point.event_id} [dim]{e(point.head)}[/] with "
+        f"{e(point.keyid[:19])}…"
+    )
 
 
 # -- state ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from executor.apply import ApplyResult, Progress, apply_plan, live_status
 from executor.build import build_images, module_digests
 from executor.drivers import Host
 from executor.images import ImageStore
-from executor.keys import KeyStore
+from executor.keys import KeyStore, KeyStoreError
 from executor.monitor import Monitor
 from executor.paths import ProjectPaths
 from executor.state import State, locked
@@ -30,6 +31,8 @@ from executor.verify import VerifiedPlan, verify
 from forgefile import ir
 from forgefile.diagnostics import Diagnostic
 from forgefile.lower import FORGEFILE, load
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,6 +177,22 @@ def sign(project: Project, document: dict[str, Any], key_names: list[str] | None
     return seal(document, signers)
 
 
+def _checkpoint(project: Project, state: State) -> None:
+    """Sign the audit log's head with this project's own key, when it has one it can use.
+
+    A plan signed elsewhere may be applied where no private key is, or only one behind a
+    passphrase not given: then the log is not signed this time (`forge audit checkpoint` does
+    it later), and the apply is not failed for it.
+    """
+    passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
+    try:
+        signer = project.keys().signer(None, passphrase.encode() if passphrase else None)
+    except KeyStoreError as exc:
+        log.info("the audit log is not signed after this apply: %s", exc)
+        return
+    state.checkpoint(signer)
+
+
 def apply(
     project: Project, envelope: bytes, progress: Progress | None = None
 ) -> tuple[VerifiedPlan, ApplyResult]:
@@ -193,6 +212,7 @@ def apply(
                 payload=verified.payload_digest,
             )
             result = apply_plan(verified.document, host, state, progress)
+            _checkpoint(project, state)
         finally:
             state.close()
     if verified.document.get("destroy") and result.failed is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from executor.keys import KeyStore
 from executor.state import State, event_hash
 from forge.cli import EXIT_AUDIT_BROKEN, app
 
@@ -142,3 +143,107 @@ def test_audit_commands(logged: Path) -> None:
     broken = runner.invoke(app, ["audit", "verify", "--json", "-f", str(folder)])
     assert broken.exit_code == EXIT_AUDIT_BROKEN
     assert json.loads(broken.stdout)["broken_at"] == 5
+
+
+# -- signed checkpoints -------------------------------------------------------------------------
+
+
+def rechain(database: Path, from_id: int) -> None:
+    """What an attacker with write access does to hide an edit: recompute every hash after it."""
+    db = sqlite3.connect(database)
+    with db:
+        rows = db.execute(
+            "SELECT id, at, serial, kind, address, detail FROM events WHERE id >= ? ORDER BY id",
+            [from_id],
+        ).fetchall()
+        (prev,) = db.execute("SELECT hash FROM events WHERE id = ?", [from_id - 1]).fetchone()
+        for row in rows:
+            digest = event_hash(prev, row)
+            db.execute("UPDATE events SET prev = ?, hash = ? WHERE id = ?", [prev, digest, row[0]])
+            prev = digest
+    db.close()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> KeyStore:
+    store = KeyStore(tmp_path / ".forge" / "keys")
+    store.generate("auditor")
+    return store
+
+
+def checkpoint_problems(database: Path, keys: KeyStore) -> list[str]:
+    state = State.open(database)
+    try:
+        return state.verify_checkpoints(keys.trusted())
+    finally:
+        state.close()
+
+
+def signed(database: Path, keys: KeyStore) -> None:
+    state = State.open(database)
+    try:
+        state.checkpoint(keys.signer("auditor"))
+    finally:
+        state.close()
+
+
+def test_a_rewrite_that_rechains_the_log_is_caught_by_the_checkpoint(
+    logged: Path, keys: KeyStore
+) -> None:
+    """The chain alone cannot see an edit whose author recomputed every hash after it."""
+    signed(logged, keys)
+    tamper(logged, """UPDATE events SET detail = '{"n": 3, "outcome": "failed"}' WHERE id = 3""")
+    rechain(logged, 3)
+
+    assert check(logged) == (5, None, "")  # the chain is fooled
+    assert checkpoint_problems(logged, keys) == [
+        "checkpoint 1 signed entry 5 with another hash: the log was rewritten up to it"
+    ]
+
+
+def test_a_cut_tail_is_caught_by_the_checkpoint(logged: Path, keys: KeyStore) -> None:
+    signed(logged, keys)
+    tamper(logged, "DELETE FROM events WHERE id >= 4")
+
+    assert check(logged) == (3, None, "")
+    [problem] = checkpoint_problems(logged, keys)
+    assert "signed entry 5, which is gone" in problem
+
+
+def test_a_checkpoint_by_an_untrusted_key_or_edited_is_refused(
+    logged: Path, keys: KeyStore, tmp_path: Path
+) -> None:
+    signed(logged, keys)
+    other = KeyStore(tmp_path / "other")
+    other.generate("mallory", trust=False)
+    state = State.open(logged)
+    state.checkpoint(other.signer("mallory"))
+    state.close()
+    tamper(logged, "UPDATE checkpoints SET at = '2020-01-01T00:00:00Z' WHERE id = 1")
+
+    problems = checkpoint_problems(logged, keys)
+    assert [p.split(" (")[0] for p in problems] == [
+        "checkpoint 1",
+        "checkpoint 2",
+    ]
+    assert all("not signed by a trusted key" in p for p in problems)
+
+
+def test_audit_checkpoint_and_verify_commands(logged: Path, keys: KeyStore) -> None:
+    folder = logged.parent.parent
+    (folder / "Forgefile").write_text("")
+    unsigned = runner.invoke(app, ["audit", "verify", "-f", str(folder)])
+    assert unsigned.exit_code == 0 and "no signed checkpoint yet" in unsigned.stdout
+
+    made = runner.invoke(app, ["audit", "checkpoint", "-f", str(folder)])
+    assert made.exit_code == 0, made.output
+    assert "Signed entry 5" in made.stdout
+
+    ok = runner.invoke(app, ["audit", "verify", "--json", "-f", str(folder)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["signed_through"] == 5
+
+    tamper(logged, "DELETE FROM events WHERE id = 5")
+    cut = runner.invoke(app, ["audit", "verify", "-f", str(folder)])
+    assert cut.exit_code == EXIT_AUDIT_BROKEN
+    assert "which is gone" in cut.output
