@@ -15,11 +15,15 @@ the signed plan.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -30,18 +34,20 @@ import lark
 import grammar
 import stdlib
 from forgefile import collector, ir
-from forgefile.diagnostics import Collector, DiagnosticError, Related, Severity, Span, suggest
+from forgefile.diagnostics import Collector, DiagnosticError, Related, Span, suggest
 from forgefile.evaluate import Scope, compiled, evaluate
 from forgefile.schema import RESOURCE_KINDS, SCHEMAS
 from forgefile.syntax import (
     Call,
     Duration,
     Expr,
+    ForExpr,
     GetAttr,
     ListExpr,
     Literal,
     Size,
     Variable,
+    check_limits,
     expression_from_tree,
     span_of,
     string_from_token,
@@ -363,7 +369,11 @@ class _Loader:
             )
             return None, data
         try:
+            check_limits(text, shown)
             tree = _parser().parse(text)
+        except DiagnosticError as exc:
+            self.out.items.extend(exc.diagnostics)
+            return None, data
         except lark.exceptions.UnexpectedInput as exc:
             self.out.items.append(syntax_diagnostic(exc, text, shown))
             return None, data
@@ -375,31 +385,37 @@ class _Loader:
     def items(self, path: Path, tree: list[Any], pack: str) -> None:
         shown = self.shown(path)
         for node in tree:
-            if node.data == "rule":
-                rule = _rule(node, shown, self.out, pack)
-                if rule is not None:
-                    self.rules.append(rule)
-                continue
-            kind = str(node.children[0])
-            if kind not in _BLOCKS:
-                self.out.error(
-                    "R0020",
-                    f"unknown block `{kind}` in a policy file",
-                    span_of(node.children[0], shown),
-                    suggest(kind, ["rule", *_BLOCKS]) or f"blocks: rule, {', '.join(_BLOCKS)}",
-                )
-                continue
-            if kind == "pack":
-                continue  # read by folder()
-            if pack and kind != "test":
-                self.out.error(
-                    "R0013",
-                    f"a `{kind}` block belongs to a project's policy, not to pack `{pack}`",
-                    span_of(node.children[0], shown),
-                    "move it to the project's policy folder",
-                )
-                continue
-            getattr(self, f"_{kind}")(node, path, shown)
+            try:
+                self.item(node, path, shown, pack)
+            except DiagnosticError as exc:  # an expression past the limits, say
+                self.out.items.extend(exc.diagnostics)
+
+    def item(self, node: Any, path: Path, shown: str, pack: str) -> None:
+        if node.data == "rule":
+            rule = _rule(node, shown, self.out, pack)
+            if rule is not None:
+                self.rules.append(rule)
+            return
+        kind = str(node.children[0])
+        if kind not in _BLOCKS:
+            self.out.error(
+                "R0020",
+                f"unknown block `{kind}` in a policy file",
+                span_of(node.children[0], shown),
+                suggest(kind, ["rule", *_BLOCKS]) or f"blocks: rule, {', '.join(_BLOCKS)}",
+            )
+            return
+        if kind == "pack":
+            return  # read by folder()
+        if pack and kind != "test":
+            self.out.error(
+                "R0013",
+                f"a `{kind}` block belongs to a project's policy, not to pack `{pack}`",
+                span_of(node.children[0], shown),
+                "move it to the project's policy folder",
+            )
+            return
+        getattr(self, f"_{kind}")(node, path, shown)
 
     def attributes(self, node: Any, shown: str, kind: str) -> dict[str, Expr]:
         required, optional = _BLOCKS[kind]
@@ -717,9 +733,16 @@ def _date(expr: Expr, out: Collector) -> dt.date | None:
 
 def _rule(node: Any, path: str, out: Collector, pack: str) -> Rule | None:
     _keyword, label, _open, *items, _close = node.children
-    start = len(out.items)  # this rule's own errors; an earlier rule's must not hide this one
     span = span_of(node, path)
     rule_id = _literal_string(string_from_token(label, path))
+    if not _RULE_ID.fullmatch(rule_id) or rule_id.startswith("rego:"):
+        out.error(
+            "R0009",
+            f"`{rule_id}` is not a rule id",
+            span_of(label, path),
+            "write letters, digits, `-`, `_`, `.` and `:`, starting with a letter or digit, "
+            "such as ACME-C001 (`rego:` is kept for Rego findings)",
+        )
     attrs: dict[str, tuple[Expr, Span]] = {}
     conditions: list[tuple[str, Expr]] = []
     bindings: list[tuple[str, Expr]] = []
@@ -730,6 +753,13 @@ def _rule(node: Any, path: str, out: Collector, pack: str) -> Rule | None:
             continue
         if item.data == "binding":
             _let, name, expr = item.children
+            if str(name) in (n for n, _ in bindings):
+                out.error(
+                    "R0010",
+                    f"`let {name}` is bound twice in rule `{rule_id}`",
+                    span_of(name, path),
+                    "rename one",
+                )
             bindings.append((str(name), expression_from_tree(expr, path)))
             continue
         name, expr = item.children
@@ -751,22 +781,34 @@ def _rule(node: Any, path: str, out: Collector, pack: str) -> Rule | None:
             span,
             "add `deny when <condition>`",
         )
-        return None
     for needed in ("applies_to", "message", "severity"):
         if needed not in attrs:
             out.error("R0003", f"rule `{rule_id}` needs `{needed}`", span, f"add `{needed} = ...`")
-    if any(d.severity is Severity.ERROR for d in out.items[start:]):
-        return None
-    kinds = _kinds(attrs["applies_to"], out)
+    # What can be checked is checked even when something else is wrong, so one mistake does
+    # not hide the next; a check that would only echo an earlier error is skipped.
+    kinds: tuple[str, ...] | None = None
+    if "applies_to" in attrs:
+        kinds = _kinds(attrs["applies_to"], out)
     # No CallContext: a verdict must not depend on the host's files or environment.
     scope = Scope()
-    severity = _choice(attrs["severity"], SEVERITIES, scope, out) or "info"
+    severity = _choice(attrs.get("severity"), SEVERITIES, scope, out) or "info"
     enforcement = _choice(attrs.get("enforcement"), LEVELS, scope, out) or None
+    if "message" in attrs:
+        _check_message(attrs["message"][0], out)
+    lets: set[str] = {_WHOLE}
+    for name, expr in bindings:
+        _check_names(expr, lets, out, rule_id, in_let=True)
+        lets.add(name)
+    readable = lets | {"resource"}
+    checked = [e for _, e in conditions[:1]] + ([attrs["message"][0]] if "message" in attrs else [])
+    for expr in checked:
+        _check_names(expr, readable, out, rule_id)
+    if kinds is not None:
+        for expr in [*(e for _, e in bindings), *checked]:
+            _check_fields(expr, kinds, out)
+    if len(conditions) != 1 or kinds is None or "message" not in attrs:
+        return None  # (with errors of its own, the rule still counts for duplicate ids)
     verdict, condition = conditions[0]
-    for _, expr in bindings:
-        _check_fields(expr, kinds, out)
-    _check_fields(condition, kinds, out)
-    _check_fields(attrs["message"][0], kinds, out)
     controls = evaluate(attrs["controls"][0], scope) if "controls" in attrs else []
     return Rule(
         id=rule_id,
@@ -785,6 +827,22 @@ def _rule(node: Any, path: str, out: Collector, pack: str) -> Rule | None:
     )
 
 
+_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def _check_message(expr: Expr, out: Collector) -> None:
+    """A message is text: a string, with interpolations, that says something."""
+    if isinstance(expr, Literal) and (not isinstance(expr.value, str) or not expr.value.strip()):
+        out.error(
+            "R0008",
+            "a rule's message is text that says what broke the rule"
+            if isinstance(expr.value, str)
+            else f"a rule's message is text, not {a_type(expr.value)}",
+            expr.span,
+            'write message = "${resource.address} ..."',
+        )
+
+
 def _literal_string(expr: Expr) -> str:
     return expr.value if isinstance(expr, Literal) and isinstance(expr.value, str) else "?"
 
@@ -793,7 +851,8 @@ def _plain(entry: tuple[Expr, Span] | None, scope: Scope) -> str:
     return str(evaluate(entry[0], scope)) if entry else ""
 
 
-def _kinds(entry: tuple[Expr, Span], out: Collector) -> tuple[str, ...]:
+def _kinds(entry: tuple[Expr, Span], out: Collector) -> tuple[str, ...] | None:
+    """The kinds a rule applies to, () for the whole document, None when they are wrong."""
     expr, _ = entry
     names = [i for i in getattr(expr, "items", (expr,))]
     if any(isinstance(i, Variable) and i.name == _WHOLE for i in names):
@@ -804,21 +863,33 @@ def _kinds(entry: tuple[Expr, Span], out: Collector) -> tuple[str, ...]:
                 expr.span,
                 "write `applies_to = document`, or list kinds only",
             )
+            return None
         return ()
+    if not names:
+        out.error(
+            "R0004",
+            "applies_to lists no kinds, so the rule would judge nothing",
+            expr.span,
+            "list kinds, such as [service, job], or write `applies_to = document`",
+        )
+        return None
     kinds = []
     for item in names:
         name = item.name if isinstance(item, Variable) else None
-        if name is None or name not in RESOURCE_KINDS:
-            known = list(RESOURCE_KINDS)
-            out.error(
-                "R0004",
-                "applies_to lists resource kinds, such as [service, job], or is `document`",
-                item.span,
-                suggest(str(name), [*known, _WHOLE]) or f"kinds: {', '.join(known)}",
-            )
+        if name is not None and name in RESOURCE_KINDS:
+            kinds.append(name)
             continue
-        kinds.append(name)
-    return tuple(kinds)
+        known = list(RESOURCE_KINDS)
+        quoted = isinstance(item, Literal) and item.value in RESOURCE_KINDS
+        out.error(
+            "R0004",
+            "applies_to lists resource kinds, such as [service, job], or is `document`",
+            item.span,
+            f'write kinds bare: {item.value}, not "{item.value}"'
+            if quoted and isinstance(item, Literal)
+            else suggest(str(name), [*known, _WHOLE]) or f"kinds: {', '.join(known)}",
+        )
+    return tuple(kinds) if len(kinds) == len(names) else None
 
 
 def _choice(
@@ -842,30 +913,122 @@ def _choice(
 
 
 def _check_fields(expr: Expr, kinds: tuple[str, ...], out: Collector) -> None:
-    """`resource.X` must name a field of every kind the rule applies to; calls must exist."""
-    fields = set.intersection(*(_fields(kind) for kind in kinds)) if kinds else set()
+    """`resource.X` must name a field of every kind the rule applies to (and `resource.X.Y` a
+    field of that block); calls must name pure functions."""
+    each = {kind: _fields(kind) for kind in kinds}
+    fields = set.intersection(*each.values()) if kinds else set()
     for node in subexpressions(expr):
+        if isinstance(node, GetAttr) and _reads_resource(node.target):
+            _check_nested(node, kinds, out)
         if (
             isinstance(node, GetAttr)
             and isinstance(node.target, Variable)
             and node.target.name == "resource"
             and (node.name not in fields or not kinds)
         ):
-            out.error(
-                "R0006",
-                f"resources of kind {', '.join(kinds)} have no field `{node.name}`"
-                if kinds
-                else "a rule that applies to the document has no `resource`; read `document`",
-                node.span,
-                suggest(node.name, fields) if kinds else "",
-            )
-        if isinstance(node, Call) and node.name not in functions.NAMES:
+            having = [kind for kind in kinds if node.name in each[kind]]
+            if not kinds:
+                message, hint = (
+                    "a rule that applies to the document has no `resource`; read `document`",
+                    "",
+                )
+            elif having:
+                lacking = [kind for kind in kinds if kind not in having]
+                message = (
+                    f"`{node.name}` is a field of {', '.join(having)} but not of "
+                    f"{', '.join(lacking)}: a rule over several kinds reads only the fields they "
+                    "all have"
+                )
+                hint = f'read it as lookup(resource, "{node.name}", DEFAULT), or split the rule'
+            else:
+                message = f"resources of kind {', '.join(kinds)} have no field `{node.name}`"
+                hint = suggest(node.name, fields)
+            out.error("R0006", message, node.span, hint)
+        if isinstance(node, Call) and node.name not in functions.PURE:
+            known = node.name in functions.NAMES
             out.error(
                 "R0007",
-                f"unknown function `{node.name}`",
+                f"`{node.name}()` reads the machine it runs on, and a verdict must not depend on "
+                "that"
+                if known
+                else f"unknown function `{node.name}`",
                 node.span,
-                suggest(node.name, functions.NAMES),
+                "write the value into the rule instead"
+                if known
+                else suggest(node.name, functions.PURE),
             )
+
+
+def _reads_resource(expr: Expr) -> bool:
+    return (
+        isinstance(expr, GetAttr)
+        and isinstance(expr.target, Variable)
+        and (expr.target.name == "resource")
+    )
+
+
+def _check_nested(node: GetAttr, kinds: tuple[str, ...], out: Collector) -> None:
+    """`resource.resources.memry`: a field of a block the IR holds as a record."""
+    assert isinstance(node.target, GetAttr)
+    block = node.target.name
+    known = [_record_fields(kind, block) for kind in kinds]
+    if not known or any(k is None for k in known):
+        return
+    fields = set.intersection(*(k for k in known if k is not None))
+    if node.name not in fields:
+        out.error(
+            "R0006",
+            f"`resource.{block}` has no field `{node.name}`",
+            node.span,
+            suggest(node.name, fields) or f"its fields: {', '.join(sorted(fields))}",
+        )
+
+
+def _record_fields(kind: str, block: str) -> set[str] | None:
+    """The fields of a block the IR keeps as a record (`resources`, `limits`), else None."""
+    cls = ir.RESOURCE_CLASSES.get(kind)
+    if cls is None:
+        return None
+    found = {f.name: f.type for f in dataclasses.fields(cls)}.get(block)
+    record = {"Limits": ir.Limits, "WasmLimits": ir.WasmLimits}.get(str(found))
+    return {f.name for f in dataclasses.fields(record)} if record else None
+
+
+def _check_names(
+    expr: Expr, allowed: set[str], out: Collector, rule_id: str, in_let: bool = False
+) -> None:
+    """Every name an expression reads must be bound: `resource`, `document`, a `let` of the
+    rule, or a `for` variable around it. A name that is not is an error at load, not a
+    finding for every resource later."""
+    stack: list[tuple[object, frozenset[str]]] = [(expr, frozenset())]
+    while stack:
+        node, bound = stack.pop()
+        if isinstance(node, Variable):
+            if node.name in allowed or node.name in bound:
+                continue
+            if in_let and node.name == "resource":
+                message = (
+                    f"a `let` of rule `{rule_id}` is worked out once per run, before any "
+                    "resource, so it cannot read `resource`"
+                )
+                hint = "move that part into the condition or the message"
+            elif node.name in ("var", "local", "each", "count", "module"):
+                message = f"a rule cannot read `{node.name}`: it judges the Forgefile's result"
+                hint = "read `resource` or `document`"
+            else:
+                message = f"rule `{rule_id}` reads `{node.name}`, which nothing binds"
+                hint = suggest(node.name, [*allowed, *bound]) or (
+                    "a rule reads `resource`, `document`, its `let`s and `for` variables"
+                )
+            out.error("R0017", message, node.span, hint)
+        elif isinstance(node, ForExpr):
+            inner = bound | {node.value_var} | ({node.key_var} if node.key_var else set())
+            stack.append((node.collection, bound))
+            stack.extend((part, inner) for part in (node.body, node.key, node.condition) if part)
+        elif isinstance(node, Expr):
+            stack.extend((child, bound) for child in vars(node).values())
+        elif isinstance(node, tuple):
+            stack.extend((child, bound) for child in node)
 
 
 def _fields(kind: str) -> set[str]:
@@ -1056,13 +1219,17 @@ def judge(
         for o in overrides
         if not any(f.override is o for f in findings)
     ]
-    if (rules or (policy.rego is not None and rego)) and evaluated == 0:
+    rego_skipped = policy.rego is not None and not rego
+    if evaluated == 0 and not rego_skipped:
         problems.append(
             Problem(
                 "nothing-evaluated",
                 "error",
                 "the policy evaluated no resource: its rules apply to kinds this Forgefile does "
-                "not declare, so a pass would mean nothing",
+                "not declare, so a pass would mean nothing"
+                if rules or policy.rego is not None
+                else "the policy holds no rules, so a pass would mean nothing: add rules, or "
+                'use a pack (policy { packs = ["baseline"] })',
                 None,
             )
         )
@@ -1267,20 +1434,63 @@ def _evaluate(
             findings.append(_failed(rule, "", why, rule.span, level))
             continue
         judged = _judge(rule, level, rollout, _document_span(doc), findings)
-        if not rule.kinds:
-            evaluated += 1
-            judged(Scope(bindings=base), "", None)
-            continue
-        # One scope per rule, its `resource` rebound for each resource: scopes are not free.
-        bindings = dict(base)
-        scope = Scope(bindings=bindings)
-        kinds = rule.kinds
-        for resource, document in documents:
-            if resource.kind in kinds:
-                evaluated += 1
-                bindings["resource"] = document
-                judged(scope, document["address"], resource)
+        current: ir.Resource | None = None
+        try:
+            with _time_limit(RULE_TIME_LIMIT):
+                if not rule.kinds:
+                    evaluated += 1
+                    judged(Scope(bindings=base), "", None)
+                    continue
+                # One scope per rule, its `resource` rebound for each resource: scopes are not
+                # free.
+                bindings = dict(base)
+                scope = Scope(bindings=bindings)
+                kinds = rule.kinds
+                for current, document in documents:
+                    if current.kind in kinds:
+                        evaluated += 1
+                        bindings["resource"] = document
+                        judged(scope, document["address"], current)
+        except _Overran:
+            # Fail closed: the rule blocks, and says where it was when time ran out.
+            where = current.address if current else "the document"
+            why = (
+                f"it ran past {RULE_TIME_LIMIT:g} s, at {where} (a regular expression that "
+                "backtracks on this value, such as (a+)+, does that)"
+            )
+            span = current.span if current else _document_span(doc)
+            findings.append(_failed(rule, current.address if current else "", why, span, level))
     return findings, evaluated
+
+
+# A rule over every resource takes milliseconds; one that runs for seconds is stuck, usually in
+# a regular expression backtracking on a value the Forgefile chose.
+RULE_TIME_LIMIT = 5.0
+
+
+class _Overran(BaseException):
+    """Raised by the timer inside a rule that ran too long. A BaseException, so that no
+    `except Exception` on the way (a function call retried for its diagnostic) can swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after `seconds`, with a timer signal (Python's `re` checks for
+    signals while it matches). Only the main thread gets signals: elsewhere, no limit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _Overran
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _judge(

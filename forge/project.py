@@ -98,9 +98,15 @@ def check(project: Project) -> Checked:
 
 
 def load_policy(project: Project) -> policy.Policy | None:
-    """The project's policy files and the packs they use; None when there are none."""
-    if not policy.policy_files(project.policy_paths):
+    """The project's policy files and the packs they use; None when it has no policy at all.
+
+    A policy folder (or --policy path) that holds no policy file is a policy without rules,
+    which judges nothing: that blocks, rather than pass as if there were no policy.
+    """
+    if not project.policy_paths:
         return None
+    if not policy.policy_files(project.policy_paths):
+        return policy.Policy(digest=policy.digest_of([]))
     return policy.load_policy(list(project.policy_paths))
 
 

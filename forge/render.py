@@ -162,7 +162,10 @@ def findings(console: Console, verdict: Verdict) -> None:
         word, style = ("error", "bold red") if p.severity == "error" else ("warning", "bold yellow")
         where = f"{escape(str(p.span))}: " if p.span else ""
         console.print(f"[bold]{where}[/][{style}]policy {word}[/] {escape(p.message)}")
-    counts = {s: verdict.count(s) for s in ("blocking", "warning", "waived", "overridden")}
+    counts = {s: verdict.count(s) for s in ("blocking", "warning", "info", "waived", "overridden")}
+    # Problems count as what they are: an expired waiver blocks though no finding does.
+    counts["policy error"] = sum(1 for p in verdict.problems if p.severity == "error")
+    counts["warning"] += sum(1 for p in verdict.problems if p.severity == "warning")
     console.print(
         f"[dim]policy: {verdict.evaluated} evaluation(s); "
         + ", ".join(f"{n} {s}" for s, n in counts.items())

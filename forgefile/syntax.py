@@ -206,14 +206,47 @@ def _expression_parser() -> lark.Lark:
 def parse(text: str, path: str) -> File:
     """Parse one Forgefile; raise `DiagnosticError` for anything malformed."""
     text = normalise(text)
-    _check_limits(text, path)
+    check_limits(text, path)
     try:
         tree = _forgefile_parser().parse(text)
     except lark.exceptions.UnexpectedInput as exc:
         raise DiagnosticError([syntax_diagnostic(exc, text, path)]) from None
     builder = _Builder(path, limit=MAX_NODES)
-    body = builder.body(tree.children[0], _span_of(tree, path))
+    try:
+        body = builder.body(tree.children[0], _span_of(tree, path))
+    except RecursionError:
+        raise DiagnosticError([_too_deep(Span(path, 1, 1, 1, 1))]) from None
     return File(path=path, text=text, body=body)
+
+
+MAX_DEPTH = 128  # operators and brackets inside one expression; evaluation recurses per level
+
+
+def check_depth(expr: Expr) -> None:
+    """Refuse an expression nested past MAX_DEPTH, at the node where it goes past it.
+
+    A chain of 600 `+` or 3,000 `!` has no bracket for the nesting limit to count, and each
+    level costs evaluation a few Python frames: past the limit it would end in RecursionError.
+    """
+    stack: list[tuple[object, int]] = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Expr):
+            if depth > MAX_DEPTH:
+                raise DiagnosticError([_too_deep(node.span)])
+            stack.extend((child, depth + 1) for child in vars(node).values())
+        elif isinstance(node, tuple):
+            stack.extend((child, depth) for child in node)
+
+
+def _too_deep(span: Span) -> Diagnostic:
+    return Diagnostic(
+        "F0002",
+        f"an expression nests deeper than the limit of {MAX_DEPTH} operators and brackets",
+        span,
+        "split it into locals (or `let` bindings in a rule), or use a function such as "
+        "anytrue([...]) instead of a long chain of `||`",
+    )
 
 
 def normalise(text: str) -> str:
@@ -228,7 +261,10 @@ def parse_expression(text: str, path: str, line: int = 1, column: int = 1) -> Ex
     except lark.exceptions.UnexpectedInput as exc:
         shifted = _shift_error(exc, line, column)
         raise DiagnosticError([syntax_diagnostic(exc, text, path, shifted)]) from None
-    return _Builder(path, line - 1, column - 1).expr(tree)
+    try:
+        return _Builder(path, line - 1, column - 1).expr(tree)
+    except RecursionError:
+        raise DiagnosticError([_too_deep(Span(path, line, column, line, column))]) from None
 
 
 @lru_cache(maxsize=4096)
@@ -238,7 +274,8 @@ def _expression_tree(text: str) -> Tree:
     return _expression_parser().parse(text)
 
 
-def _check_limits(text: str, path: str) -> None:
+def check_limits(text: str, path: str) -> None:
+    """The file-size and bracket-nesting limits, checked on the text before Lark reads it."""
     if len(text.encode()) > MAX_FILE_BYTES:
         raise DiagnosticError(
             [
@@ -332,6 +369,14 @@ class _Builder:
     def span(self, node: Tree) -> Span:
         return _span_of(node, self.path, self.dl, self.dc)
 
+    def _checked(self, tree: Tree) -> Expr:
+        try:
+            expr = self.expr(tree)
+        except RecursionError:
+            raise DiagnosticError([_too_deep(self.span(tree))]) from None
+        check_depth(expr)
+        return expr
+
     def body(
         self,
         tree: Tree,
@@ -348,7 +393,7 @@ class _Builder:
             if child.data == "attribute":
                 name, value = child.children
                 attributes.append(
-                    Attribute(str(name), self.expr(value), self.span(child), self.span(name))
+                    Attribute(str(name), self._checked(value), self.span(child), self.span(name))
                 )
             else:
                 blocks.append(self.block(child))
@@ -877,7 +922,12 @@ def _unclosed(text: str) -> str:
 
 def expression_from_tree(tree: Tree, path: str) -> Expr:
     """The syntax class of an expression that another grammar (policy) parsed with Lark."""
-    return _Builder(path).expr(tree)
+    try:
+        expr = _Builder(path).expr(tree)
+    except RecursionError:
+        raise DiagnosticError([_too_deep(_span_of(tree, path))]) from None
+    check_depth(expr)
+    return expr
 
 
 def string_from_token(token: Tree, path: str) -> Expr:

@@ -263,3 +263,31 @@ def test_the_language_reference_examples_parse() -> None:
     assert len(examples) >= 3
     for example in examples:
         parse(example, "docs/language.md")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(" + ".join(["1"] * 600), id="long-chain"),
+        pytest.param("!" * 3000 + "true", id="unary-run"),
+        pytest.param('"${' + "-" * 3000 + '1}"', id="in-an-interpolation"),
+    ],
+)
+def test_an_expression_past_the_depth_limit_is_f0002_not_a_crash(value: str) -> None:
+    """No bracket for the nesting limit to count, and still never a RecursionError."""
+    with pytest.raises(DiagnosticError) as caught:
+        parse(f"locals {{\n  x = {value}\n}}\n", "deep.forge")
+    [error] = caught.value.diagnostics
+    assert error.code == "F0002"
+    assert error.span is not None and error.span.line == 2
+
+
+def test_an_expression_at_the_depth_limit_still_evaluates() -> None:
+    from forgefile.evaluate import Scope, evaluate
+    from forgefile.syntax import MAX_DEPTH
+
+    chain = " + ".join(["1"] * (MAX_DEPTH - 1))
+    file = parse(f"locals {{\n  x = {chain}\n}}\n", "ok.forge")
+    [block] = file.body.blocks
+    [attribute] = block.attributes
+    assert evaluate(attribute.value, Scope()) == MAX_DEPTH - 1
