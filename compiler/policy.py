@@ -274,6 +274,7 @@ class _Loader:
         self.contents: list[tuple[str, bytes]] = []
         self.seen: set[Path] = set()
         self.listed: dict[str, Span] = {}  # pack name -> where a `packs` list names it
+        self.policy_block: Span | None = None
 
     def source(self, path: Path) -> None:
         """A file or folder given by the user: a pack if it has a header, else project files.
@@ -445,6 +446,15 @@ class _Loader:
         return attrs
 
     def _policy(self, node: Any, path: Path, shown: str) -> None:
+        if self.policy_block is not None:
+            self.out.error(
+                "R0011",
+                "a second `policy` block",
+                span_of(node, shown),
+                "list every pack in one `policy { packs = [...] }`",
+                [Related(self.policy_block, "the first is here")],
+            )
+        self.policy_block = span_of(node, shown)
         attrs = self.attributes(node, shown, "policy")
         packs = attrs.get("packs")
         if packs is None:
@@ -647,13 +657,39 @@ class _Loader:
         for (one, other), ids in clashes.items():
             self.pack_clash(one, other, ids)
         targets = [*seen, *self.packs]
+        rego = self.rego is not None
+        enforced: dict[str, Enforce] = {}
         for entry in self.enforce:
+            set_first = enforced.setdefault(entry.target, entry)
+            if set_first is not entry:
+                self.out.error(
+                    "R0011",
+                    f'a second `enforce "{entry.target}"`',
+                    entry.span,
+                    "keep one: the level of a rule or pack is set in one place",
+                    [Related(set_first.span, "the first is here")],
+                )
+            # Rego rules are known only once the engine has run: `rego` and `rego:...` are
+            # taken on trust when the project has a rego block.
+            if rego and (entry.target == "rego" or entry.target.startswith("rego:")):
+                continue
             if entry.target not in targets:
                 self.out.error(
                     "R0021",
                     f'`enforce "{entry.target}"` names no loaded rule or pack',
                     entry.span,
                     suggest(entry.target, targets) or "name a rule id or a pack",
+                )
+        named: dict[str, ir.Waiver] = {}
+        for waiver in self.waivers:
+            earlier = named.setdefault(waiver.name, waiver)
+            if earlier is not waiver:
+                self.out.error(
+                    "R0011",
+                    f'a second `waiver "{waiver.name}"`',
+                    waiver.span,
+                    "give each waiver its own name",
+                    [Related(earlier.span, "the first is here")],
                 )
         for test in self.tests:
             for rule_id in (*test.fires, *test.passes):
@@ -1192,15 +1228,7 @@ def judge(
     ]
     used = {id(f.waiver) for f in findings if f.waiver}
     problems += [
-        Problem(
-            "orphaned-waiver",
-            "warning",
-            f"waiver `{w.name}` excuses {w.resource} from rule {w.rule}, which it does not break"
-            if policy.rule(w.rule)
-            else f"waiver `{w.name}` names rule {w.rule}, which no loaded policy has"
-            + _did_you_mean(w.rule, rules),
-            w.span,
-        )
+        Problem("orphaned-waiver", "warning", _orphan(w, policy, rules, doc, findings), w.span)
         for w in live
         if id(w) not in used
     ]
@@ -1381,7 +1409,7 @@ def _settle(
         )
     if found.status == "waived":  # excepted before it got here, by a Rego `exception` rule
         return Finding(rule, found.address, found.message, found.span, "waived", level)
-    waiver = next((w for w in waivers if w.rule == rule.id and w.resource == found.address), None)
+    waiver = next((w for w in waivers if _waives(w, rule.id, found.address)), None)
     if waiver is not None:
         status = "waived"
     elif rule.verdict == "info":
@@ -1404,6 +1432,52 @@ def _settle(
         status = "blocking"
     return Finding(
         rule, found.address, found.message, found.span, status, level, waiver, None, rollout
+    )
+
+
+def _waives(waiver: ir.Waiver, rule_id: str, address: str) -> bool:
+    """A waiver names a rule and a resource; `document` names a whole-document rule's finding."""
+    return waiver.rule == rule_id and (
+        waiver.resource == address or (waiver.resource == _WHOLE and address == "")
+    )
+
+
+def _orphan(
+    waiver: ir.Waiver,
+    policy: Policy,
+    rules: Sequence[Rule],
+    doc: ir.Document,
+    findings: Sequence[Finding],
+) -> str:
+    """Why a live waiver excused nothing: the most likely reason first."""
+    if not policy.rule(waiver.rule) and not any(r.id == waiver.rule for r in rules):
+        return (
+            f"waiver `{waiver.name}` names rule {waiver.rule}, which no loaded policy has"
+            + _did_you_mean(waiver.rule, rules)
+        )
+    other = next(
+        (
+            f.waiver
+            for f in findings
+            if f.waiver is not None and _waives(waiver, f.rule.id, f.address)
+        ),
+        None,
+    )
+    if other is not None:
+        return (
+            f"waiver `{waiver.name}` repeats waiver `{other.name}` ({other.span}) for rule "
+            f"{waiver.rule} and {waiver.resource}; remove one"
+        )
+    addresses = [r.address for r in doc.resources]
+    if waiver.resource != _WHOLE and waiver.resource not in addresses:
+        near = suggest(waiver.resource, addresses)
+        return (
+            f"waiver `{waiver.name}` names {waiver.resource}, which this Forgefile does not "
+            f"declare" + (f" ({near})" if near else "")
+        )
+    return (
+        f"waiver `{waiver.name}` excuses {waiver.resource} from rule {waiver.rule}, which it "
+        "does not break"
     )
 
 

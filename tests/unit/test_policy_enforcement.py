@@ -546,3 +546,77 @@ def test_the_policy_reference_lists_the_shipped_packs_rule_by_rule() -> None:
     doc = (REPO / "docs" / "policy.md").read_text()
     marker = "The tables below are generated from `stdlib/policy/`; a test keeps them equal.\n\n"
     assert doc.split(marker, 1)[1] == policy.pack_reference()
+
+
+DOCUMENT_RULE = """
+rule "H-count" {
+  applies_to = document
+  severity   = "low"
+  deny when length(document.resources) > 3
+  message    = "too many resources"
+}
+"""
+
+
+def test_a_document_rule_is_waived_with_resource_document(tmp_path: Path) -> None:
+    config = """
+        enforce "H-privileged" { level = "advisory" }
+        enforce "H-shared-volume" { level = "advisory" }
+        waiver "big-on-purpose" {
+          rule = "H-count"
+          resource = "document"
+          reason = "the demo needs five"
+          owner = "ops@example.com"
+          expires = "2027-06-30"
+        }
+    """
+    root = project(tmp_path, config, pack=PACK + DOCUMENT_RULE)
+    v = policy.judge(
+        policy.load_policy([root / "policy"]), load(root / "Forgefile", {}, environ={}), TODAY
+    )
+    assert statuses(v)[("H-count", "")] == "waived"
+    assert v.problems == () and not v.blocked
+
+
+@pytest.mark.parametrize(
+    ("resource", "says"),
+    [
+        (
+            "service.wbe",
+            "names service.wbe, which this Forgefile does not declare "
+            "(did you mean `service.web`?)",
+        ),
+        ("service.web", "repeats waiver `legacy`"),
+    ],
+)
+def test_an_orphaned_waiver_says_why(tmp_path: Path, resource: str, says: str) -> None:
+    config = f"""
+        waiver "second" {{
+          rule = "H-privileged"
+          resource = "{resource}"
+          reason = "again"
+          owner = "ops@example.com"
+          expires = "2027-06-30"
+        }}
+    """
+    v = verdict(tmp_path, config, forgefile=FORGEFILE + WAIVER.replace("EXPIRES", "2027-01-31"))
+    [orphan] = [p for p in v.problems if p.kind == "orphaned-waiver"]
+    assert says in orphan.message
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "policy {\n  packs = []\n}\n",
+        'enforce "house" { level = "hard" }\nenforce "house" { level = "advisory" }\n',
+        'waiver "w" {\n rule = "H-privileged"\n resource = "service.web"\n reason = "r"\n'
+        ' owner = "o"\n expires = "2027-01-01"\n}\n' * 2,
+    ],
+    ids=["policy", "enforce", "waiver"],
+)
+def test_a_second_block_of_one_kind_is_an_error(tmp_path: Path, config: str) -> None:
+    root = project(tmp_path, config)
+    with pytest.raises(DiagnosticError) as caught:
+        policy.load_policy([root / "policy"])
+    [error] = caught.value.diagnostics
+    assert error.code == "R0011" and error.related

@@ -228,3 +228,14 @@ def test_rego_over_a_forgefile_without_resources_is_an_error_not_a_pass(tmp_path
     v = judge(root)
     assert [(p.kind, p.severity) for p in v.problems] == [("nothing-evaluated", "error")]
     assert v.blocked
+
+
+def test_enforce_names_the_rego_pack_or_a_rego_rule(tmp_path: Path) -> None:
+    """Rego rules are known only after the engine runs, so `rego` and `rego:...` are accepted."""
+    block = (
+        'rego {\n  path = "../rego"\n}\n'
+        'enforce "rego" { level = "advisory" }\n'
+        'enforce "rego:main.deny" { level = "soft" }\n'
+    )
+    loaded = policy.load_policy([project(tmp_path, block) / "policy"])
+    assert [e.target for e in loaded.enforce] == ["rego", "rego:main.deny"]
