@@ -355,7 +355,12 @@ class _Loader:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            self.out.error("R0000", f"cannot read policy {shown}: {exc.strerror}", None)
+            self.out.error(
+                "R0000",
+                f"cannot read policy {shown}: {exc.strerror}",
+                None,
+                suggest(shown, stdlib.policy_packs()) if "/" not in shown else "",
+            )
             return None, b""
         try:
             text = data.decode("utf-8")

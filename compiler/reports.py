@@ -17,6 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from forgefile.diagnostics import visible
+
 SARIF_SCHEMA = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 )
@@ -417,4 +419,6 @@ def _counts_of(suite: ET.Element) -> dict[str, str]:
 
 
 def _xml(text: str) -> str:
-    return _NOT_XML.sub("\ufffd", text)
+    # Controls and bidi overrides shown as escapes, as on a terminal; what XML cannot carry at
+    # all (lone surrogates, U+FFFE) as the replacement character.
+    return _NOT_XML.sub("\ufffd", visible(text))

@@ -216,6 +216,11 @@ def _overrides(items: list[str], identity: str | None) -> tuple[Any, ...]:
     if identity is not None and not identity.strip():
         err.print("[bold red]error:[/] --identity is blank; name who gives the overrides")
         raise typer.Exit(EXIT_DIAGNOSTIC)
+    from forgefile.diagnostics import visible
+
+    if identity is not None and visible(identity) != identity:
+        err.print(f"[bold red]error:[/] --identity {e(repr(identity))} holds control characters")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
     try:
         who = (identity or getpass.getuser()).strip()
     except (OSError, KeyError):  # no login name: an override must still say who gave it
@@ -1267,11 +1272,14 @@ def policy_check(
     format: Annotated[
         str, typer.Option("--format", help="text, json, sarif (2.1.0) or junit.")
     ] = "text",
+    as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
 ) -> None:
     """Judge the Forgefile against its policy and print the verdict, for people or for CI.
 
-    Exit 3 when a finding blocks, 0 when the policy passes.
+    Exit 3 when a finding blocks, 1 when the Forgefile or the policy does not load, 0 when the
+    policy passes.
     """
+    format = "json" if as_json else format
     from compiler import reports
 
     from .project import check
@@ -1279,8 +1287,15 @@ def policy_check(
     if format not in FORMATS:
         err.print(f"[bold red]error:[/] --format is one of {', '.join(FORMATS)}, not {e(format)}")
         raise typer.Exit(EXIT_DIAGNOSTIC)
+    from forgefile.diagnostics import DiagnosticError
+
     project = _project(file, state_dir, policy, var, override, identity)
-    verdict = check(project).verdict
+    try:
+        verdict = check(project).verdict
+    except DiagnosticError as exc:
+        if format != "text":  # CI parses stdout: it gets a report that says nothing was judged
+            _load_failure_report(format, exc.diagnostics, project.forgefile.parent)
+        raise
     if verdict is None:
         err.print("No policy: add *.policy files to policy/ beside the Forgefile, or --policy.")
         return
@@ -1297,6 +1312,35 @@ def policy_check(
         render.findings(out, verdict)
     if verdict.blocked:
         raise typer.Exit(EXIT_POLICY)
+
+
+def _load_failure_report(format: str, diagnostics: Any, root: Path) -> None:
+    """The report of a check that could not judge: the Forgefile or the policy did not load."""
+    from compiler import reports
+
+    if format == "json":
+        data = {
+            "version": 1,
+            "verdict": "error",
+            "diagnostics": render.diagnostics_json(diagnostics),
+        }
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    problems = [
+        {
+            "kind": "load-error",
+            "severity": "error",
+            "message": f"{d.code}: {d.message}" + (f" ({d.hint})" if d.hint else ""),
+            "span": d.span.to_json() if d.span else None,
+        }
+        for d in diagnostics
+        if str(d.severity) == "error"
+    ]
+    verdict = {"verdict": "error", "findings": [], "problems": problems}
+    if format == "sarif":
+        sys.stdout.write(json.dumps(reports.sarif(verdict, [], VERSION, root), indent=2) + "\n")
+    else:
+        sys.stdout.write(reports.junit(verdict, []))
 
 
 @policy_app.command("test")
@@ -1348,6 +1392,9 @@ def policy_test(
                 f"coverage: {covered.percent:.0f}% of {len(covered.rules)} rules fire in a case"
                 + (f"; never: {e(', '.join(covered.uncovered))}" if covered.uncovered else "")
             )
+            without = covered.to_json()["without_passing_case"]
+            if without:
+                out.print(f"rules without a case where they pass: {e(', '.join(without))}")
     if failed or not results or (coverage and covered.uncovered):
         raise typer.Exit(EXIT_DIAGNOSTIC)
 
@@ -1463,7 +1510,8 @@ def _explainable(rule: Any, address: str, doc: Any, forgefile: Path) -> None:
     if resource.kind not in rule.kinds:
         err.print(
             f"[bold red]error:[/] {e(rule.id)} applies to {e(', '.join(rule.kinds))}; "
-            f"`{e(address)}` is a {e(resource.kind)}, which it never judges"
+            f"`{e(address)}` is {'an' if resource.kind[0] in 'aeiou' else 'a'} "
+            f"{e(resource.kind)}, which it never judges"
         )
         raise typer.Exit(EXIT_DIAGNOSTIC)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,28 +16,12 @@ if TYPE_CHECKING:  # rich and the front end load when something is printed, not 
 _SOURCES: dict[str, list[str]] = {}
 
 
-# Characters that would act on the terminal rather than print: C0 and C1 controls (an ESC
-# starts a colour or cursor sequence, a CR overwrites the line) and the bidirectional overrides
-# that make text read differently from how it runs ("trojan source"). A tab prints as is.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def visible(text: str) -> str:
-    """`text` with every control character shown as an escape, such as \\x1b."""
-    return _UNPRINTABLE.sub(_shown, text)
-
-
-def _shown(match: re.Match[str]) -> str:
-    char = match.group()
-    return {"\n": "\\n", "\r": "\\r"}.get(char) or (
-        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
-    )
-
-
 def escape(text: str) -> str:
     """User text inside rich markup: `[/]` in a name must print, not close a style, and a
     control character must print as an escape, not drive the terminal."""
     from rich.markup import escape as markup_escape
+
+    from forgefile.diagnostics import visible
 
     return markup_escape(visible(text))
 

@@ -8,6 +8,7 @@ them (with a code frame for people, as JSON for machines).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -157,3 +158,22 @@ def suggest(name: str, candidates: Iterable[str]) -> str:
 
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else ""
+
+
+# Characters that would act on a terminal (or a report viewer) rather than print: C0 and C1
+# controls (an ESC starts a colour or cursor sequence, a CR overwrites the line) and the
+# bidirectional overrides that make text read differently from how it runs ("trojan source").
+# A tab prints as is.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` with every control character shown as an escape, such as \\x1b."""
+    return _UNPRINTABLE.sub(_shown, text)
+
+
+def _shown(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r"}.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )

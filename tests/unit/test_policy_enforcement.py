@@ -455,6 +455,7 @@ def test_an_override_without_a_reason_is_refused(tmp_path: Path) -> None:
     [
         (["--identity", "   ", "--override", "H-privileged=why"], "--identity is blank"),
         (["--override", "=why"], "names no rule"),
+        (["--identity", "bob\x1b[31m", "--override", "H-privileged=why"], "control characters"),
         (["--override", "@service.web=why"], "names no rule"),
     ],
 )
@@ -620,3 +621,24 @@ def test_a_second_block_of_one_kind_is_an_error(tmp_path: Path, config: str) -> 
         policy.load_policy([root / "policy"])
     [error] = caught.value.diagnostics
     assert error.code == "R0011" and error.related
+
+
+@pytest.mark.parametrize("fmt", ["json", "sarif", "junit"])
+def test_a_policy_that_does_not_load_still_gives_ci_a_report(tmp_path: Path, fmt: str) -> None:
+    """Exit 1 with the diagnostics on stderr, and a report on stdout saying nothing was judged."""
+    root = project(tmp_path, 'enforce "H-privilegd" { level = "hard" }')
+    result = runner.invoke(app, ["policy", "check", "-f", str(root), "--format", fmt])
+
+    assert result.exit_code == 1
+    if fmt == "json":
+        data = json.loads(result.stdout)
+        assert data["verdict"] == "error" and data["diagnostics"][0]["code"] == "R0021"
+    elif fmt == "sarif":
+        log = json.loads(result.stdout)
+        schema = json.loads(SARIF_SCHEMA.read_text())
+        jsonschema.validators.validator_for(schema)(schema).validate(log)
+        invocation = log["runs"][0]["invocations"][0]
+        assert invocation["executionSuccessful"] is False
+        assert "R0021" in invocation["toolExecutionNotifications"][0]["message"]["text"]
+    else:
+        assert "<error" in result.stdout and "R0021" in result.stdout

@@ -554,10 +554,12 @@ def test_junit_empty_verdict_is_one_passing_case_per_rule(tmp_path: Path) -> Non
 
 
 def test_junit_survives_control_characters_in_messages(tmp_path: Path) -> None:
-    """A message with a terminal escape (not allowed in XML 1.0) still gives parseable XML."""
+    """A message with a terminal escape (not allowed in XML 1.0) or a bidi override still gives
+    parseable XML, with the characters shown as escapes, as on a terminal."""
     verdict = verdict_for(tmp_path)
-    verdict["findings"][0]["message"] = "bad \x1b[31mvalue\x1b[0m"
+    verdict["findings"][0]["message"] = "bad \x1b[31mvalue\x1b[0m \u202eevil"
     suite = parse(reports.junit(verdict, rules_for(tmp_path)))
 
     failure = suite.find("testcase[@classname='baseline.FRG-C001']/failure")
-    assert failure is not None and failure.get("message") == "bad \ufffd[31mvalue\ufffd[0m"
+    assert failure is not None
+    assert failure.get("message") == "bad \\x1b[31mvalue\\x1b[0m \\u202eevil"
