@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from forgefile import ir
-from forgefile.diagnostics import Diagnostic, DiagnosticError, Span
+from forgefile.diagnostics import Diagnostic, DiagnosticError, Span, suggest
 from forgefile.evaluate import EvalError, Scope, evaluate
 from forgefile.values import AttributeRef
 
@@ -134,7 +134,69 @@ def plan(
         "policy": dict(facts.policy),
         "actions": _ordered(actions),
         "outputs": outputs,
+        "selection": {"targets": [], "excludes": []},
     }
+
+
+def select(
+    document: dict[str, Any], targets: Sequence[str] = (), excludes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The plan narrowed: each target with everything it depends on, then without each
+    excluded resource and everything that depends on it. The plan records the selection.
+
+    A name matches that address, and every instance of it (`service.web` is also
+    `service.web[0]`); a name that matches nothing is an error with the nearest address.
+    """
+    if not targets and not excludes:
+        return document
+    actions = document["actions"]
+    by_address = {a["address"]: a for a in actions}
+    needs = {a["address"]: set(a["depends_on"]) & set(by_address) for a in actions}
+    needed_by: dict[str, set[str]] = {address: set() for address in by_address}
+    for address, deps in needs.items():
+        for dep in deps:
+            needed_by[dep].add(address)
+    keep = set(by_address)
+    if targets:
+        keep = _closure(_matching(targets, by_address, "--target"), needs)
+    if excludes:
+        keep -= _closure(_matching(excludes, by_address, "--exclude"), needed_by)
+    return {
+        **document,
+        "actions": [a for a in actions if a["address"] in keep],
+        "selection": {"targets": sorted(targets), "excludes": sorted(excludes)},
+    }
+
+
+def _matching(names: Sequence[str], addresses: Mapping[str, Any], flag: str) -> set[str]:
+    found: set[str] = set()
+    errors = []
+    for name in names:
+        hits = {a for a in addresses if a == name or a.startswith(name + "[")}
+        if not hits:
+            near = suggest(name, addresses)
+            errors.append(
+                Diagnostic(
+                    "P0007",
+                    f"{flag} {name} names no resource of this plan",
+                    None,
+                    near or "name a resource's address, such as service.web",
+                )
+            )
+        found |= hits
+    if errors:
+        raise DiagnosticError(errors)
+    return found
+
+
+def _closure(start: set[str], edges: Mapping[str, set[str]]) -> set[str]:
+    seen, stack = set(start), list(start)
+    while stack:
+        for nxt in edges.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
 
 
 def _check_routes(networks: Iterable[ir.Network], routes: Iterable[tuple[str, str]]) -> None:

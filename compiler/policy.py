@@ -1487,9 +1487,10 @@ def _orphan(
 
 
 def _override_for(found: Finding, overrides: Sequence[Override]) -> Override | None:
-    return next(
-        (o for o in overrides if o.rule == found.rule.id and o.resource in ("", found.address)),
-        None,
+    """The override for this finding: one naming its resource before one for the whole rule."""
+    matching = [o for o in overrides if o.rule == found.rule.id]
+    return next((o for o in matching if o.resource == found.address), None) or next(
+        (o for o in matching if o.resource == ""), None
     )
 
 

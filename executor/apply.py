@@ -81,7 +81,9 @@ def apply_plan(
         state.event("action-failed", address, message=str(result.failed))
     if result.changed:
         result.serial = state.bump_serial()
-    if result.failed is None:
+    selection = plan.get("selection") or {}
+    if result.failed is None and not (selection.get("targets") or selection.get("excludes")):
+        # A partial plan leaves other resources as they were: its outputs may name them.
         state.set_outputs(plan.get("outputs", {}))
     state.event(
         "apply-end",

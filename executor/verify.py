@@ -121,6 +121,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "policy": dict,
     "actions": list,
     "outputs": dict,
+    "selection": dict,
 }
 _ACTION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "address": str,

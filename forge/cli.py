@@ -226,7 +226,7 @@ def _overrides(items: list[str], identity: str | None) -> tuple[Any, ...]:
     except (OSError, KeyError):  # no login name: an override must still say who gave it
         err.print("[bold red]error:[/] no login user to record; give --identity NAME")
         raise typer.Exit(EXIT_DIAGNOSTIC) from None
-    found = []
+    found: list[Override] = []
     for item in items:
         target, sep, reason = item.partition("=")
         rule, _, address = target.partition("@")
@@ -239,6 +239,9 @@ def _overrides(items: list[str], identity: str | None) -> tuple[Any, ...]:
         )
         if problem:
             err.print(f"[bold red]error:[/] --override {e(repr(item))} {problem}")
+            raise typer.Exit(EXIT_DIAGNOSTIC)
+        if any((o.rule, o.resource) == (rule.strip(), address.strip()) for o in found):
+            err.print(f"[bold red]error:[/] --override {e(target.strip())} is given twice")
             raise typer.Exit(EXIT_DIAGNOSTIC)
         found.append(Override(rule.strip(), address.strip(), reason.strip(), who))
     return tuple(found)
@@ -341,7 +344,35 @@ def build(
     out.print(f"{e(len(images))} image(s) in {time.monotonic() - started:.1f}s.")
 
 
-def _planned(project: Any, destroy: bool) -> dict[str, Any]:
+TargetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        help="Plan only this resource and what it depends on; repeatable. The plan records it.",
+    ),
+]
+ExcludeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Leave out this resource and everything that depends on it; repeatable.",
+    ),
+]
+
+
+def _planned(
+    project: Any,
+    destroy: bool,
+    targets: list[str] | None = None,
+    excludes: list[str] | None = None,
+) -> dict[str, Any]:
+    from compiler.plan import select
+
+    document = _whole_plan(project, destroy)
+    return select(document, targets or (), excludes or ())
+
+
+def _whole_plan(project: Any, destroy: bool) -> dict[str, Any]:
     from forgefile import ir
 
     from .project import Checked, check, make_plan
@@ -355,9 +386,16 @@ def _planned(project: Any, destroy: bool) -> dict[str, Any]:
         render.findings(err, checked.verdict)
         if checked.verdict.blocked:
             blocking = sum(1 for f in checked.verdict.findings if f.blocking)
-            err.print(
-                f"[bold red]Policy blocked the plan:[/] {blocking} finding(s) must be fixed first."
+            errors = sum(1 for p in checked.verdict.problems if p.severity == "error")
+            what = ", ".join(
+                text
+                for count, text in (
+                    (blocking, f"{blocking} finding(s)"),
+                    (errors, f"{errors} policy error(s)"),
+                )
+                if count
             )
+            err.print(f"[bold red]Policy blocked the plan:[/] {what} must be fixed first.")
             raise typer.Exit(EXIT_POLICY)
     for d in checked.warnings:
         render.diagnostic(err, d)
@@ -388,6 +426,8 @@ def plan(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the plan document as JSON.")
     ] = False,
+    target: TargetOption = None,
+    exclude: ExcludeOption = None,
 ) -> None:
     """Compute what apply would do: build images, judge policy, diff against state.
 
@@ -397,7 +437,7 @@ def plan(
     from .project import sign
 
     project = _project(file, state_dir, policy, var, override, identity)
-    document = _planned(project, destroy)
+    document = _planned(project, destroy, target, exclude)
     if as_json:
         out.print_json(data=document)
     else:
@@ -492,6 +532,8 @@ def apply(
     var: VarOption = None,
     override: OverrideOption = None,
     identity: IdentityOption = None,
+    target: TargetOption = None,
+    exclude: ExcludeOption = None,
 ) -> None:
     """Carry out a plan: verify its signature, expiry, state and policy, then act.
 
@@ -499,6 +541,9 @@ def apply(
     """
     from .project import sign
 
+    if plan_file is not None and (target or exclude):
+        err.print("[bold red]error:[/] --target and --exclude shape a new plan, not a saved one")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
     if plan_file is not None:
         try:
             envelope = plan_file.read_bytes()
@@ -508,10 +553,11 @@ def apply(
         _run(_project(file, state_dir, policy, var), envelope)
         return
     project = _project(file, state_dir, policy, var, override, identity)
-    document = _planned(project, destroy=False)
+    document = _planned(project, False, target, exclude)
     render.plan(out, document)
     if not _has_changes(document):
-        _save_outputs(project, document)
+        if not (target or exclude):
+            _save_outputs(project, document)
         render.outputs(out, document["outputs"])
         return
     _confirm(auto_approve, "Apply this plan?")

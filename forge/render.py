@@ -157,6 +157,14 @@ def findings(console: Console, verdict: Verdict) -> None:
 
 
 def plan(console: Console, document: dict[str, Any]) -> None:
+    selection = document.get("selection") or {}
+    if selection.get("targets") or selection.get("excludes"):
+        parts = [f"--target {t}" for t in selection.get("targets", [])]
+        parts += [f"--exclude {x}" for x in selection.get("excludes", [])]
+        console.print(
+            f"[yellow]Partial plan[/] ({escape(' '.join(parts))}): other resources are left as "
+            "they are, and outputs are not updated."
+        )
     changes = [a for a in document["actions"] if a["action"] != "no-op"]
     if not changes:
         if document.get("destroy"):

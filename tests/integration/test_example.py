@@ -204,6 +204,20 @@ def test_changing_the_jobs_command_replaces_only_the_job(example: Example) -> No
     assert example.ps()["job.hello"]["detail"] == "exit 0"
 
 
+def test_a_partial_apply_leaves_the_rest_for_later(example: Example) -> None:
+    """--exclude service.web: the image is rebuilt, the running service is not touched."""
+    vars_ = ("--var", "title=Partial", "--var", "job_exit_code=0")  # as the test before left it
+    plan = example.plan_json(*vars_, "--exclude", "service.web")
+    assert plan["selection"] == {"targets": [], "excludes": ["service.web"]}
+    assert {a["address"]: a["action"] for a in plan["actions"] if a["action"] != "no-op"} == {
+        "image.site": "update"
+    }
+    example.forge("apply", "--auto-approve", *vars_, "--exclude", "service.web")
+    assert "<h1>Partial</h1>" not in example.page()
+    assert example.changes(*vars_) == {"service.web": "replace"}
+    assert "service.web" in example.changes(*vars_, "--target", "service.web")
+
+
 def test_a_plan_with_one_byte_changed_is_refused(example: Example) -> None:
     """Flipping one byte of a signed plan makes apply refuse it before acting."""
     plan = example.folder / "build" / "tampered.forgeplan"

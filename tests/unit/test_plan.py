@@ -17,6 +17,7 @@ from compiler.plan import (
     StateResource,
     StateSnapshot,
     plan,
+    select,
     spec_digest,
 )
 from forgefile import ir
@@ -436,3 +437,68 @@ def test_a_subnet_the_host_already_routes_is_refused(tmp_path: Path) -> None:
         images=facts().images, modules=facts().modules, host_routes=(("192.0.2.0/24", "eth0"),)
     )
     assert plan(lower(tmp_path, HELLO), EMPTY, elsewhere, CREATED)["actions"]
+
+
+# -- --target and --exclude -----------------------------------------------------------------
+
+
+def selection_plan() -> dict[str, Any]:
+    """net <- web[0], web[1] <- proxy; vol alone; old is to be deleted."""
+
+    def action(address: str, depends: list[str], kind: str = "service") -> dict[str, Any]:
+        return {"address": address, "kind": kind, "action": "create", "depends_on": depends}
+
+    actions = [
+        action("network.net", [], "network"),
+        action("service.web[0]", ["network.net"]),
+        action("service.web[1]", ["network.net"]),
+        action("service.proxy", ["service.web[0]", "service.web[1]"]),
+        action("volume.vol", [], "volume"),
+        {**action("service.old", ["network.net"]), "action": "delete"},
+    ]
+    return {"actions": actions, "outputs": {}, "selection": {"targets": [], "excludes": []}}
+
+
+def addresses(document: dict[str, Any]) -> list[str]:
+    return [a["address"] for a in document["actions"]]
+
+
+def test_a_target_brings_what_it_depends_on() -> None:
+    narrowed = select(selection_plan(), ["service.proxy"])
+    assert addresses(narrowed) == [
+        "network.net",
+        "service.web[0]",
+        "service.web[1]",
+        "service.proxy",
+    ]
+    assert narrowed["selection"] == {"targets": ["service.proxy"], "excludes": []}
+
+
+def test_a_name_matches_every_instance() -> None:
+    assert addresses(select(selection_plan(), ["service.web"])) == [
+        "network.net",
+        "service.web[0]",
+        "service.web[1]",
+    ]
+
+
+def test_an_exclude_takes_what_depends_on_it_along() -> None:
+    narrowed = select(selection_plan(), excludes=["service.web[1]"])
+    assert addresses(narrowed) == [
+        "network.net",
+        "service.web[0]",
+        "volume.vol",
+        "service.old",
+    ]
+
+
+def test_a_target_that_names_nothing_suggests_the_nearest() -> None:
+    with pytest.raises(DiagnosticError) as caught:
+        select(selection_plan(), ["service.proxi"])
+    [error] = caught.value.diagnostics
+    assert error.code == "P0007" and error.hint == "did you mean `service.proxy`?"
+
+
+def test_no_selection_is_the_whole_plan() -> None:
+    whole = selection_plan()
+    assert select(whole) is whole

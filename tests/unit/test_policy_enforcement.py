@@ -455,6 +455,7 @@ def test_an_override_without_a_reason_is_refused(tmp_path: Path) -> None:
     [
         (["--identity", "   ", "--override", "H-privileged=why"], "--identity is blank"),
         (["--override", "=why"], "names no rule"),
+        (["--override", "H-privileged=one", "--override", "H-privileged=two"], "given twice"),
         (["--identity", "bob\x1b[31m", "--override", "H-privileged=why"], "control characters"),
         (["--override", "@service.web=why"], "names no rule"),
     ],
@@ -642,3 +643,13 @@ def test_a_policy_that_does_not_load_still_gives_ci_a_report(tmp_path: Path, fmt
         assert "R0021" in invocation["toolExecutionNotifications"][0]["message"]["text"]
     else:
         assert "<error" in result.stdout and "R0021" in result.stdout
+
+
+def test_an_override_for_the_resource_wins_over_one_for_the_rule(tmp_path: Path) -> None:
+    overrides = (
+        policy.Override("H-privileged", "", "whole rule", "alice"),
+        policy.Override("H-privileged", "service.web", "this one", "bob"),
+    )
+    v = verdict(tmp_path, overrides=overrides)
+    [found] = [f for f in v.findings if f.rule.id == "H-privileged"]
+    assert found.override is not None and found.override.reason == "this one"
