@@ -1,8 +1,9 @@
 """Apply: carry out a verified plan, action by action, recording each step in state.
 
 Teardown first (deletes and the old half of replacements, dependents before what they depend
-on), then build-up in the plan's dependency order. State is written after every action, so an
-interrupted apply leaves state that says exactly what exists.
+on), then build-up in the plan's dependency order. Each step is journalled before it runs and
+state is written after it ends, so an apply killed midway leaves state that says what exists
+and a journal entry that the next apply rolls back (`recover`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from compiler.plan import spec_digest
 
 from .drivers import DRIVERS, ActionFailed, Host, container_status
 from .images import ImageError
-from .state import State
+from .state import JournalEntry, Record, State
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,11 @@ class ApplyResult:
 def apply_plan(
     plan: dict[str, Any], host: Host, state: State, progress: Progress | None = None
 ) -> ApplyResult:
-    """Carry out `plan`, which `verify` has accepted; stops at the first failed action."""
-    # TODO(#5): journal each step's intent before it runs, so an apply killed midway can be
-    # resumed or rolled back; today state records only the steps that finished.
+    """Carry out `plan`, which `verify` has accepted; stops at the first failed action.
+
+    Each step is journalled before it runs and settled after, so an apply killed in the middle
+    leaves a record that the next one rolls back (see `recover`).
+    """
     say = progress or (lambda phase, address, message: None)
     result = ApplyResult()
     actions = plan["actions"]
@@ -141,11 +144,13 @@ def _teardown(
     _create, delete = DRIVERS[action["kind"]]
     say("delete", address, "removing" if action["action"] == "delete" else "replacing")
     started = time.monotonic()
+    entry = state.intend(address, action["kind"], "delete", runtime)
     delete(host, address, runtime)
     if action["action"] == "delete":
         # A workload that is gone takes its log with it; a replaced one keeps appending.
         host.log_file(address).unlink(missing_ok=True)
     state.remove(address)
+    state.settle(entry, "done")
     state.event("deleted", address, seconds=round(time.monotonic() - started, 3))
     log.info("deleted %s in %.2fs", address, time.monotonic() - started)
     result.changed.append(address)
@@ -159,6 +164,7 @@ def _build_up(
     digest = spec_digest(spec)
     say("create", address, action["action"])
     started = time.monotonic()
+    entry = state.intend(address, action["kind"], "create", _will_make(host, action, digest))
     try:
         runtime = create(host, address, spec, digest)
     except ActionFailed as exc:
@@ -167,8 +173,10 @@ def _build_up(
             # It ran and failed: state remembers that, so ps shows it and plan runs it again.
             state.put(address, action["kind"], spec, digest, action["depends_on"], exc.ran)
             result.changed.append(address)
+        state.settle(entry, "failed")  # the driver undid what it had made
         raise
     state.put(address, action["kind"], spec, digest, action["depends_on"], runtime)
+    state.settle(entry, "done")
     elapsed = time.monotonic() - started
     state.event(
         action["action"],
@@ -180,6 +188,60 @@ def _build_up(
     result.changed.append(address)
     result.results[address] = runtime
     say("done", address, _describe(action["kind"], runtime))
+
+
+def _will_make(host: Host, action: dict[str, Any], digest: str) -> dict[str, Any]:
+    """What a create makes on the host, known before it runs: what a rollback removes.
+
+    Container ids, bundles, namespaces and bridges are named from the address and the spec, so
+    they can be written down first. Images, volumes and WASM runs leave nothing to undo.
+    """
+    kind, address, spec = action["kind"], action["address"], action["spec"]
+    if kind in ("service", "job"):
+        cid = host.container_id(address, digest)
+        return {
+            "container_id": cid,
+            "bundle": str(host.paths.bundles / cid),
+            "stop_grace": spec["stop_grace_period"],
+        }
+    if kind == "network":
+        return {"name": spec["name"]}
+    return {}
+
+
+def recover(host: Host, state: State, progress: Progress | None = None) -> list[str]:
+    """Undo what an apply that died left half-done, before anything else runs.
+
+    A create that never finished is rolled back: its container, bundle, namespace and veth, or
+    its bridge, are removed (state never recorded them, so the next plan creates them again).
+    If state did record it, the create had finished and only its settling was lost. A delete
+    that never finished is finished on the host; state still holds the resource, and the plan
+    sees it gone and replaces it. State is not changed here, so a plan made before recovery
+    is still the plan of this state. Returns what was done, one line per step.
+    """
+    done = []
+    records = state.records()
+    for entry in state.unfinished():
+        record = records.get(entry.address)
+        _create, delete = DRIVERS[entry.kind]
+        if entry.step == "create" and record is not None and _same_runtime(record, entry):
+            state.settle(entry.id, "done")
+            continue
+        if entry.runtime:
+            delete(host, entry.address, entry.runtime)
+        verb = "rolled back the create of" if entry.step == "create" else "finished deleting"
+        state.settle(entry.id, "recovered")
+        state.event("recovered", entry.address, step=entry.step, journalled_at=entry.at)
+        line = f"{verb} {entry.address} (from an apply interrupted at {entry.at})"
+        if progress is not None:
+            progress("recover", entry.address, line)
+        done.append(line)
+    return done
+
+
+def _same_runtime(record: Record, entry: JournalEntry) -> bool:
+    keys = ("container_id", "name")
+    return all(record.runtime.get(k) == entry.runtime.get(k) for k in keys if k in entry.runtime)
 
 
 def _describe(kind: str, runtime: dict[str, Any]) -> str:

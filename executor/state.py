@@ -115,6 +115,11 @@ class State:
                 "NULL, digest TEXT NOT NULL, body TEXT NOT NULL)"
             )
             self.db.execute(
+                "CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY AUTOINCREMENT, at "
+                "TEXT NOT NULL, address TEXT NOT NULL, kind TEXT NOT NULL, step TEXT NOT NULL, "
+                "runtime TEXT NOT NULL, outcome TEXT)"
+            )
+            self.db.execute(
                 "CREATE TABLE IF NOT EXISTS checkpoints (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "event_id INTEGER NOT NULL, head TEXT NOT NULL, at TEXT NOT NULL, keyid TEXT NOT "
                 "NULL, sig TEXT NOT NULL)"
@@ -240,6 +245,31 @@ class State:
         with self.db.conn:
             self._set_meta("outputs", json.dumps(outputs, sort_keys=True))
             self._snapshot()
+
+    # -- the apply journal ----------------------------------------------------------------------
+
+    def intend(self, address: str, kind: str, step: str, runtime: dict[str, Any]) -> int:
+        """Record a step before it runs: what it will make (or remove) on the host, so that an
+        apply killed in the middle of it can be rolled back (or finished) by the next one."""
+        with self.db.conn:
+            row = self.db.execute(
+                "INSERT INTO journal (at, address, kind, step, runtime) VALUES (?, ?, ?, ?, ?)",
+                [now(), address, kind, step, json.dumps(runtime, sort_keys=True)],
+            ).lastrowid
+        return int(row or 0)
+
+    def settle(self, entry: int, outcome: str) -> None:
+        """Record how a journalled step ended: done, failed (and cleaned up), or recovered."""
+        with self.db.conn:
+            self.db.execute("UPDATE journal SET outcome = ? WHERE id = ?", [outcome, entry])
+
+    def unfinished(self) -> list[JournalEntry]:
+        """Steps whose apply died before they ended, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, at, address, kind, step, runtime FROM journal WHERE outcome IS NULL "
+            "ORDER BY id"
+        ).fetchall()
+        return [JournalEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
     # -- snapshots ------------------------------------------------------------------------------
 
@@ -454,6 +484,18 @@ def event_hash(prev: str, row: tuple[Any, ...]) -> str:
         }
     )
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One step of an apply, recorded before it ran."""
+
+    id: int
+    at: str
+    address: str
+    kind: str
+    step: str  # "create" or "delete"
+    runtime: dict[str, Any]  # what the step makes or removes on the host
 
 
 @dataclass(frozen=True)

@@ -467,6 +467,8 @@ def _progress(phase: str, address: str, message: str) -> None:
         out.print(f"  [green]✓[/] {e(address)}: {e(message)}")
     elif phase == "delete":
         out.print(f"  [red]-[/] {e(address)}: {e(message)}")
+    elif phase == "recover":
+        out.print(f"  [yellow]↺[/] {e(message)}")
     else:
         out.print(f"  [cyan]…[/] {e(address)}: {e(message)}")
 
@@ -534,12 +536,33 @@ def apply(
     identity: IdentityOption = None,
     target: TargetOption = None,
     exclude: ExcludeOption = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Only finish or roll back what an interrupted apply left, then stop.",
+        ),
+    ] = False,
 ) -> None:
     """Carry out a plan: verify its signature, expiry, state and policy, then act.
 
-    Re-running with nothing changed does nothing; a change replaces only what it touches.
+    Re-running with nothing changed does nothing; a change replaces only what it touches. Every
+    step is journalled first: an apply that was killed is finished or rolled back by the next
+    one (or by --resume alone) before it does anything else.
     """
     from .project import sign
+
+    if resume:
+        from .project import resume as resume_apply
+
+        done = resume_apply(_project(file, state_dir), _progress)
+        out.print(
+            f"[green]Resumed:[/] {len(done)} step(s) of an interrupted apply finished or rolled "
+            "back."
+            if done
+            else "[green]Nothing to resume:[/] no apply was interrupted."
+        )
+        return
 
     if plan_file is not None and (target or exclude):
         err.print("[bold red]error:[/] --target and --exclude shape a new plan, not a saved one")

@@ -19,7 +19,7 @@ from typing import Any
 from compiler import checks, policy
 from compiler.envelope import canonical_json, seal
 from compiler.plan import BuildFacts, ImageFacts, plan
-from executor.apply import ApplyResult, Progress, apply_plan, live_status
+from executor.apply import ApplyResult, Progress, apply_plan, live_status, recover
 from executor.build import build_images, module_digests
 from executor.drivers import Host
 from executor.images import ImageStore
@@ -199,6 +199,18 @@ def _checkpoint(project: Project, state: State) -> None:
     state.checkpoint(signer)
 
 
+def resume(project: Project, progress: Progress | None = None) -> list[str]:
+    """Only finish or roll back what an interrupted apply left, under the lock; plan nothing."""
+    if project.existing_state() is None:
+        return []
+    with locked(project.state_dir, "resume"):
+        state = project.state()
+        try:
+            return recover(project.host(), state, progress)
+        finally:
+            state.close()
+
+
 def apply(
     project: Project, envelope: bytes, progress: Progress | None = None
 ) -> tuple[VerifiedPlan, ApplyResult]:
@@ -208,6 +220,8 @@ def apply(
     with locked(project.state_dir):
         state = project.state()
         try:
+            # Host-only: what an apply that died left half-done is undone before this one.
+            recover(host, state, progress)
             verified = verify(
                 envelope, project.keys(), state, datetime.now(UTC), policy_digest(project)
             )

@@ -106,3 +106,19 @@ def test_state_commands(tmp_path: Path) -> None:
 
     missing = runner.invoke(app, ["state", "show", "7", *base])
     assert missing.exit_code == 1 and "kept: 2, 1" in missing.output
+
+
+def test_the_journal_keeps_steps_until_they_are_settled(tmp_path: Path) -> None:
+    state = State.open(tmp_path / "state.db")
+    try:
+        done = state.intend("service.web", "service", "create", {"container_id": "forge-x-1"})
+        open_ = state.intend("network.net", "network", "create", {"name": "net"})
+        state.settle(done, "done")
+
+        [entry] = state.unfinished()
+        assert (entry.id, entry.address, entry.step) == (open_, "network.net", "create")
+        assert entry.runtime == {"name": "net"}
+        state.settle(open_, "recovered")
+        assert state.unfinished() == []
+    finally:
+        state.close()

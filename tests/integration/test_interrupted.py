@@ -1,0 +1,214 @@
+"""An apply killed with SIGKILL at a random point: the next apply finishes, nothing is orphaned.
+
+The kill points are drawn from a seeded generator, so a failing run names its seed and the same
+points come back. Each round changes the services' command, so kills land in teardowns and
+replacements as well as in creates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from compiler.plan import spec_digest
+from executor import network
+from executor.apply import _will_make
+from executor.drivers import Host, create_service
+from executor.monitor import Monitor
+from executor.paths import ProjectPaths
+from executor.state import State
+from tests.conftest import free_subnet, needs
+from tests.integration.test_example import force_cleanup, leftovers
+
+pytestmark = needs("runc")
+
+ROUNDS = 5
+SEED = int(os.environ.get("FORGE_KILL_SEED", "20261204"))
+
+FORGEFILE = """
+variable "word" {
+  type    = string
+  default = "zero"
+}
+
+image "busybox" {
+  context = "/bin"
+  copy { src = "busybox"  dst = "/bin/busybox"  mode = "0755" }
+  link {
+    target = "busybox"
+    links  = ["/bin/sh", "/bin/sleep"]
+  }
+}
+
+network "net" {
+  subnet = "SUBNET"
+}
+
+volume "data" {}
+
+service "a" {
+  stop_grace_period = 1s  # sleep as PID 1 ignores TERM: do not wait 10 s for it
+  image    = image.busybox
+  command  = ["sh", "-c", "echo ${var.word}; exec sleep 600"]
+  networks = [network.net]
+  volumes  = { "/data" = volume.data }
+}
+
+service "b" {
+  stop_grace_period = 1s
+  image    = image.busybox
+  command  = ["sh", "-c", "echo ${var.word} b; exec sleep 600"]
+  networks = [network.net]
+}
+
+service "c" {
+  stop_grace_period = 1s
+  image   = image.busybox
+  command = ["sh", "-c", "echo ${var.word} c; exec sleep 600"]
+}
+
+job "once" {
+  image   = image.busybox
+  command = ["sh", "-c", "echo ${var.word} once"]
+}
+"""
+
+
+def forge(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forge", *args],
+        cwd=folder,
+        text=True,
+        capture_output=True,
+        timeout=180,
+    )
+
+
+def killed_apply(folder: Path, word: str, after: float) -> None:
+    """Start an apply and SIGKILL it `after` seconds in (if it is still running)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "forge", "apply", "--auto-approve", "--var", f"word={word}"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        process.wait(timeout=after)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def state(folder: Path) -> dict[str, Any]:
+    exported = forge(folder, "state", "export")
+    assert exported.returncode == 0, exported.stderr
+    body: dict[str, Any] = json.loads(exported.stdout)
+    return body
+
+
+def host_matches_state(folder: Path, paths: ProjectPaths) -> None:
+    """Every container, namespace and bridge of the project is one that state records."""
+    resources = {r["address"]: r for r in state(folder)["resources"]}
+    services = [r for r in resources.values() if r["kind"] == "service"]
+    running = subprocess.run(
+        ["runc", "--root", str(paths.runc_root), "list", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    owned = network.list_owned(paths.project_id)
+
+    assert sorted(running) == sorted(r["runtime"]["container_id"] for r in services)
+    assert len(owned["netns"]) == sum(1 for r in services if r["runtime"].get("netns"))
+    assert len(owned["bridges"]) == sum(1 for r in resources.values() if r["kind"] == "network")
+    assert sorted(p.name for p in paths.bundles.iterdir()) == sorted(
+        r["runtime"]["container_id"] for r in services
+    )
+
+
+def test_an_apply_killed_anywhere_is_finished_by_the_next(tmp_path: Path) -> None:
+    subnet = free_subnet(range(160, 190))
+    (tmp_path / "Forgefile").write_text(FORGEFILE.replace("SUBNET", subnet))
+    paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
+    draw = random.Random(SEED)
+    try:
+        assert forge(tmp_path, "key", "generate").returncode == 0
+        first = forge(tmp_path, "apply", "--auto-approve")
+        assert first.returncode == 0, first.stderr
+        # How long an apply that replaces everything takes: the kills land within it.
+        started = time.monotonic()
+        timed = forge(tmp_path, "apply", "--auto-approve", "--var", "word=timed")
+        assert timed.returncode == 0, timed.stderr
+        full = time.monotonic() - started
+
+        for round_ in range(ROUNDS):
+            word = f"round{round_}"
+            after = draw.uniform(0.2, full)
+            killed_apply(tmp_path, word, after)
+
+            finished = forge(tmp_path, "apply", "--auto-approve", "--var", f"word={word}")
+            context = f"seed {SEED}, round {round_}, killed after {after:.2f}s"
+            assert finished.returncode == 0, f"{context}: {finished.stderr}"
+            # Shown with -s: what each round's apply found to roll back or finish.
+            print(context, [line for line in finished.stdout.splitlines() if "↺" in line])
+            host_matches_state(tmp_path, paths)
+            settled = forge(tmp_path, "plan", "--detailed-exitcode", "--var", f"word={word}")
+            assert settled.returncode == 0, f"{context}: {settled.stdout}{settled.stderr}"
+            assert forge(tmp_path, "audit", "verify").returncode == 0, context
+    finally:
+        forge(tmp_path, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert left == []
+
+
+def test_a_create_the_journal_left_open_is_rolled_back(tmp_path: Path) -> None:
+    """The deterministic half of the above: a container started, its apply dead before state
+    recorded it; the next apply removes it and starts the one its plan wants."""
+    subnet = free_subnet(range(190, 220))
+    (tmp_path / "Forgefile").write_text(FORGEFILE.replace("SUBNET", subnet))
+    paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
+    try:
+        assert forge(tmp_path, "key", "generate").returncode == 0
+        assert forge(tmp_path, "build").returncode == 0
+        plan = json.loads(forge(tmp_path, "plan", "--json").stdout)
+        action = next(a for a in plan["actions"] if a["address"] == "service.c")
+        # What a killed apply leaves: a journal entry, the container running, no state record.
+        host = Host(paths, Monitor())
+        paths.ensure_run()
+        digest = spec_digest(action["spec"])
+        opened = State.open(paths.database)
+        try:
+            opened.intend("service.c", "service", "create", _will_make(host, action, digest))
+        finally:
+            opened.close()
+        create_service(host, "service.c", action["spec"], digest)
+        orphan = host.container_id("service.c", digest)
+
+        resumed = forge(tmp_path, "apply", "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "rolled back the create of service.c" in resumed.stdout
+        running = subprocess.run(
+            ["runc", "--root", str(paths.runc_root), "list", "-q"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert orphan not in running
+        assert "Nothing to resume" in forge(tmp_path, "apply", "--resume").stdout
+
+        applied = forge(tmp_path, "apply", "--auto-approve", "--var", "word=other")
+        assert applied.returncode == 0, applied.stderr
+        host_matches_state(tmp_path, paths)
+    finally:
+        forge(tmp_path, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert left == []
