@@ -115,6 +115,10 @@ class State:
                 "NULL, digest TEXT NOT NULL, body TEXT NOT NULL)"
             )
             self.db.execute(
+                "CREATE TABLE IF NOT EXISTS plans (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT "
+                "NOT NULL, payload_digest TEXT NOT NULL, envelope BLOB NOT NULL)"
+            )
+            self.db.execute(
                 "CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY AUTOINCREMENT, at "
                 "TEXT NOT NULL, address TEXT NOT NULL, kind TEXT NOT NULL, step TEXT NOT NULL, "
                 "runtime TEXT NOT NULL, outcome TEXT)"
@@ -359,11 +363,28 @@ class State:
                 "UPDATE events SET hash = ? WHERE id = ?", [event_hash(prev, row), row_id]
             )
 
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+    def keep_plan(self, payload_digest: str, envelope: bytes) -> None:
+        """Keep a verified plan's signed envelope as it was applied, for `forge audit export`:
+        an auditor can check its signatures again, years later, with the signers' keys."""
+        with self.db.conn:
+            self.db.execute(
+                "INSERT INTO plans (at, payload_digest, envelope) VALUES (?, ?, ?)",
+                [now(), payload_digest, envelope],
+            )
+
+    def plans(self, since: str = "", until: str = "~") -> list[tuple[str, str, bytes]]:
+        """(time, payload digest, envelope) of every plan applied within [since, until]."""
+        rows = self.db.execute(
+            "SELECT at, payload_digest, envelope FROM plans WHERE at >= ? AND at <= ? ORDER BY id",
+            [since, until],
+        ).fetchall()
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def events(self, limit: int = 100, since: str = "", until: str = "~") -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT id, at, serial, kind, address, detail, hash FROM events "
-            "ORDER BY id DESC LIMIT ?",
-            [limit],
+            "WHERE at >= ? AND at <= ? ORDER BY id DESC LIMIT ?",
+            [since, until, limit],
         ).fetchall()
         return [
             {

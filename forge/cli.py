@@ -1187,6 +1187,66 @@ def audit_verify(
         raise typer.Exit(EXIT_AUDIT_BROKEN)
 
 
+@audit_app.command("export")
+@reports
+def audit_export(
+    since: Annotated[
+        str | None, typer.Option("--since", help="From this day or time (UTC), e.g. 2026-12-01.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Up to this day (inclusive) or time (UTC).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to FILE [default: stdout].")
+    ] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Write a compliance bundle: each plan applied in the range as its signed envelope and a
+    summary (signers, policy verdict, waivers, overrides, actions, outcome), the audit log's
+    entries, and whether its chain and signed checkpoints hold."""
+    from executor.audit import export
+
+    low, high = _instant(since, "--since", end=False), _instant(until, "--until", end=True)
+    project = _project(file, state_dir)
+    state = project.existing_state()
+    if state is None:
+        err.print("[bold red]error:[/] nothing was ever planned here, so there is no audit log")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
+    try:
+        bundle = export(state, project.keys().trusted(), low, high)
+    finally:
+        state.close()
+    text = json.dumps(bundle, indent=2, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text)
+    out.print(
+        f"[green]Wrote[/] {e(output)}: {len(bundle['plans'])} plan(s), "
+        f"{len(bundle['events'])} log entries."
+    )
+
+
+def _instant(value: str | None, flag: str, end: bool) -> str:
+    """A bound for the log's UTC timestamps: a whole day reaches to its end for --until."""
+    import datetime as dt
+
+    if value is None:
+        return "~" if end else ""
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            return day.isoformat() + ("T~" if end else "")
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        err.print(f"[bold red]error:[/] {flag} {e(value)} is not a date: write YYYY-MM-DD")
+        raise typer.Exit(EXIT_DIAGNOSTIC) from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @audit_app.command("checkpoint")
 @reports
 def audit_checkpoint(

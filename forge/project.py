@@ -231,6 +231,7 @@ def apply(
                 signers=list(verified.signers),
                 payload=verified.payload_digest,
             )
+            state.keep_plan(verified.payload_digest, envelope)
             result = apply_plan(verified.document, host, state, progress)
             _checkpoint(project, state)
         finally:
