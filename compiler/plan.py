@@ -92,6 +92,7 @@ def plan(
     networks = {r.address: r for r in resources if isinstance(r, ir.Network)}
     _check_routes(networks.values(), facts.host_routes)
     specs = {r.address: _spec(r, facts, addresses, networks) for r in resources}
+    _ignore_changes(resources, specs, snapshot)
     depends = {r.address: sorted({ref.address for ref in r.references()}) for r in resources}
 
     actions = []
@@ -113,6 +114,7 @@ def plan(
                     "depends_on": list(old.depends_on),
                 }
             )
+    _prevent_destroy(actions, doc)
     outputs = {} if destroy else _outputs(doc, specs)
     return {
         "format": PLAN_FORMAT,
@@ -136,6 +138,55 @@ def plan(
         "outputs": outputs,
         "selection": {"targets": [], "excludes": []},
     }
+
+
+# Forgefile attribute names whose values reach the spec under another name.
+_SPEC_NAMES = {"command": "argv", "entrypoint": "argv"}
+
+
+def _ignore_changes(
+    resources: Iterable[ir.Resource], specs: dict[str, dict[str, Any]], snapshot: StateSnapshot
+) -> None:
+    """`lifecycle { ignore_changes = [...] }`: those parts of the spec keep what state has."""
+    errors = []
+    for r in resources:
+        if not r.lifecycle.ignore_changes:
+            continue
+        spec, old = specs[r.address], snapshot.resources.get(r.address)
+        for name in r.lifecycle.ignore_changes:
+            key = _SPEC_NAMES.get(name, name)
+            if key not in spec:
+                near = suggest(name, [*spec, *(n for n, k in _SPEC_NAMES.items() if k in spec)])
+                errors.append(
+                    Diagnostic(
+                        "P0009",
+                        f"{r.address} has no attribute `{name}` for ignore_changes to leave alone",
+                        r.span_of("lifecycle"),
+                        near or f"its plan diffs name: {', '.join(sorted(spec))}",
+                    )
+                )
+            elif old is not None and key in old.spec:
+                spec[key] = old.spec[key]
+    if errors:
+        raise DiagnosticError(errors)
+
+
+def _prevent_destroy(actions: list[dict[str, Any]], doc: ir.Document) -> None:
+    """`lifecycle { prevent_destroy = true }`: a plan that would delete or replace it fails."""
+    protected = {r.address: r for r in doc.resources if r.lifecycle.prevent_destroy}
+    errors = [
+        Diagnostic(
+            "P0008",
+            f"{a['address']} has prevent_destroy, and this plan would "
+            + ("delete it" if a["action"] == "delete" else f"replace it ({a['reason']})"),
+            protected[a["address"]].span_of("lifecycle"),
+            "undo the change that replaces it, or set prevent_destroy = false first (on purpose)",
+        )
+        for a in actions
+        if a["address"] in protected and a["action"] in ("delete", "replace")
+    ]
+    if errors:
+        raise DiagnosticError(errors)
 
 
 def select(

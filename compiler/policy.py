@@ -1077,7 +1077,7 @@ def _fields(kind: str) -> set[str]:
     spec = SCHEMAS[kind]
     fields = {"address", "kind", "name"} | {a.name for a in spec.attributes} | set(spec.blocks)
     if kind == "image":  # its copy and link blocks appear as one ordered `steps` list
-        fields = (fields - set(spec.blocks)) | {"steps"}
+        fields = (fields - {"copy", "link", "run"}) | {"steps"}
     return fields
 
 

@@ -378,9 +378,16 @@ def _whole_plan(project: Any, destroy: bool) -> dict[str, Any]:
     from .project import Checked, check, make_plan
 
     if destroy:
-        # Destroying reads only state: a broken or deleted Forgefile must not keep things running.
-        nothing = ir.Document(path=str(project.forgefile), resources=())
-        return make_plan(project, Checked(nothing, [], None), destroy=True)
+        # Destroying reads only state: a broken or deleted Forgefile must not keep things
+        # running. A Forgefile that does load is read for its prevent_destroy marks.
+        from forgefile.diagnostics import DiagnosticError
+        from forgefile.lower import load
+
+        try:
+            declared = load(project.forgefile, project.variables)
+        except (DiagnosticError, OSError):
+            declared = ir.Document(path=str(project.forgefile), resources=())
+        return make_plan(project, Checked(declared, [], None), destroy=True)
     checked = check(project)
     if checked.verdict:
         render.findings(err, checked.verdict)

@@ -36,12 +36,21 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Lifecycle:
+    """A resource's `lifecycle` block: what plans may do to it."""
+
+    prevent_destroy: bool = False
+    ignore_changes: tuple[str, ...] = ()  # names as plan diffs show them (argv, env, ...)
+
+
+@dataclass(frozen=True)
 class Resource(Node):
     name: str = ""
     # The instance key under `count` (an int) or `for_each` (a string); None otherwise.
     key: Key | None = None
     # The import path of the module that declared it ("" for the root Forgefile).
     namespace: str = ""
+    lifecycle: Lifecycle = Lifecycle()
     kind: ClassVar[str] = ""
 
     @property
@@ -350,4 +359,5 @@ _CONVERT: dict[type, Callable[[Any], Any]] = {
     LinkStep: _step,
     Limits: _record,
     WasmLimits: _record,
+    Lifecycle: _record,
 }

@@ -839,12 +839,21 @@ class Lowering:
             if not (a := spec.attribute(k)) or not (a.pending or a.ready)
         }
         name = block.labels[0]
+        lifecycle = {
+            k: v
+            for k, v in nested.get("lifecycle", [{}])[0].items()
+            if k != "create_before_destroy"
+        }
         common: dict[str, Any] = {
             "span": block.span,
             "spans": self._attr_spans(block),
             "name": name,
             "key": key,
             "namespace": self.namespace,
+            "lifecycle": ir.Lifecycle(
+                prevent_destroy=bool(lifecycle.get("prevent_destroy", False)),
+                ignore_changes=tuple(lifecycle.get("ignore_changes", ())),
+            ),
         }
         match block.type:
             case "image":

@@ -351,7 +351,37 @@ DEPENDS_BLOCK = _pending_block(
     ),
 )
 
+LIFECYCLE_BLOCK = BlockSpec(
+    "lifecycle",
+    "How plans may change the resource: never destroy it, or leave some changes alone.",
+    labels=(),
+    attributes=(
+        Attr(
+            "prevent_destroy",
+            BOOL,
+            False,
+            "A plan that would delete or replace the resource fails, naming it.",
+        ),
+        Attr(
+            "ignore_changes",
+            ListOf(STRING),
+            (),
+            "Attributes whose changes the plan leaves alone (by their names in plan diffs).",
+        ),
+        Attr(
+            "create_before_destroy",
+            BOOL,
+            False,
+            "Start the replacement before stopping the old one.",
+            ready=(False,),
+        ),
+    ),
+)
+# Every resource kind takes a lifecycle block.
+_LIFECYCLE: dict[str, tuple[BlockSpec, bool]] = {"lifecycle": (LIFECYCLE_BLOCK, False)}
+
 _CONTAINER_BLOCKS: dict[str, tuple[BlockSpec, bool]] = {
+    **_LIFECYCLE,
     "depends": (DEPENDS_BLOCK, True),
     "resources": (RESOURCES_BLOCK, False),
     "healthcheck": (HEALTHCHECK_BLOCK, False),
@@ -450,6 +480,7 @@ SCHEMAS: dict[str, BlockSpec] = {
             ),
         ),
         blocks={
+            **_LIFECYCLE,
             "copy": (
                 BlockSpec(
                     "copy",
@@ -510,8 +541,11 @@ SCHEMAS: dict[str, BlockSpec] = {
             Attr("gateway", STRING, "", "The bridge's address; defaults to the first host."),
             Attr("internal", BOOL, False, "No route out of the network.", ready=(False,)),
         ),
+        blocks=_LIFECYCLE,
     ),
-    "volume": BlockSpec("volume", "A named, persistent folder that workloads mount."),
+    "volume": BlockSpec(
+        "volume", "A named, persistent folder that workloads mount.", blocks=_LIFECYCLE
+    ),
     "secret": BlockSpec(
         "secret",
         "Where a secret's value lives; the value itself never enters the Forgefile or a plan.",
@@ -568,6 +602,7 @@ SCHEMAS: dict[str, BlockSpec] = {
             Attr("success_codes", ListOf(INT), (0,), "Exit codes that count as success."),
         ),
         blocks={
+            **_LIFECYCLE,
             "limits": (
                 BlockSpec(
                     "limits",
@@ -580,7 +615,7 @@ SCHEMAS: dict[str, BlockSpec] = {
                     ),
                 ),
                 False,
-            )
+            ),
         },
     ),
 }

@@ -502,3 +502,83 @@ def test_a_target_that_names_nothing_suggests_the_nearest() -> None:
 def test_no_selection_is_the_whole_plan() -> None:
     whole = selection_plan()
     assert select(whole) is whole
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+
+GUARDED = """\
+image "base" {
+  context = "ctx"
+}
+
+service "db" {
+  image   = image.base
+  command = [COMMAND]
+  env     = { MODE = "MODEVALUE" }
+  lifecycle {
+    LIFECYCLE
+  }
+}
+"""
+
+
+def guarded(command: str = '"db"', mode: str = "a", lifecycle: str = "") -> str:
+    text = GUARDED.replace("COMMAND", command).replace("MODEVALUE", mode)
+    return text.replace("LIFECYCLE", lifecycle)
+
+
+def changes(document: dict[str, Any]) -> dict[str, str]:
+    return {a["address"]: a["action"] for a in document["actions"] if a["action"] != "no-op"}
+
+
+def test_ignore_changes_leaves_those_attributes_alone(tmp_path: Path) -> None:
+    keep = 'ignore_changes = ["command", "env"]'
+    first = plan(lower(tmp_path, guarded(lifecycle=keep)), EMPTY, facts(), CREATED)
+    state = snapshot_of(first)
+
+    same = plan(lower(tmp_path, guarded('"db", "-v"', "b", keep)), state, facts(), CREATED)
+    assert changes(same) == {}
+
+    other = plan(
+        lower(tmp_path, guarded(lifecycle=keep)), state, facts("sha256:" + "c" * 64), CREATED
+    )
+    [db] = [a for a in other["actions"] if a["address"] == "service.db"]
+    assert db["action"] == "replace" and db["spec"]["argv"] == ["db"]  # still the old argv
+
+
+def test_ignore_changes_of_an_unknown_name_says_which_names_there_are(tmp_path: Path) -> None:
+    doc = lower(tmp_path, guarded(lifecycle='ignore_changes = ["comand"]'))
+    with pytest.raises(DiagnosticError) as caught:
+        plan(doc, EMPTY, facts(), CREATED)
+    [error] = caught.value.diagnostics
+    assert error.code == "P0009" and error.hint == "did you mean `command`?"
+
+
+def test_prevent_destroy_fails_a_plan_that_would_replace_or_delete(tmp_path: Path) -> None:
+    guard = "prevent_destroy = true"
+    first = plan(lower(tmp_path, guarded(lifecycle=guard)), EMPTY, facts(), CREATED)
+    state = snapshot_of(first)
+
+    with pytest.raises(DiagnosticError) as replaced:
+        plan(lower(tmp_path, guarded('"db2"', lifecycle=guard)), state, facts(), CREATED)
+    [error] = replaced.value.diagnostics
+    assert error.code == "P0008"
+    assert (
+        error.message == "service.db has prevent_destroy, and this plan would replace it "
+        "(argv changed)"
+    )
+
+    with pytest.raises(DiagnosticError) as destroyed:
+        plan(lower(tmp_path, guarded(lifecycle=guard)), state, facts(), CREATED, destroy=True)
+    assert "would delete it" in destroyed.value.diagnostics[0].message
+
+    # An update in place is not a destroy, and neither is a plan without the mark.
+    assert changes(plan(lower(tmp_path, guarded('"db2"')), state, facts(), CREATED)) == {
+        "service.db": "replace"
+    }
+
+
+def test_create_before_destroy_is_refused_until_it_is_carried_out(tmp_path: Path) -> None:
+    with pytest.raises(DiagnosticError) as caught:
+        lower(tmp_path, guarded(lifecycle="create_before_destroy = true"))
+    assert [d.code for d in caught.value.diagnostics] == ["E0307"]
