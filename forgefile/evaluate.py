@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -387,6 +388,22 @@ def _apply(expr: Binary, left: Any, right: Any) -> Any:
 
 
 def _arithmetic(expr: Binary, left: Any, right: Any) -> Any:
+    try:
+        result = _arithmetic_of(expr, left, right)
+    except (OverflowError, ValueError):  # int() of an infinite float
+        result = math.inf
+    number = getattr(result, "nanoseconds", getattr(result, "bytes", result))
+    if isinstance(number, float) and not math.isfinite(number):
+        raise EvalError(
+            "E0226",
+            "the result is too large to be a number",
+            expr.span,
+            "plans and state hold finite numbers only; check the values this multiplies",
+        )
+    return result
+
+
+def _arithmetic_of(expr: Binary, left: Any, right: Any) -> Any:
     numbers = (int, float)
     if isinstance(left, bool) or isinstance(right, bool):
         pass

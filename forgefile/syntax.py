@@ -7,6 +7,7 @@ into diagnostics that say what was expected in words a Forgefile author uses.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -492,7 +493,19 @@ class _Builder:
         return Literal(span, int(str(node.children[0]).replace("_", "")))
 
     def _float(self, node: Tree, span: Span) -> Expr:
-        return Literal(span, float(str(node.children[0]).replace("_", "")))
+        value = float(str(node.children[0]).replace("_", ""))
+        if not math.isfinite(value):
+            raise DiagnosticError(
+                [
+                    Diagnostic(
+                        "E0226",
+                        "this number is too large to be one",
+                        span,
+                        "plans and state hold finite numbers only",
+                    )
+                ]
+            )
+        return Literal(span, value)
 
     def _duration(self, node: Tree, span: Span) -> Expr:
         total = sum(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from forgefile.diagnostics import DiagnosticError
@@ -291,3 +293,23 @@ def test_an_expression_at_the_depth_limit_still_evaluates() -> None:
     [block] = file.body.blocks
     [attribute] = block.attributes
     assert evaluate(attribute.value, Scope()) == MAX_DEPTH - 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("9" * 400 + ".0", id="literal"),
+        pytest.param("9" * 300 + ".0 * " + "9" * 300 + ".0", id="product"),
+        pytest.param("64MiB * " + "9" * 300 + ".0 * " + "9" * 300 + ".0", id="a-size"),
+    ],
+)
+def test_a_number_past_the_largest_float_is_e0226(tmp_path: Path, value: str) -> None:
+    """Plans hold finite numbers only: infinity never reaches one, nor an OverflowError a user."""
+    from forgefile.lower import load
+
+    (tmp_path / "Forgefile").write_text(
+        f'locals {{\n  x = {value}\n}}\noutput "o" {{\n  value = local.x\n}}\n'
+    )
+    with pytest.raises(DiagnosticError) as caught:
+        load(tmp_path / "Forgefile", {}, environ={})
+    assert [d.code for d in caught.value.diagnostics] == ["E0226"]
