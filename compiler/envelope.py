@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -37,10 +38,19 @@ class EnvelopeError(ForgeError):
 
 
 def canonical_json(value: Any) -> bytes:
-    """One byte sequence per value: sorted keys, no spaces, UTF-8, no NaN."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """One byte sequence per value: sorted keys, no spaces, UTF-8, strings escaped minimally.
+
+    orjson writes it (a 3 MB plan in 4 ms rather than 50); for what orjson does not take, an
+    integer past 64 bits or a key that is not a string, json.dumps writes the same form. Numbers
+    must be finite: orjson would write NaN as null, and the front end refuses any number that is
+    not finite (E0226), so none reaches a plan, a state digest or an image blob.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -119,7 +129,8 @@ def open_envelope(
     except zstandard.ZstdError as exc:
         raise EnvelopeError("format", f"the payload does not decompress: {exc}") from None
     document = _strict_json(raw, "plan")
-    if not isinstance(document, dict) or canonical_json(document) != raw:
+    if not isinstance(document, dict) or _canonical(document, "plan") != raw:
+        _exact_json(raw, "plan")
         raise EnvelopeError("format", "the plan payload is not canonical JSON")
     return Opened(document, tuple(verified), "sha256:" + hashlib.sha256(payload).hexdigest())
 
@@ -171,7 +182,8 @@ def _outer(data: bytes) -> tuple[dict[str, Any], bytes, list[tuple[str, bytes]]]
             "format", "the plan envelope must hold exactly payloadType, payload and signatures"
         )
     # Whitespace and key order are not signed, so only the one canonical form is accepted.
-    if data != canonical_json(envelope) + b"\n":
+    if data != _canonical(envelope, "envelope") + b"\n":
+        _exact_json(data, "envelope")  # a duplicate field is named, not just "not canonical"
         raise EnvelopeError(
             "format",
             "the plan envelope is not in canonical form",
@@ -200,6 +212,15 @@ def _outer(data: bytes) -> tuple[dict[str, Any], bytes, list[tuple[str, bytes]]]
     return envelope, payload, signatures
 
 
+def _canonical(value: Any, what: str) -> bytes:
+    """The canonical form of parsed input; a string no UTF-8 can hold (a lone surrogate from a
+    \\ud800 escape) has none, so the input cannot have been canonical."""
+    try:
+        return canonical_json(value)
+    except (UnicodeEncodeError, ValueError):
+        raise EnvelopeError("format", f"the {what} holds text that is not UTF-8") from None
+
+
 def _b64(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
         raise EnvelopeError("format", f"{what} must be a base64 string")
@@ -213,6 +234,18 @@ def _b64(value: Any, what: str) -> bytes:
 
 
 def _strict_json(data: bytes, what: str) -> Any:
+    """Parse JSON; a duplicate field keeps its last value here, and the canonical check that
+    every caller makes next refuses it (re-serialised, the duplicate is gone)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # Not JSON to orjson (or an integer past 64 bits): the exact parser says which.
+        return _exact_json(data, what)
+
+
+def _exact_json(data: bytes, what: str) -> Any:
+    """The slow parse that names what is wrong: a duplicate field, NaN, or where it breaks."""
+
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         keys = [k for k, _ in pairs]
         if len(keys) != len(set(keys)):

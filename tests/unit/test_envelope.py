@@ -258,3 +258,32 @@ def test_a_signed_canonical_payload_built_by_hand_opens() -> None:
     raw = canonical_json({"format": 1, "actions": []})
 
     assert open_envelope(_sealed_raw(raw), trusted(KEY)).document == {"format": 1, "actions": []}
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('{"payload":"\\ud800","payloadType":"x","signatures":[]}', "not UTF-8"),
+        ('{"payload":"x","payloadType":"x","signatures":[],"n":18446744073709551616}', ""),
+        ('{"payload":"x","payloadType":NaN,"signatures":[]}', "NaN"),
+    ],
+    ids=["lone-surrogate", "past-64-bits", "nan"],
+)
+def test_json_the_fast_parser_does_not_take_is_refused_cleanly(text: str, says: str) -> None:
+    """What orjson refuses goes through the exact parser: a clean refusal, never a crash."""
+    error = refusal(text.encode() + b"\n")
+    assert error.check == "format"
+    assert says in str(error)
+
+
+def test_canonical_json_is_the_same_bytes_as_before_for_plan_values() -> None:
+    """orjson writes what json.dumps(sort_keys, no spaces, UTF-8) wrote, so digests hold."""
+    import json
+
+    value = {
+        "b": [1, 2.5, -0.0, 0.1 + 0.2, 10**15, True, None],
+        "a": {"é": '\u2028\u001b"\\/', "z": "日本", "k": ""},
+    }
+    old = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(value) == old.encode()
+    assert canonical_json({"n": 2**70}) == b'{"n":1180591620717411303424}'  # json.dumps path
