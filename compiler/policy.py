@@ -703,7 +703,11 @@ class _Loader:
                         "R0022",
                         f"test `{test.name}` names no loaded rule `{rule_id}`",
                         test.span,
-                        suggest(rule_id, seen) or "name a rule id",
+                        # Rego rules have their own test runners; test blocks judge Forge's.
+                        "test blocks run Forge's rules; test Rego rules with `opa test` or "
+                        "`conftest verify` beside them"
+                        if rule_id.startswith("rego:")
+                        else suggest(rule_id, seen) or "name a rule id",
                     )
         return Policy(
             tuple(self.rules),
