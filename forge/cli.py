@@ -435,6 +435,14 @@ def plan(
     ] = False,
     target: TargetOption = None,
     exclude: ExcludeOption = None,
+    refresh_only: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-only",
+            help="Only show drift: what changed on the host since the last apply, not what "
+            "the Forgefile would change. With --detailed-exitcode, exit 2 when there is drift.",
+        ),
+    ] = False,
 ) -> None:
     """Compute what apply would do: build images, judge policy, diff against state.
 
@@ -444,6 +452,9 @@ def plan(
     from .project import sign
 
     project = _project(file, state_dir, policy, var, override, identity)
+    if refresh_only:
+        _show_drift(project, as_json, detailed_exitcode)
+        return
     document = _planned(project, destroy, target, exclude)
     if as_json:
         out.print_json(data=document)
@@ -592,6 +603,24 @@ def apply(
         return
     _confirm(auto_approve, "Apply this plan?")
     _run(project, sign(project, document, key))
+
+
+def _show_drift(project: Any, as_json: bool, detailed_exitcode: bool) -> None:
+    from .project import drift
+
+    found = drift(project)
+    if as_json:
+        out.print_json(data={"version": 1, "drift": found})
+    elif not found:
+        out.print("[green]No drift.[/] The host matches what the last apply recorded.")
+    else:
+        for item in found:
+            out.print(f"[yellow]~ {e(item['address'])}[/] [dim]({e(item['drift'])})[/]")
+        out.print(
+            f"{len(found)} resource(s) drifted; `forge apply` replaces them as the Forgefile says."
+        )
+    if detailed_exitcode and found:
+        raise typer.Exit(EXIT_CHANGES)
 
 
 def _has_changes(document: dict[str, Any]) -> bool:

@@ -199,6 +199,24 @@ def _checkpoint(project: Project, state: State) -> None:
     state.checkpoint(signer)
 
 
+def drift(project: Project) -> list[dict[str, str]]:
+    """What differs on the host from what state records, without reading the Forgefile:
+    containers that stopped, namespaces and bridges removed from outside, failed jobs."""
+    state = project.existing_state()
+    if state is None:
+        return []
+    try:
+        records = state.records()
+        live = live_status(project.host(), state)
+    finally:
+        state.close()
+    return [
+        {"address": address, "kind": records[address].kind, "drift": note or "not live"}
+        for address, (present, note) in sorted(live.items())
+        if present is False
+    ]
+
+
 def resume(project: Project, progress: Progress | None = None) -> list[str]:
     """Only finish or roll back what an interrupted apply left, under the lock; plan nothing."""
     if project.existing_state() is None:

@@ -302,10 +302,15 @@ def test_a_container_that_died_is_replaced_by_the_next_apply(example: Example) -
         if example.ps()["service.web"]["status"] != "running":
             break
         time.sleep(0.1)
+    drift = json.loads(example.forge("plan", "--refresh-only", "--json").stdout)["drift"]
+    assert [(d["address"], d["kind"]) for d in drift] == [("service.web", "service")]
+    refreshed = example.forge("plan", "--refresh-only", "--detailed-exitcode", check=False)
+    assert refreshed.returncode == 2 and "service.web" in refreshed.stdout
     changes = example.changes("--var", "title=Newer")
     assert changes == {"service.web": "replace"}
     example.forge("apply", "--auto-approve", "--var", "title=Newer")
     assert "<h1>Newer</h1>" in example.page()
+    assert example.forge("plan", "--refresh-only", "--detailed-exitcode").returncode == 0
 
 
 def test_a_bridge_deleted_from_outside_is_recreated(example: Example) -> None:
