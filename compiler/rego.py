@@ -155,14 +155,19 @@ def policy_modules(policy_dir: Path, namespace: str = "main") -> list[tuple[str,
             if tests
             else f"the Rego policy folder {policy_dir} holds no .rego file"
         )
-    for name, text in modules:
-        if _package(text) == namespace and (head := _BOOLEAN_HEAD.search(text)):
-            line = text.count("\n", 0, head.start()) + 1
-            rule = head.group(1)
-            raise RegoError(
-                f"{name}:{line}: `{rule}` is a single value, not a set of messages, so a false "
-                f"`{rule}` would pass without a word; write `{rule} contains msg if {{ ... }}`"
-            )
+    single = [
+        (name, text.count("\n", 0, head.start()) + 1, head.group(1))
+        for name, text in modules
+        if _package(text) == namespace
+        for head in _BOOLEAN_HEAD.finditer(text)
+    ]
+    if single:
+        (name, line, rule), *others = single
+        more = "".join(f"; also {n}:{ln} `{r}`" for n, ln, r in others)
+        raise RegoError(
+            f"{name}:{line}: `{rule}` is a single value, not a set of messages, so a false "
+            f"`{rule}` would pass without a word; write `{rule} contains msg if {{ ... }}`{more}"
+        )
     if not any(_package(text) == namespace for _, text in modules):
         raise RegoError(
             f"no policy in {policy_dir} declares `package {namespace}`, so no rule would run"
