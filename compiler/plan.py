@@ -84,8 +84,11 @@ def plan(
     created_at: datetime,
     ttl: timedelta = DEFAULT_TTL,
     destroy: bool = False,
+    targets: Sequence[str] = (),
+    excludes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The plan document that turns `snapshot` into what `doc` declares (or nothing)."""
+    """The plan document that turns `snapshot` into what `doc` declares (or nothing), narrowed
+    to `targets` and without `excludes` (see `select`)."""
     created_at = created_at.astimezone(UTC).replace(microsecond=0)
     resources = () if destroy else doc.resources
     addresses = _allocate(resources, snapshot)
@@ -114,9 +117,8 @@ def plan(
                     "depends_on": list(old.depends_on),
                 }
             )
-    _prevent_destroy(actions, doc)
     outputs = {} if destroy else _outputs(doc, specs)
-    return {
+    document: dict[str, Any] = {
         "format": PLAN_FORMAT,
         "toolchain": {"name": "forge", "version": VERSION},
         "created_at": _rfc3339(created_at),
@@ -138,6 +140,9 @@ def plan(
         "outputs": outputs,
         "selection": {"targets": [], "excludes": []},
     }
+    document = select(document, targets, excludes)
+    _prevent_destroy(document["actions"], doc, snapshot)
+    return document
 
 
 # Forgefile attribute names whose values reach the spec under another name.
@@ -171,9 +176,26 @@ def _ignore_changes(
         raise DiagnosticError(errors)
 
 
-def _prevent_destroy(actions: list[dict[str, Any]], doc: ir.Document) -> None:
-    """`lifecycle { prevent_destroy = true }`: a plan that would delete or replace it fails."""
+def _prevent_destroy(
+    actions: list[dict[str, Any]], doc: ir.Document, snapshot: StateSnapshot
+) -> None:
+    """`lifecycle { prevent_destroy = true }`: a plan that would delete or replace it fails.
+
+    Restarting a workload that died (drift: the same spec, not live) destroys nothing, and is
+    not refused.
+    """
     protected = {r.address: r for r in doc.resources if r.lifecycle.prevent_destroy}
+
+    def repairs_drift(action: dict[str, Any]) -> bool:
+        old = snapshot.resources.get(action["address"])
+        return (
+            action["action"] == "replace"
+            and old is not None
+            and old.live is False
+            and action["spec"] is not None
+            and old.spec_digest == spec_digest(action["spec"])
+        )
+
     errors = [
         Diagnostic(
             "P0008",
@@ -183,7 +205,9 @@ def _prevent_destroy(actions: list[dict[str, Any]], doc: ir.Document) -> None:
             "undo the change that replaces it, or set prevent_destroy = false first (on purpose)",
         )
         for a in actions
-        if a["address"] in protected and a["action"] in ("delete", "replace")
+        if a["address"] in protected
+        and a["action"] in ("delete", "replace")
+        and not repairs_drift(a)
     ]
     if errors:
         raise DiagnosticError(errors)
@@ -208,10 +232,25 @@ def select(
         for dep in deps:
             needed_by[dep].add(address)
     keep = set(by_address)
+    wanted: set[str] = set()
     if targets:
-        keep = _closure(_matching(targets, by_address, "--target"), needs)
+        wanted = _matching(targets, by_address, "--target")
+        keep = _closure(wanted, needs)
     if excludes:
         keep -= _closure(_matching(excludes, by_address, "--exclude"), needed_by)
+    lost = sorted(wanted - keep)
+    if lost:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "P0007",
+                    f"--exclude takes out {', '.join(lost)}, which --target asks for (it is "
+                    "excluded, or depends on what is)",
+                    None,
+                    "drop one of the two flags",
+                )
+            ]
+        )
     return {
         **document,
         "actions": [a for a in actions if a["address"] in keep],
@@ -225,7 +264,7 @@ def _matching(names: Sequence[str], addresses: Mapping[str, Any], flag: str) -> 
     for name in names:
         hits = {a for a in addresses if a == name or a.startswith(name + "[")}
         if not hits:
-            near = suggest(name, addresses)
+            near = suggest(name, {a.split("[", 1)[0] for a in addresses} | set(addresses))
             errors.append(
                 Diagnostic(
                     "P0007",

@@ -27,10 +27,26 @@ EXPORT_FORMAT = 1
 
 
 def export(
-    state: State, trusted: dict[str, Ed25519PublicKey], since: str = "", until: str = "~"
+    state: State,
+    trusted: dict[str, Ed25519PublicKey],
+    since: str = "",
+    until: str = "~",
+    revoked: dict[str, tuple[Ed25519PublicKey, str]] | None = None,
 ) -> dict[str, Any]:
     """The bundle of everything applied with `since <= time <= until` (ISO 8601, UTC)."""
     events = state.events(limit=1 << 62, since=since, until=until)
+    plans = [
+        _plan(at, digest, envelope, trusted, events)
+        for at, digest, envelope in state.plans(since, until)
+    ]
+    # Every plan the log says was verified must be among the plans kept: one that is gone was
+    # removed from the database, which an auditor must hear about.
+    kept = {p["payload_digest"] for p in plans}
+    missing = [
+        {"verified_at": e["at"], "payload_digest": e.get("payload"), "entry": e["id"]}
+        for e in events
+        if e["kind"] == "plan-verified" and e.get("payload") not in kept
+    ]
     chain = state.verify_events()
     points = state.checkpoints()
     return {
@@ -48,12 +64,10 @@ def export(
         "checkpoints": {
             "count": len(points),
             "signed_through": max((p.event_id for p in points), default=0),
-            "problems": state.verify_checkpoints(trusted),
+            "problems": state.verify_checkpoints(trusted, revoked),
         },
-        "plans": [
-            _plan(at, digest, envelope, trusted, events)
-            for at, digest, envelope in state.plans(since, until)
-        ],
+        "plans": plans,
+        "missing_plans": missing,
         "events": events,
     }
 
@@ -65,12 +79,20 @@ def _plan(
     trusted: dict[str, Ed25519PublicKey],
     events: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    outer = json.loads(envelope)
-    document = json.loads(
-        zstandard.ZstdDecompressor().decompress(
-            base64.b64decode(outer["payload"]), max_output_size=MAX_PAYLOAD
+    try:
+        outer = json.loads(envelope)
+        document = json.loads(
+            zstandard.ZstdDecompressor().decompress(
+                base64.b64decode(outer["payload"]), max_output_size=MAX_PAYLOAD
+            )
         )
-    )
+    except (ValueError, TypeError, KeyError, zstandard.ZstdError) as exc:
+        return {
+            "applied_at": at,
+            "payload_digest": digest,
+            "unreadable": f"the kept envelope is damaged: {type(exc).__name__}: {exc}",
+            "envelope": base64.b64encode(bytes(envelope)).decode(),
+        }
     try:
         open_envelope(envelope, trusted, threshold=1)
         verifies = "yes, with today's trust store"
@@ -113,7 +135,13 @@ def _outcome(digest: str, events: list[dict[str, Any]]) -> dict[str, Any] | None
     )
     if verified is None:
         return None
-    end = next((e for e in events[verified:] if e["kind"] == "apply-end"), None)
+    end = None
+    for entry in events[verified + 1 :]:
+        if entry["kind"] == "plan-verified":
+            break  # the next apply began: this one never reached its end
+        if entry["kind"] == "apply-end":
+            end = entry
+            break
     if end is None:
         return {"finished": False}
     return {"finished": True, "at": end["at"], "changed": end["changed"], "failed": end["failed"]}

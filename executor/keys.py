@@ -100,6 +100,8 @@ class KeyStore:
         key = self._find_public(which)
         keyid = key_id(key)
         hexid = keyid.split(":")[1]
+        if keyid in self.revoked():
+            raise KeyStoreError(f"key {keyid[:19]}… is already revoked; its record stays as it is")
         self.revoked_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         record = {"keyid": keyid, "at": datetime.now(UTC).isoformat(), "reason": reason.strip()}
         (self.revoked_dir / f"{hexid}.pub").write_bytes(_public_pem(key))
@@ -109,6 +111,17 @@ class KeyStore:
 
     def revoked(self) -> set[str]:
         return {"sha256:" + p.stem for p in self.revoked_dir.glob("*.pub")}
+
+    def revoked_keys(self) -> dict[str, tuple[Ed25519PublicKey, str]]:
+        """Revoked keys with the time of their revocation: what they signed before it stands."""
+        found = {}
+        for path in sorted(self.revoked_dir.glob("*.pub")):
+            try:
+                at = str(json.loads(path.with_suffix(".json").read_text())["at"])
+            except (OSError, ValueError, KeyError):
+                at = ""  # no record of when: nothing it signed is taken on trust
+            found["sha256:" + path.stem] = (_load_public(path.read_bytes()), at)
+        return found
 
     def threshold(self) -> int:
         """How many trusted keys must sign a plan for apply to accept it."""
@@ -180,8 +193,13 @@ class KeyStore:
             names = ", ".join(p.stem for p in candidates)
             raise KeyStoreError(f"several signing keys ({names}); choose one with --key NAME")
         data = candidates[0].read_bytes()
+        # FORGE_KEY_PASSPHRASE may be set for another key of the same command: a key without one
+        # is read without it.
+        encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
         try:
-            key = serialization.load_pem_private_key(data, password=passphrase)
+            key = serialization.load_pem_private_key(
+                data, password=passphrase if encrypted else None
+            )
         except TypeError:
             raise KeyStoreError(
                 f"key {candidates[0].stem} is protected by a passphrase; set FORGE_KEY_PASSPHRASE"
@@ -190,6 +208,11 @@ class KeyStore:
             raise KeyStoreError(f"cannot load key {candidates[0]}: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyStoreError(f"{candidates[0]} is not an Ed25519 key")
+        if key_id(key.public_key()) in self.revoked():
+            raise KeyStoreError(
+                f"key {candidates[0].stem} was revoked, and a revoked key signs nothing; "
+                "sign with another key, or generate a new one"
+            )
         return key
 
     def list(self) -> list[KeyInfo]:

@@ -158,25 +158,38 @@ class State:
 
     @property
     def serial(self) -> int:
-        return int(self._meta()["serial"])
+        try:
+            return int(self._meta()["serial"])
+        except (KeyError, ValueError):
+            raise self._damaged("its serial is not a number") from None
+
+    def _damaged(self, what: str) -> StateError:
+        error = StateError(f"the state database {self.path} is damaged: {what}")
+        error.hint = (
+            "restore it from a backup; `forge audit verify` shows whether the log was changed too"
+        )
+        return error
 
     def records(self) -> dict[str, Record]:
         rows = self.db.execute(
             "SELECT address, kind, spec, spec_digest, depends_on, runtime, updated_at "
             "FROM resources ORDER BY address"
         ).fetchall()
-        return {
-            row[0]: Record(
-                row[0],
-                row[1],
-                json.loads(row[2]),
-                row[3],
-                tuple(json.loads(row[4])),
-                json.loads(row[5]),
-                row[6],
-            )
-            for row in rows
-        }
+        try:
+            return {
+                row[0]: Record(
+                    row[0],
+                    row[1],
+                    json.loads(row[2]),
+                    row[3],
+                    tuple(json.loads(row[4])),
+                    json.loads(row[5]),
+                    row[6],
+                )
+                for row in rows
+            }
+        except (ValueError, TypeError):
+            raise self._damaged("a resource's record is not the JSON Forge wrote") from None
 
     def digest(self) -> str:
         """What a plan is bound to: lineage, serial and every resource's spec digest."""
@@ -290,17 +303,26 @@ class State:
     def snapshots(self) -> list[SnapshotInfo]:
         """Every serial kept, newest first."""
         rows = self.db.execute(
-            "SELECT serial, at, digest, json_array_length(body, '$.resources') FROM snapshots "
-            "ORDER BY serial DESC"
+            "SELECT serial, at, digest, body FROM snapshots ORDER BY serial DESC"
         ).fetchall()
-        return [SnapshotInfo(*row) for row in rows]
+        kept = []
+        for serial, at, digest, body in rows:
+            try:
+                count = len(json.loads(body)["resources"])
+            except (ValueError, KeyError, TypeError):
+                raise self._damaged(f"the copy of serial {serial} is not JSON") from None
+            kept.append(SnapshotInfo(serial, at, digest, count))
+        return kept
 
     def snapshot_at(self, serial: int) -> dict[str, Any] | None:
         """The state as it was at `serial`, in the form `export` writes."""
         # TODO(#5): `forge state rollback SERIAL` needs the planner to plan from a kept
         # snapshot's specs (and policy to judge them) rather than from a Forgefile.
         row = self.db.execute("SELECT body FROM snapshots WHERE serial = ?", [serial]).fetchone()
-        return json.loads(row[0]) if row else None
+        try:
+            return json.loads(row[0]) if row else None
+        except ValueError:
+            raise self._damaged(f"the copy of serial {serial} is not JSON") from None
 
     def export(self) -> dict[str, Any]:
         """The state as JSON for people and tools: no secret values, sensitive outputs redacted.
@@ -335,7 +357,10 @@ class State:
         }
 
     def outputs(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self._meta().get("outputs", "{}"))
+        try:
+            value: dict[str, Any] = json.loads(self._meta().get("outputs", "{}"))
+        except ValueError:
+            raise self._damaged("its outputs are not JSON") from None
         return value
 
     def event(self, kind: str, address: str | None, **detail: Any) -> None:
@@ -393,7 +418,7 @@ class State:
                 "serial": r[2],
                 "kind": r[3],
                 "address": r[4],
-                **json.loads(r[5]),
+                **_detail(r[5]),
                 "hash": r[6],
             }
             for r in reversed(rows)
@@ -415,7 +440,11 @@ class State:
                     else "it does not follow the entry before it (inserted or moved)"
                 )
                 return AuditCheck(count, entry, f"the chain breaks at entry {entry}: {why}")
-            if row_hash != event_hash(prev, tuple(fields)):
+            try:
+                intact = row_hash == event_hash(prev, tuple(fields))
+            except (ValueError, TypeError):  # its detail is no longer the JSON it was written as
+                intact = False
+            if not intact:
                 return AuditCheck(
                     count, entry, f"the chain breaks at entry {entry}: its content was changed"
                 )
@@ -443,6 +472,8 @@ class State:
                 "INSERT INTO checkpoints (event_id, head, at, keyid, sig) VALUES (?, ?, ?, ?, ?)",
                 [last[0], last[1], at, keyid, sig],
             ).lastrowid
+        # The log records the checkpoint too, so a checkpoint deleted later is missed by name.
+        self.event("checkpoint", None, checkpoint=int(row_id or 0), entry=last[0], keyid=keyid)
         return Checkpoint(int(row_id or 0), last[0], last[1], at, keyid, sig)
 
     def checkpoints(self) -> list[Checkpoint]:
@@ -451,12 +482,32 @@ class State:
         ).fetchall()
         return [Checkpoint(*row) for row in rows]
 
-    def verify_checkpoints(self, trusted: dict[str, Ed25519PublicKey]) -> list[str]:
-        """What is wrong with the signed checkpoints: each must be signed by a trusted key and
-        name an entry that is still there, with the hash it had when it was signed."""
+    def verify_checkpoints(
+        self,
+        trusted: dict[str, Ed25519PublicKey],
+        revoked: dict[str, tuple[Ed25519PublicKey, str]] | None = None,
+    ) -> list[str]:
+        """What is wrong with the signed checkpoints: each must be signed by a trusted key (or
+        by a key revoked only after it signed) and name an entry that is still there, with the
+        hash it had when it was signed."""
         problems = []
-        for point in self.checkpoints():
+        points = self.checkpoints()
+        kept = {p.id: p for p in points}
+        for logged in self.db.execute(
+            "SELECT id, detail FROM events WHERE kind = 'checkpoint' ORDER BY id"
+        ).fetchall():
+            detail = _detail(logged[1])
+            point = kept.get(detail.get("checkpoint", -1))
+            if point is None or point.event_id != detail.get("entry"):
+                problems.append(
+                    f"entry {logged[0]} records checkpoint {detail.get('checkpoint')} of entry "
+                    f"{detail.get('entry')}, which is gone or changed: checkpoints were removed"
+                )
+        for point in points:
             key = trusted.get(point.keyid)
+            if key is None and point.keyid in (revoked or {}):
+                old, revoked_at = (revoked or {})[point.keyid]
+                key = old if revoked_at and point.at < revoked_at else None
             message = _checkpoint_message(self.lineage, point.event_id, point.head, point.at)
             try:
                 if key is None:
@@ -489,6 +540,15 @@ class State:
 
 
 _EVENT_COLUMNS = "id, at, serial, kind, address, detail"
+
+
+def _detail(text: str) -> dict[str, Any]:
+    """An entry's detail; one that is not JSON is shown as it is (verify names the entry)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"unreadable": text}
+    return value if isinstance(value, dict) else {"unreadable": text}
 
 
 def event_hash(prev: str, row: tuple[Any, ...]) -> str:

@@ -366,13 +366,6 @@ def _planned(
     targets: list[str] | None = None,
     excludes: list[str] | None = None,
 ) -> dict[str, Any]:
-    from compiler.plan import select
-
-    document = _whole_plan(project, destroy)
-    return select(document, targets or (), excludes or ())
-
-
-def _whole_plan(project: Any, destroy: bool) -> dict[str, Any]:
     from forgefile import ir
 
     from .project import Checked, check, make_plan
@@ -387,7 +380,13 @@ def _whole_plan(project: Any, destroy: bool) -> dict[str, Any]:
             declared = load(project.forgefile, project.variables)
         except (DiagnosticError, OSError):
             declared = ir.Document(path=str(project.forgefile), resources=())
-        return make_plan(project, Checked(declared, [], None), destroy=True)
+        return make_plan(
+            project,
+            Checked(declared, [], None),
+            destroy=True,
+            targets=targets or (),
+            excludes=excludes or (),
+        )
     checked = check(project)
     if checked.verdict:
         render.findings(err, checked.verdict)
@@ -406,7 +405,9 @@ def _whole_plan(project: Any, destroy: bool) -> dict[str, Any]:
             raise typer.Exit(EXIT_POLICY)
     for d in checked.warnings:
         render.diagnostic(err, d)
-    return make_plan(project, checked, destroy=destroy)
+    return make_plan(
+        project, checked, destroy=destroy, targets=targets or (), excludes=excludes or ()
+    )
 
 
 @app.command()
@@ -460,7 +461,9 @@ def plan(
         out.print_json(data=document)
     else:
         render.plan(out, document)
-        render.outputs(out, document["outputs"])
+        selection = document.get("selection") or {}
+        if not (selection.get("targets") or selection.get("excludes")):
+            render.outputs(out, document["outputs"])
     if output is not None:
         try:
             output.write_bytes(sign(project, document, key))
@@ -621,6 +624,49 @@ def _show_drift(project: Any, as_json: bool, detailed_exitcode: bool) -> None:
         )
     if detailed_exitcode and found:
         raise typer.Exit(EXIT_CHANGES)
+
+
+def _show_plan(plan_file: Path, project: Any, as_json: bool) -> None:
+    from compiler.envelope import EnvelopeError, open_envelope
+
+    try:
+        data = plan_file.read_bytes()
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot read {e(plan_file)}: {e(exc.strerror)}")
+        raise typer.Exit(EXIT_DIAGNOSTIC) from None
+    keys = project.keys()
+    # Decoded with no signature required, but every trusted signature on it must verify.
+    opened = open_envelope(data, keys.trusted(), threshold=0, revoked=keys.revoked())
+    signers = [s["keyid"] for s in json.loads(data)["signatures"]]
+    try:
+        open_envelope(data, keys.trusted(), keys.threshold(), revoked=keys.revoked())
+        accepted = "yes"
+    except EnvelopeError as exc:
+        accepted = f"no: {exc}"
+    if as_json:
+        out.print_json(
+            data={
+                "version": 1,
+                "signers": signers,
+                "trusted_signers": list(opened.signers),
+                "accepted": accepted,
+                "payload_digest": opened.payload_digest,
+                "plan": opened.document,
+            }
+        )
+        return
+    document = opened.document
+    out.print(
+        f"[bold]{e(plan_file)}[/]: made {e(document.get('created_at'))}, expires "
+        f"{e(document.get('expires_at'))}, against state serial "
+        f"{e(document.get('prior_state', {}).get('serial'))}"
+    )
+    out.print(
+        f"  signed by {len(signers)} key(s), {len(opened.signers)} trusted here; "
+        f"apply would accept it: {e(accepted)}"
+    )
+    out.print(f"  policy: {e(document.get('policy', {}).get('verdict'))}")
+    render.plan(out, document)
 
 
 def _has_changes(document: dict[str, Any]) -> bool:
@@ -838,16 +884,31 @@ def output(
 @app.command()
 @reports
 def show(
+    plan_file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A saved plan (`forge plan -o`) to read instead, without applying it.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     file: FileOption = HERE,
     state_dir: StateOption = None,
     policy: PolicyOption = None,
     var: VarOption = None,
 ) -> None:
-    """Show the checked IR: every resource with its defaults filled in, as policy sees it."""
+    """Show the checked IR: every resource with its defaults filled in, as policy sees it.
+
+    With FILE, show a saved plan instead: who signed it, whether this project's trust store
+    accepts it, and what it would do, as a second approver reads it before `forge key sign`.
+    """
     from forgefile.diagnostics import DiagnosticError
 
     from .project import check
+
+    if plan_file is not None:
+        _show_plan(plan_file, _project(file, state_dir), as_json)
+        return
 
     try:
         checked = check(_project(file, state_dir, policy, var))
@@ -1043,8 +1104,16 @@ def key_revoke(
 ) -> None:
     """Stop trusting a key for good: apply refuses plans that only it signed, and it cannot be
     trusted again. Revoke a key that was lost or leaked; its owner generates a new one."""
-    keyid = _project(file, state_dir).keys().revoke(which, reason)
+    keys = _project(file, state_dir).keys()
+    keyid = keys.revoke(which, reason)
     out.print(f"[green]Revoked[/] {e(keyid)}: {e(reason.strip())}")
+    trusted, needed = len(keys.trusted()), keys.threshold()
+    if needed > trusted:
+        err.print(
+            f"[bold yellow]warning:[/] apply needs {needed} trusted signatures and {trusted} "
+            "key(s) are trusted now, so no plan can pass: trust another key "
+            f"(`forge key trust`) or lower the threshold (`forge key threshold {max(trusted, 1)}`)"
+        )
 
 
 @key_app.command("threshold")
@@ -1080,7 +1149,7 @@ def key_sign(
 ) -> None:
     """Add your signature to a saved plan, as a second approver: read it first with
     `forge show FILE`. The plan itself is unchanged, so the signatures already on it hold."""
-    from compiler.envelope import add_signature
+    from compiler.envelope import add_signature, open_envelope
 
     project = _project(file, state_dir)
     passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
@@ -1090,6 +1159,9 @@ def key_sign(
     except OSError as exc:
         err.print(f"[bold red]error:[/] cannot read {e(plan_file)}: {e(exc.strerror)}")
         raise typer.Exit(EXIT_DIAGNOSTIC) from None
+    # Sign only what still holds: a plan changed since its trusted signatures were made is
+    # refused here, as apply would refuse it.
+    open_envelope(data, project.keys().trusted(), threshold=0)
     signed = add_signature(data, signer)
     temporary = plan_file.with_name(plan_file.name + ".signing")
     temporary.write_bytes(signed)
@@ -1181,7 +1253,8 @@ def audit_verify(
     try:
         check = state.verify_events()
         points = state.checkpoints()
-        problems = state.verify_checkpoints(project.keys().trusted())
+        keys = project.keys()
+        problems = state.verify_checkpoints(keys.trusted(), keys.revoked_keys())
     finally:
         state.close()
     signed = max((p.event_id for p in points), default=0)
@@ -1209,7 +1282,7 @@ def audit_verify(
             )
         for problem in problems:
             err.print(f"[bold red]error:[/] {e(problem)}")
-        if points and not problems:
+        if points and not problems and check.broken_at is None:
             out.print(
                 f"[green]Signed:[/] {len(points)} checkpoint(s) by trusted keys; entries "
                 f"1..{signed} are covered by a signature."
@@ -1250,7 +1323,8 @@ def audit_export(
         err.print("[bold red]error:[/] nothing was ever planned here, so there is no audit log")
         raise typer.Exit(EXIT_DIAGNOSTIC)
     try:
-        bundle = export(state, project.keys().trusted(), low, high)
+        keys = project.keys()
+        bundle = export(state, keys.trusted(), low, high, keys.revoked_keys())
     finally:
         state.close()
     text = json.dumps(bundle, indent=2, sort_keys=True) + "\n"

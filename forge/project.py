@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,6 +139,8 @@ def make_plan(
     destroy: bool = False,
     created_at: datetime | None = None,
     ttl: timedelta | None = None,
+    targets: Sequence[str] = (),
+    excludes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Build what the plan needs, snapshot state (with live status) and compile the plan."""
     images = {} if destroy else build(project, checked.doc)
@@ -161,7 +164,16 @@ def make_plan(
         state.close()
     when = created_at or datetime.now(UTC)
     kwargs = {"ttl": ttl} if ttl else {}
-    return plan(checked.doc, snapshot, facts, when, destroy=destroy, **kwargs)
+    return plan(
+        checked.doc,
+        snapshot,
+        facts,
+        when,
+        destroy=destroy,
+        targets=targets,
+        excludes=excludes,
+        **kwargs,
+    )
 
 
 def _routes(project: Project) -> tuple[tuple[str, str], ...]:

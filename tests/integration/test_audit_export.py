@@ -40,6 +40,7 @@ def test_an_export_holds_each_plan_applied_with_its_signers_and_outcome(tmp_path
         keyid = KeyStore(tmp_path / ".forge" / "keys").list()[0].keyid
 
         assert bundle["chain"]["intact"] and bundle["checkpoints"]["problems"] == []
+        assert bundle["missing_plans"] == []
         assert bundle["checkpoints"]["count"] == 2  # apply signed the log's head each time
         first, second = bundle["plans"]
         assert [a["address"] for a in first["actions"]] == ["volume.data"]

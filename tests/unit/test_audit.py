@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from executor.keys import KeyStore
+from executor.keys import KeyStore, KeyStoreError
 from executor.state import State, event_hash
 from forge.cli import EXIT_AUDIT_BROKEN, app
 
@@ -195,7 +195,7 @@ def test_a_rewrite_that_rechains_the_log_is_caught_by_the_checkpoint(
     tamper(logged, """UPDATE events SET detail = '{"n": 3, "outcome": "failed"}' WHERE id = 3""")
     rechain(logged, 3)
 
-    assert check(logged) == (5, None, "")  # the chain is fooled
+    assert check(logged) == (6, None, "")  # the chain is fooled (6: the checkpoint's own entry)
     assert checkpoint_problems(logged, keys) == [
         "checkpoint 1 signed entry 5 with another hash: the log was rewritten up to it"
     ]
@@ -247,3 +247,25 @@ def test_audit_checkpoint_and_verify_commands(logged: Path, keys: KeyStore) -> N
     cut = runner.invoke(app, ["audit", "verify", "-f", str(folder)])
     assert cut.exit_code == EXIT_AUDIT_BROKEN
     assert "which is gone" in cut.output
+
+
+def test_a_deleted_checkpoint_is_missed_by_its_entry(logged: Path, keys: KeyStore) -> None:
+    signed(logged, keys)
+    tamper(logged, "DELETE FROM checkpoints")
+
+    assert check(logged) == (6, None, "")
+    [problem] = checkpoint_problems(logged, keys)
+    assert "records checkpoint 1 of entry 5, which is gone" in problem
+
+
+def test_a_checkpoint_by_a_key_revoked_later_still_counts(logged: Path, keys: KeyStore) -> None:
+    """Revoking a key must not make the log look tampered with; a revoked key signs no more."""
+    signed(logged, keys)
+    keys.revoke("auditor", "rotated")
+    state = State.open(logged)
+    try:
+        assert state.verify_checkpoints(keys.trusted(), keys.revoked_keys()) == []
+        with pytest.raises(KeyStoreError, match="revoked"):
+            state.checkpoint(keys.signer("auditor"))
+    finally:
+        state.close()

@@ -582,3 +582,26 @@ def test_create_before_destroy_is_refused_until_it_is_carried_out(tmp_path: Path
     with pytest.raises(DiagnosticError) as caught:
         lower(tmp_path, guarded(lifecycle="create_before_destroy = true"))
     assert [d.code for d in caught.value.diagnostics] == ["E0307"]
+
+
+def test_prevent_destroy_lets_a_dead_workload_restart_and_an_excluded_change_wait(
+    tmp_path: Path,
+) -> None:
+    guard = "prevent_destroy = true"
+    first = plan(lower(tmp_path, guarded(lifecycle=guard)), EMPTY, facts(), CREATED)
+
+    dead = snapshot_of(first, live={"service.db": False})
+    restarted = plan(lower(tmp_path, guarded(lifecycle=guard)), dead, facts(), CREATED)
+    assert changes(restarted) == {"service.db": "replace"}  # drift: nothing is destroyed
+
+    state = snapshot_of(first)
+    changed = lower(tmp_path, guarded('"db2"', lifecycle=guard))
+    waiting = plan(changed, state, facts(), CREATED, excludes=["service.db"])
+    assert changes(waiting) == {}
+
+
+def test_an_exclude_that_takes_out_a_target_is_an_error() -> None:
+    with pytest.raises(DiagnosticError) as caught:
+        select(selection_plan(), ["service.proxy"], ["network.net"])
+    [error] = caught.value.diagnostics
+    assert error.code == "P0007" and "service.proxy" in error.message

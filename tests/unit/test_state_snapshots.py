@@ -122,3 +122,33 @@ def test_the_journal_keeps_steps_until_they_are_settled(tmp_path: Path) -> None:
         assert state.unfinished() == []
     finally:
         state.close()
+
+
+def test_a_damaged_database_is_reported_not_a_crash(tmp_path: Path) -> None:
+    """What an edit with sqlite3 leaves is an error that names it, with exit 1 or 6, never 70."""
+    (tmp_path / "Forgefile").write_text("")
+    database = tmp_path / ".forge" / "state.db"
+    state = State.open(database)
+    applied(state, "service.web", ["httpd"])
+    state.event("action", "service.web", outcome="created")
+    state.close()
+    db = sqlite3.connect(database)
+    with db:
+        db.execute("UPDATE events SET detail = 'not json'")
+        db.execute("UPDATE resources SET spec = 'nope'")
+    db.close()
+    base = ["-f", str(tmp_path)]
+
+    verified = runner.invoke(app, ["audit", "verify", *base])
+    assert verified.exit_code == 6 and "its content was changed" in verified.output
+    logged = runner.invoke(app, ["audit", "log", "--json", *base])
+    assert logged.exit_code == 0 and "unreadable" in logged.stdout
+    exported = runner.invoke(app, ["state", "export", *base])
+    assert exported.exit_code == 1 and "is damaged" in exported.output
+
+    db = sqlite3.connect(database)
+    with db:
+        db.execute("UPDATE meta SET value = 'abc' WHERE key = 'serial'")
+    db.close()
+    listed = runner.invoke(app, ["state", "list", *base])
+    assert listed.exit_code == 1 and "serial is not a number" in listed.output

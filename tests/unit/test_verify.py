@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from compiler.envelope import EnvelopeError, add_signature, canonical_json, seal
+from compiler.envelope import EnvelopeError, add_signature, canonical_json, key_id, seal
 from compiler.plan import BuildFacts, ImageFacts, plan
 from compiler.version import VERSION
 from executor.keys import KeyStore, KeyStoreError
@@ -334,3 +334,20 @@ def test_the_same_key_cannot_sign_twice(tmp_path: Path, keys: KeyStore, state: S
     data = seal(make_plan(tmp_path, state, datetime.now(UTC)), [keys.signer("ci")])
     with pytest.raises(EnvelopeError, match="already signed"):
         add_signature(data, keys.signer("ci"))
+
+
+def test_a_passphrase_for_one_key_does_not_break_a_key_without_one(keys: KeyStore) -> None:
+    """FORGE_KEY_PASSPHRASE is set for the protected key; the plain one is read without it."""
+    keys.generate("safe", passphrase=b"s3cret")
+    both = keys.signers(["safe", "ci"], b"s3cret")
+    assert len({key_id(k.public_key()) for k in both}) == 2
+    with pytest.raises(KeyStoreError, match="passphrase"):
+        keys.signer("safe")
+
+
+def test_a_revoked_key_signs_nothing_and_cannot_be_revoked_twice(keys: KeyStore) -> None:
+    keys.revoke("ci", "lost")
+    with pytest.raises(KeyStoreError, match="signs nothing"):
+        keys.signer("ci")
+    with pytest.raises(KeyStoreError, match="already revoked"):
+        keys.revoke("ci", "again")
