@@ -91,7 +91,7 @@ def apply_plan(
     state.event(
         "apply-end",
         None,
-        changed=len(result.changed),
+        changed=len(set(result.changed)),
         failed=result.failed.address if result.failed else None,
     )
     return result

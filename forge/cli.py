@@ -454,6 +454,12 @@ def plan(
 
     project = _project(file, state_dir, policy, var, override, identity)
     if refresh_only:
+        if output is not None or destroy or target or exclude:
+            err.print(
+                "[bold red]error:[/] --refresh-only shows drift; it makes no plan, so it takes "
+                "no -o, --destroy, --target or --exclude"
+            )
+            raise typer.Exit(EXIT_DIAGNOSTIC)
         _show_drift(project, as_json, detailed_exitcode)
         return
     document = _planned(project, destroy, target, exclude)
@@ -573,6 +579,11 @@ def apply(
     """
     from .project import sign
 
+    if resume and (plan_file is not None or target or exclude):
+        err.print(
+            "[bold red]error:[/] --resume only finishes an interrupted apply; it takes no plan"
+        )
+        raise typer.Exit(EXIT_DIAGNOSTIC)
     if resume:
         from .project import resume as resume_apply
 
@@ -734,6 +745,10 @@ def force_unlock(
         _confirm(auto_approve, f"Stop process {holder.pid}?")
     stopped = unlock(project.state_dir, lock_id)
     out.print(f"[green]Unlocked:[/] process {stopped.pid} ({e(stopped.operation)}) stopped.")
+    out.print(
+        "  what it had started (a job's container, say) is finished or rolled back by the next "
+        "apply, or now by `forge apply --resume`"
+    )
 
 
 # -- inspecting ------------------------------------------------------------------------------
@@ -1317,6 +1332,9 @@ def audit_export(
     from executor.audit import export
 
     low, high = _instant(since, "--since", end=False), _instant(until, "--until", end=True)
+    if since and until and low > high:
+        err.print(f"[bold red]error:[/] --since {e(since)} is after --until {e(until)}")
+        raise typer.Exit(EXIT_DIAGNOSTIC)
     project = _project(file, state_dir)
     state = project.existing_state()
     if state is None:
@@ -1325,6 +1343,7 @@ def audit_export(
     try:
         keys = project.keys()
         bundle = export(state, keys.trusted(), low, high, keys.revoked_keys())
+        bundle["range"] = {"since": since, "until": until}  # as the user gave them
     finally:
         state.close()
     text = json.dumps(bundle, indent=2, sort_keys=True) + "\n"
@@ -1406,9 +1425,12 @@ def state_list(
 
     state = _open_state(file, state_dir)
     try:
-        kept, current = state.snapshots(), state.serial
+        kept, current, now = state.snapshots(), state.serial, state.digest()
     finally:
         state.close()
+    # An apply interrupted since the last serial changed state without moving it.
+    moved = any(k.serial == current and k.digest != now for k in kept)
+    here = " (current; changed since by an interrupted apply)" if moved else " (current)"
     if as_json:
         rows = [dataclasses.asdict(k) for k in kept]
         out.print_json(data={"version": 1, "current": current, "serials": rows})
@@ -1419,7 +1441,7 @@ def state_list(
         ["SERIAL", "AT", "RESOURCES", "DIGEST"],
         [
             [
-                f"{k.serial}{' (current)' if k.serial == current else ''}",
+                f"{k.serial}{here if k.serial == current else ''}",
                 k.at,
                 str(k.resources),
                 k.digest,

@@ -108,6 +108,13 @@ def _decode(data: bytes, path: Path) -> str:
         ) from None
 
 
+def _literal(value: Any) -> str:
+    """A value as the Forgefile writes it: true, not True."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _show(value) or repr(value)
+
+
 def _display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
@@ -1127,9 +1134,11 @@ class Lowering:
             if attr is None or attr_spec.name not in values:
                 continue
             value = values[attr_spec.name]
+            if value is _INVALID:
+                continue  # its type error is reported already
             if attr_spec.pending or (attr_spec.ready and value not in attr_spec.ready):
-                what = attr_spec.pending or f"{attr_spec.name} = {_show(value) or value}"
-                allowed = ", ".join(_show(v) or repr(v) for v in attr_spec.ready)
+                what = attr_spec.pending or f"{attr_spec.name} = {_literal(value)}"
+                allowed = ", ".join(_literal(v) for v in attr_spec.ready)
                 self.errors.error(
                     "E0307",
                     f"{what} is not carried out by this version of Forge yet",

@@ -144,3 +144,17 @@ def test_key_commands_revoke_set_a_threshold_and_co_sign(tmp_path: Path) -> None
     assert "Revoked" in forge("key", "revoke", "bob", "--reason", "left the team")
     listed = forge("key", "list")
     assert "revoked" in listed
+
+
+def test_flags_that_do_not_go_together_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "Forgefile").write_text('volume "data" {}\n')
+    base = ["-f", str(tmp_path)]
+    refresh = runner.invoke(app, ["plan", "--refresh-only", "-o", str(tmp_path / "p"), *base])
+    assert refresh.exit_code == 1 and "takes no -o" in refresh.output
+    assert not (tmp_path / "p").exists()
+    resume = runner.invoke(app, ["apply", "--resume", str(tmp_path / "p"), *base])
+    assert resume.exit_code == 1 and "takes no plan" in resume.output
+    audit = runner.invoke(
+        app, ["audit", "export", "--since", "2026-12-05", "--until", "2026-12-01", *base]
+    )
+    assert audit.exit_code == 1 and "is after --until" in audit.output
