@@ -359,5 +359,8 @@ _CONVERT: dict[type, Callable[[Any], Any]] = {
     LinkStep: _step,
     Limits: _record,
     WasmLimits: _record,
-    Lifecycle: _record,
+    Lifecycle: lambda cycle: {
+        "prevent_destroy": cycle.prevent_destroy,
+        "ignore_changes": list(cycle.ignore_changes),
+    },
 }
