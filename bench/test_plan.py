@@ -54,7 +54,7 @@ def facts(doc: ir.Document) -> BuildFacts:
     verdict = policy.judge(policy.load_policy([BASELINE]), doc, CREATED_AT.date())
     return BuildFacts(
         images={"image.app": ImageFacts(digest="sha256:" + "a" * 64, command=("serve",))},
-        policy=verdict.to_json(),
+        policy=verdict.to_json(compact=True),  # as forge plan writes it
         variables_digest="sha256:" + "b" * 64,
     )
 

@@ -151,7 +151,7 @@ def make_plan(
         modules=modules,
         # A destroy is not judged (there is nothing left to judge) but is still bound to the
         # policy files as they are, like any plan.
-        policy=verdict.to_json()
+        policy=verdict.to_json(compact=True)
         if verdict
         else {"verdict": "pass", "digest": policy_digest(project), "evaluated": 0, "findings": []},
         variables_digest=_variables_digest(checked.doc),

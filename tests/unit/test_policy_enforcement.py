@@ -653,3 +653,23 @@ def test_an_override_for_the_resource_wins_over_one_for_the_rule(tmp_path: Path)
     v = verdict(tmp_path, overrides=overrides)
     [found] = [f for f in v.findings if f.rule.id == "H-privileged"]
     assert found.override is not None and found.override.reason == "this one"
+
+
+def test_a_plan_carries_each_rules_metadata_once(tmp_path: Path) -> None:
+    """The compact verdict (what plans hold) has the same findings, the rule facts apart."""
+    v = verdict(tmp_path)
+    full, compact = v.to_json(), v.to_json(compact=True)
+
+    assert len(compact["findings"]) == len(full["findings"]) > 1
+    for long, short in zip(full["findings"], compact["findings"], strict=True):
+        facts = compact["rules"][short["rule"]]
+        assert long == {
+            **short,
+            "pack": facts["pack"],
+            "severity": facts["severity"],
+            "verdict": facts["verdict"],
+            "rule_span": facts["span"],
+            "controls": facts["controls"],
+            "remediation": facts["remediation"],
+        }
+    assert len(json.dumps(compact)) < len(json.dumps(full))
