@@ -164,11 +164,11 @@ class State:
             raise self._damaged("its serial is not a number") from None
 
     def _damaged(self, what: str) -> StateError:
-        error = StateError(f"the state database {self.path} is damaged: {what}")
-        error.hint = (
-            "restore it from a backup; `forge audit verify` shows whether the log was changed too"
+        return StateError(
+            f"the state database {self.path} is damaged: {what}",
+            hint="restore it from a backup; `forge audit verify` shows whether the log was "
+            "changed too",
         )
-        return error
 
     def records(self) -> dict[str, Record]:
         rows = self.db.execute(
@@ -617,10 +617,6 @@ class AuditCheck:
 class StateLocked(StateError):
     """Another forge command holds the project's lock."""
 
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
-
 
 @dataclass(frozen=True)
 class LockHolder:
@@ -658,7 +654,7 @@ def locked(state_dir: Path, operation: str = "apply") -> Iterator[LockHolder]:
             who = holder.describe() if holder else "another forge command holds it"
             raise StateLocked(
                 f"the state in {state_dir} is locked: {who}",
-                "wait for it to finish; if it hangs, `forge force-unlock "
+                hint="wait for it to finish; if it hangs, `forge force-unlock "
                 f"{holder.id if holder else 'ID'}` stops it",
             ) from None
         holder = LockHolder(

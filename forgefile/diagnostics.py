@@ -87,6 +87,11 @@ class ForgeError(Exception):
     exit_code: int = 1
     hint: str = ""
 
+    def __init__(self, *args: object, hint: str = "") -> None:
+        super().__init__(*args)
+        if hint:
+            self.hint = hint
+
     @property
     def headline(self) -> str:
         return "error"
