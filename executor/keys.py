@@ -101,9 +101,7 @@ class KeyStore:
         keyid = key_id(key)
         hexid = keyid.split(":")[1]
         if keyid in self.revoked():
-            raise KeyStoreError(
-                f"key {keyid[:19]}… is already revoked; its record stays as it is"
-            )
+            raise KeyStoreError(f"key {keyid[:19]}… is already revoked; its record stays as it is")
         self.revoked_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         record = {"keyid": keyid, "at": datetime.now(UTC).isoformat(), "reason": reason.strip()}
         (self.revoked_dir / f"{hexid}.pub").write_bytes(_public_pem(key))

@@ -131,6 +131,9 @@ IdentityOption = Annotated[
     ),
 ]
 HERE = Path(".")
+JsonOutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write to FILE [default: stdout].")
+]
 KeyOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -1167,8 +1170,7 @@ def key_sign(
     from compiler.envelope import add_signature, open_envelope
 
     project = _project(file, state_dir)
-    passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
-    signer = project.keys().signer(key, passphrase.encode() if passphrase else None)
+    [signer] = project.signers([key] if key else None)
     try:
         data = plan_file.read_bytes()
     except OSError as exc:
@@ -1261,10 +1263,7 @@ def audit_verify(
     where an edit, a deletion, an insertion or a move breaks the chain, or the checkpoint that a
     rewrite or a cut tail no longer matches."""
     project = _project(file, state_dir)
-    state = project.existing_state()
-    if state is None:
-        err.print("[bold red]error:[/] nothing was ever planned here, so there is no audit log")
-        raise typer.Exit(EXIT_DIAGNOSTIC)
+    state = _open_state(project, _NO_LOG)
     try:
         check = state.verify_events()
         points = state.checkpoints()
@@ -1320,9 +1319,7 @@ def audit_export(
     until: Annotated[
         str | None, typer.Option("--until", help="Up to this day (inclusive) or time (UTC).")
     ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write to FILE [default: stdout].")
-    ] = None,
+    output: JsonOutputOption = None,
     file: FileOption = HERE,
     state_dir: StateOption = None,
 ) -> None:
@@ -1336,25 +1333,14 @@ def audit_export(
         err.print(f"[bold red]error:[/] --since {e(since)} is after --until {e(until)}")
         raise typer.Exit(EXIT_DIAGNOSTIC)
     project = _project(file, state_dir)
-    state = project.existing_state()
-    if state is None:
-        err.print("[bold red]error:[/] nothing was ever planned here, so there is no audit log")
-        raise typer.Exit(EXIT_DIAGNOSTIC)
+    state = _open_state(project, _NO_LOG)
     try:
         keys = project.keys()
         bundle = export(state, keys.trusted(), low, high, keys.revoked_keys())
         bundle["range"] = {"since": since, "until": until}  # as the user gave them
     finally:
         state.close()
-    text = json.dumps(bundle, indent=2, sort_keys=True) + "\n"
-    if output is None:
-        sys.stdout.write(text)
-        return
-    output.write_text(text)
-    out.print(
-        f"[green]Wrote[/] {e(output)}: {len(bundle['plans'])} plan(s), "
-        f"{len(bundle['events'])} log entries."
-    )
+    _write_json(bundle, output)
 
 
 def _instant(value: str | None, flag: str, end: bool) -> str:
@@ -1386,13 +1372,9 @@ def audit_checkpoint(
     """Sign the audit log's head with a key, so that rewriting the log up to it, or cutting its
     tail, is found by `forge audit verify`. Apply does this by itself when it has a key."""
     project = _project(file, state_dir)
-    state = project.existing_state()
-    if state is None:
-        err.print("[bold red]error:[/] nothing was ever planned here, so there is no audit log")
-        raise typer.Exit(EXIT_DIAGNOSTIC)
-    passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
+    state = _open_state(project, _NO_LOG)
     try:
-        signer = project.keys().signer(key, passphrase.encode() if passphrase else None)
+        [signer] = project.signers([key] if key else None)
         point = state.checkpoint(signer)
     finally:
         state.close()
@@ -1405,12 +1387,28 @@ def audit_checkpoint(
 # -- state ------------------------------------------------------------------------------------
 
 
-def _open_state(file: Path, state_dir: Path | None) -> "State":
-    state: State | None = _project(file, state_dir).existing_state()
+_NO_LOG = "nothing was ever planned here, so there is no audit log"
+
+
+def _open_state(
+    project: Any, missing: str = "nothing was ever applied here, so there is no state"
+) -> "State":
+    """The project's state database, or exit 1 saying `missing` when there is none."""
+    state: State | None = project.existing_state()
     if state is None:
-        err.print("[bold red]error:[/] nothing was ever applied here, so there is no state")
+        err.print(f"[bold red]error:[/] {e(missing)}")
         raise typer.Exit(EXIT_DIAGNOSTIC)
     return state
+
+
+def _write_json(data: Any, output: Path | None) -> None:
+    """`data` as indented JSON on stdout, or into `output`."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text)
+    out.print(f"[green]Wrote[/] {e(output)}.")
 
 
 @state_app.command("list")
@@ -1423,7 +1421,7 @@ def state_list(
     """List the serials kept: one per apply that changed something, newest first."""
     import dataclasses
 
-    state = _open_state(file, state_dir)
+    state = _open_state(_project(file, state_dir))
     try:
         kept, current, now = state.snapshots(), state.serial, state.digest()
     finally:
@@ -1484,24 +1482,17 @@ def state_export(
     serial: Annotated[
         int | None, typer.Option("--serial", help="Export a kept serial [default: current].")
     ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write to FILE [default: stdout].")
-    ] = None,
+    output: JsonOutputOption = None,
     file: FileOption = HERE,
     state_dir: StateOption = None,
 ) -> None:
     """Write the state as JSON for tools and auditors: no secret values, sensitive outputs
     without their values."""
-    text = json.dumps(_state_body(file, state_dir, serial), indent=2, sort_keys=True) + "\n"
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        output.write_text(text)
-        out.print(f"[green]Wrote[/] {e(output)}.")
+    _write_json(_state_body(file, state_dir, serial), output)
 
 
 def _state_body(file: Path, state_dir: Path | None, serial: int | None) -> dict[str, Any]:
-    state = _open_state(file, state_dir)
+    state = _open_state(_project(file, state_dir))
     try:
         if serial is None or serial == state.serial:
             body: dict[str, Any] = state.export()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compiler import checks, policy
 from compiler.envelope import canonical_json, seal
@@ -32,6 +32,9 @@ from executor.verify import VerifiedPlan, verify
 from forgefile import ir
 from forgefile.diagnostics import Diagnostic
 from forgefile.lower import FORGEFILE, load
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,12 @@ class Project:
 
     def keys(self) -> KeyStore:
         return KeyStore(self.paths.keys)
+
+    def signers(self, names: list[str] | None = None) -> list[Ed25519PrivateKey]:
+        """The named signing keys (the only one there is, when none is named), opened with
+        FORGE_KEY_PASSPHRASE where they are protected."""
+        passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
+        return self.keys().signers(names, passphrase.encode() if passphrase else None)
 
     def state(self) -> State:
         """The state database, made if this is the project's first plan."""
@@ -190,9 +199,7 @@ def _variables_digest(doc: ir.Document) -> str:
 
 def sign(project: Project, document: dict[str, Any], key_names: list[str] | None = None) -> bytes:
     """Seal the plan with each named key (the only key there is, when none is named)."""
-    passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
-    signers = project.keys().signers(key_names, passphrase.encode() if passphrase else None)
-    return seal(document, signers)
+    return seal(document, project.signers(key_names))
 
 
 def _checkpoint(project: Project, state: State) -> None:
@@ -202,9 +209,8 @@ def _checkpoint(project: Project, state: State) -> None:
     passphrase not given: then the log is not signed this time (`forge audit checkpoint` does
     it later), and the apply is not failed for it.
     """
-    passphrase = os.environ.get("FORGE_KEY_PASSPHRASE")
     try:
-        signer = project.keys().signer(None, passphrase.encode() if passphrase else None)
+        [signer] = project.signers()
     except KeyStoreError as exc:
         log.info("the audit log is not signed after this apply: %s", exc)
         return
