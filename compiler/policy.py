@@ -326,10 +326,10 @@ class _Loader:
                 suggest(level, LEVELS),
             )
         for extra, other in headers[1:]:
-            self.out.error(
-                "R0011",
-                f"the pack in {folder} has a second `pack` header",
+            self.second(
+                f"`pack` header in {folder}",
                 span_of(other, self.shown(extra)),
+                span_of(node, shown),
                 "keep one `pack` block per folder",
             )
         pack = Pack(
@@ -452,14 +452,14 @@ class _Loader:
 
     def _policy(self, node: Any, path: Path, shown: str) -> None:
         if self.policy_block is not None:
-            self.out.error(
-                "R0011",
-                "a second `policy` block",
+            self.second(
+                "`policy` block",
                 span_of(node, shown),
+                self.policy_block,
                 "list every pack in one `policy { packs = [...] }`",
-                [Related(self.policy_block, "the first is here")],
             )
-        self.policy_block = span_of(node, shown)
+        else:
+            self.policy_block = span_of(node, shown)
         attrs = self.attributes(node, shown, "policy")
         packs = attrs.get("packs")
         if packs is None:
@@ -479,6 +479,12 @@ class _Loader:
             pack = self.folder(folder, policy_files([folder]))
             if pack is not None:
                 self.listed.setdefault(pack.name, span)
+
+    def second(self, what: str, span: Span, first: Span, hint: str) -> None:
+        """R0011: something there may be one of, written again."""
+        self.out.error(
+            "R0011", f"a second {what}", span, hint, [Related(first, "the first is here")]
+        )
 
     def pack_clash(self, one: str, other: str, ids: list[str]) -> None:
         """Two packs that share rule ids: one error at the `packs` line, not one per rule."""
@@ -586,10 +592,10 @@ class _Loader:
         attrs = self.attributes(node, shown, "rego")
         span = span_of(node, shown)
         if self.rego is not None:
-            self.out.error(
-                "R0011",
-                "the project has a second `rego` block",
+            self.second(
+                "`rego` block",
                 span,
+                self.rego.span,
                 "keep one; put every Rego file under its folder",
             )
             return
@@ -667,12 +673,11 @@ class _Loader:
         for entry in self.enforce:
             set_first = enforced.setdefault(entry.target, entry)
             if set_first is not entry:
-                self.out.error(
-                    "R0011",
-                    f'a second `enforce "{entry.target}"`',
+                self.second(
+                    f'`enforce "{entry.target}"`',
                     entry.span,
+                    set_first.span,
                     "keep one: the level of a rule or pack is set in one place",
-                    [Related(set_first.span, "the first is here")],
                 )
             # Rego rules are known only once the engine has run: `rego` and `rego:...` are
             # taken on trust when the project has a rego block.
@@ -689,12 +694,11 @@ class _Loader:
         for waiver in self.waivers:
             earlier = named.setdefault(waiver.name, waiver)
             if earlier is not waiver:
-                self.out.error(
-                    "R0011",
-                    f'a second `waiver "{waiver.name}"`',
+                self.second(
+                    f'`waiver "{waiver.name}"`',
                     waiver.span,
+                    earlier.span,
                     "give each waiver its own name",
-                    [Related(earlier.span, "the first is here")],
                 )
         for test in self.tests:
             for rule_id in (*test.fires, *test.passes):
@@ -1166,13 +1170,7 @@ class Verdict:
     def to_json(self, compact: bool = False) -> dict[str, Any]:
         """The verdict as JSON. `compact` (for plans) writes each rule's metadata once, under
         `rules`, instead of in every finding: a plan of 1,000 services is a third smaller."""
-        if compact:
-            return {
-                **self.to_json(),
-                "findings": [_compact(f) for f in self.findings],
-                "rules": {f.rule.id: _rule_facts(f.rule) for f in self.findings},
-            }
-        return {
+        document = {
             "verdict": "block" if self.blocked else "pass",
             "digest": self.digest,
             "evaluated": self.evaluated,
@@ -1186,12 +1184,15 @@ class Verdict:
                 "errors": sum(1 for p in self.problems if p.severity == "error"),
             },
             "packs": [p.to_json() for p in self.packs],
-            "findings": [f.to_json() for f in self.findings],
+            "findings": [_compact(f) if compact else f.to_json() for f in self.findings],
             "problems": [p.to_json() for p in self.problems],
             "waivers": [f.waiver.to_json() for f in self.findings if f.waiver],
             "overrides": [f.override.to_json() for f in self.findings if f.override],
             "rego": self.rego,
         }
+        if compact:
+            document["rules"] = {f.rule.id: _rule_facts(f.rule) for f in self.findings}
+        return document
 
 
 # What a finding says of its rule, the same for every finding of it: written once in a plan.
