@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,28 +11,22 @@ from compiler.envelope import open_envelope
 from executor.keys import KeyStore
 from executor.paths import ProjectPaths
 from tests.conftest import needs
-from tests.integration.test_example import force_cleanup, leftovers
+from tests.integration.test_example import force_cleanup, forge_in, leftovers
 
 pytestmark = needs("runc")
-
-
-def forge(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forge", *args], cwd=folder, text=True, capture_output=True
-    )
 
 
 def test_an_export_holds_each_plan_applied_with_its_signers_and_outcome(tmp_path: Path) -> None:
     paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
     (tmp_path / "Forgefile").write_text('volume "data" {}\n')
     try:
-        assert forge(tmp_path, "key", "generate", "ops").returncode == 0
-        assert forge(tmp_path, "apply", "--auto-approve").returncode == 0
+        assert forge_in(tmp_path, "key", "generate", "ops").returncode == 0
+        assert forge_in(tmp_path, "apply", "--auto-approve").returncode == 0
         (tmp_path / "Forgefile").write_text('volume "data" {}\nvolume "logs" {}\n')
-        assert forge(tmp_path, "apply", "--auto-approve").returncode == 0
+        assert forge_in(tmp_path, "apply", "--auto-approve").returncode == 0
 
         today = datetime.now(UTC).date()
-        exported = forge(tmp_path, "audit", "export", "--since", today.isoformat())
+        exported = forge_in(tmp_path, "audit", "export", "--since", today.isoformat())
         assert exported.returncode == 0, exported.stderr
         bundle = json.loads(exported.stdout)
         keyid = KeyStore(tmp_path / ".forge" / "keys").list()[0].keyid
@@ -53,13 +45,13 @@ def test_an_export_holds_each_plan_applied_with_its_signers_and_outcome(tmp_path
         assert open_envelope(envelope, trusted).payload_digest == second["payload_digest"]
 
         yesterday = (today - timedelta(days=1)).isoformat()
-        before = json.loads(forge(tmp_path, "audit", "export", "--until", yesterday).stdout)
+        before = json.loads(forge_in(tmp_path, "audit", "export", "--until", yesterday).stdout)
         assert before["plans"] == [] and before["events"] == []
 
-        bad = forge(tmp_path, "audit", "export", "--since", "last week")
+        bad = forge_in(tmp_path, "audit", "export", "--since", "last week")
         assert bad.returncode == 1 and "is not a date" in bad.stderr
     finally:
-        forge(tmp_path, "destroy", "--auto-approve")
+        forge_in(tmp_path, "destroy", "--auto-approve")
         left = leftovers(paths)
         force_cleanup(paths)
     assert left == []

@@ -77,17 +77,33 @@ def fetch(url: str) -> str:
     raise AssertionError(f"nothing answered at {url}")
 
 
+def forge_in(folder: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `forge ARGS` in `folder` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "forge", *args],
+        cwd=folder,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def runc_containers(paths: ProjectPaths) -> list[str]:
+    """The ids of the project's containers runc knows about."""
+    if not paths.runc_root.exists():
+        return []
+    return subprocess.run(
+        ["runc", "--root", str(paths.runc_root), "list", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+
+
 def leftovers(paths: ProjectPaths) -> list[str]:
     """Everything of this project's that the kernel or runc still holds."""
     found = [f"{k}: {v}" for k, v in network.list_owned(paths.project_id).items() if v]
-    if paths.runc_root.exists():
-        listing = subprocess.run(
-            ["runc", "--root", str(paths.runc_root), "list", "-q"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        found += [f"runc container {c}" for c in listing]
+    found += [f"runc container {c}" for c in runc_containers(paths)]
     if paths.bundles.exists():
         found += [f"bundle {b.name}" for b in paths.bundles.iterdir()]
     processes = subprocess.run(

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from executor.paths import ProjectPaths
 from tests.conftest import REPO, needs
-from tests.integration.test_example import force_cleanup, leftovers
+from tests.integration.test_example import force_cleanup, forge_in, leftovers
 
 pytestmark = needs("runc", "clang")
 
@@ -43,16 +42,6 @@ wasm "greet" {
 """
 
 
-def forge(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forge", *args],
-        cwd=folder,
-        text=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
 def test_a_failed_job_is_recorded_and_run_again(tmp_path: Path) -> None:
     """A job exiting outside success_codes fails apply (4), shows as failed, reruns next time."""
     paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
@@ -69,25 +58,25 @@ def test_a_failed_job_is_recorded_and_run_again(tmp_path: Path) -> None:
         check=True,
     )
     try:
-        forge(tmp_path, "key", "generate")
-        failed = forge(tmp_path, "apply", "--auto-approve")
+        forge_in(tmp_path, "key", "generate")
+        failed = forge_in(tmp_path, "apply", "--auto-approve")
         assert failed.returncode == 4, failed.stderr
         assert "exited with code 5" in failed.stderr
         assert "Forgefile:" in failed.stderr  # the line that declared it
 
-        rows = json.loads(forge(tmp_path, "ps", "--json").stdout)["workloads"]
+        rows = json.loads(forge_in(tmp_path, "ps", "--json").stdout)["workloads"]
         job = next(r for r in rows if r["address"] == "job.flaky")
         assert (job["status"], job["detail"]) == ("failed", "exit 5")
 
-        plan = json.loads(forge(tmp_path, "plan", "--json").stdout)
+        plan = json.loads(forge_in(tmp_path, "plan", "--json").stdout)
         [again] = [a for a in plan["actions"] if a["address"] == "job.flaky"]
         assert again["action"] == "replace" and "failed last time" in again["reason"]
 
-        fixed = forge(tmp_path, "apply", "--auto-approve", "--var", "code=0")
+        fixed = forge_in(tmp_path, "apply", "--auto-approve", "--var", "code=0")
         assert fixed.returncode == 0, fixed.stderr
-        assert forge(tmp_path, "logs", "job.flaky").stdout.count("trying") == 2
+        assert forge_in(tmp_path, "logs", "job.flaky").stdout.count("trying") == 2
     finally:
-        forge(tmp_path, "destroy", "--auto-approve")
+        forge_in(tmp_path, "destroy", "--auto-approve")
         left = leftovers(paths)
         force_cleanup(paths)
     assert left == []
@@ -104,17 +93,17 @@ def test_a_module_changed_after_planning_changes_nothing(tmp_path: Path) -> None
         check=True,
     )
     try:
-        forge(tmp_path, "key", "generate")
-        planned = forge(tmp_path, "plan", "-o", "p.forgeplan", "--var", "code=0")
+        forge_in(tmp_path, "key", "generate")
+        planned = forge_in(tmp_path, "plan", "-o", "p.forgeplan", "--var", "code=0")
         assert planned.returncode == 0, planned.stderr
         with (tmp_path / "greet.wasm").open("ab") as module:
             module.write(b"\0")  # a custom section's worth of change
-        refused = forge(tmp_path, "apply", "p.forgeplan")
+        refused = forge_in(tmp_path, "apply", "p.forgeplan")
         assert refused.returncode == 4
         assert "changed since planning" in refused.stderr
-        assert json.loads(forge(tmp_path, "ps", "--json").stdout)["workloads"] == []
+        assert json.loads(forge_in(tmp_path, "ps", "--json").stdout)["workloads"] == []
     finally:
-        forge(tmp_path, "destroy", "--auto-approve")
+        forge_in(tmp_path, "destroy", "--auto-approve")
         left = leftovers(paths)
         force_cleanup(paths)
     assert left == []

@@ -25,7 +25,12 @@ from executor.monitor import Monitor
 from executor.paths import ProjectPaths
 from executor.state import State
 from tests.conftest import free_subnet, needs
-from tests.integration.test_example import force_cleanup, leftovers
+from tests.integration.test_example import (
+    force_cleanup,
+    forge_in,
+    leftovers,
+    runc_containers,
+)
 
 pytestmark = needs("runc")
 
@@ -81,16 +86,6 @@ job "once" {
 """
 
 
-def forge(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forge", *args],
-        cwd=folder,
-        text=True,
-        capture_output=True,
-        timeout=180,
-    )
-
-
 def killed_apply(folder: Path, word: str, after: float) -> None:
     """Start an apply and SIGKILL it `after` seconds in (if it is still running)."""
     process = subprocess.Popen(
@@ -107,7 +102,7 @@ def killed_apply(folder: Path, word: str, after: float) -> None:
 
 
 def state(folder: Path) -> dict[str, Any]:
-    exported = forge(folder, "state", "export")
+    exported = forge_in(folder, "state", "export")
     assert exported.returncode == 0, exported.stderr
     body: dict[str, Any] = json.loads(exported.stdout)
     return body
@@ -117,12 +112,7 @@ def host_matches_state(folder: Path, paths: ProjectPaths) -> None:
     """Every container, namespace and bridge of the project is one that state records."""
     resources = {r["address"]: r for r in state(folder)["resources"]}
     services = [r for r in resources.values() if r["kind"] == "service"]
-    running = subprocess.run(
-        ["runc", "--root", str(paths.runc_root), "list", "-q"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    running = runc_containers(paths)
     owned = network.list_owned(paths.project_id)
 
     assert sorted(running) == sorted(r["runtime"]["container_id"] for r in services)
@@ -139,12 +129,12 @@ def test_an_apply_killed_anywhere_is_finished_by_the_next(tmp_path: Path) -> Non
     paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
     draw = random.Random(SEED)
     try:
-        assert forge(tmp_path, "key", "generate").returncode == 0
-        first = forge(tmp_path, "apply", "--auto-approve")
+        assert forge_in(tmp_path, "key", "generate").returncode == 0
+        first = forge_in(tmp_path, "apply", "--auto-approve")
         assert first.returncode == 0, first.stderr
         # How long an apply that replaces everything takes: the kills land within it.
         started = time.monotonic()
-        timed = forge(tmp_path, "apply", "--auto-approve", "--var", "word=timed")
+        timed = forge_in(tmp_path, "apply", "--auto-approve", "--var", "word=timed")
         assert timed.returncode == 0, timed.stderr
         full = time.monotonic() - started
 
@@ -153,17 +143,17 @@ def test_an_apply_killed_anywhere_is_finished_by_the_next(tmp_path: Path) -> Non
             after = draw.uniform(0.2, full)
             killed_apply(tmp_path, word, after)
 
-            finished = forge(tmp_path, "apply", "--auto-approve", "--var", f"word={word}")
+            finished = forge_in(tmp_path, "apply", "--auto-approve", "--var", f"word={word}")
             context = f"seed {SEED}, round {round_}, killed after {after:.2f}s"
             assert finished.returncode == 0, f"{context}: {finished.stderr}"
             # Shown with -s: what each round's apply found to roll back or finish.
             print(context, [line for line in finished.stdout.splitlines() if "↺" in line])
             host_matches_state(tmp_path, paths)
-            settled = forge(tmp_path, "plan", "--detailed-exitcode", "--var", f"word={word}")
+            settled = forge_in(tmp_path, "plan", "--detailed-exitcode", "--var", f"word={word}")
             assert settled.returncode == 0, f"{context}: {settled.stdout}{settled.stderr}"
-            assert forge(tmp_path, "audit", "verify").returncode == 0, context
+            assert forge_in(tmp_path, "audit", "verify").returncode == 0, context
     finally:
-        forge(tmp_path, "destroy", "--auto-approve")
+        forge_in(tmp_path, "destroy", "--auto-approve")
         left = leftovers(paths)
         force_cleanup(paths)
     assert left == []
@@ -176,9 +166,9 @@ def test_a_create_the_journal_left_open_is_rolled_back(tmp_path: Path) -> None:
     (tmp_path / "Forgefile").write_text(FORGEFILE.replace("SUBNET", subnet))
     paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
     try:
-        assert forge(tmp_path, "key", "generate").returncode == 0
-        assert forge(tmp_path, "build").returncode == 0
-        plan = json.loads(forge(tmp_path, "plan", "--json").stdout)
+        assert forge_in(tmp_path, "key", "generate").returncode == 0
+        assert forge_in(tmp_path, "build").returncode == 0
+        plan = json.loads(forge_in(tmp_path, "plan", "--json").stdout)
         action = next(a for a in plan["actions"] if a["address"] == "service.c")
         # What a killed apply leaves: a journal entry, the container running, no state record.
         host = Host(paths, Monitor())
@@ -192,23 +182,17 @@ def test_a_create_the_journal_left_open_is_rolled_back(tmp_path: Path) -> None:
         create_service(host, "service.c", action["spec"], digest)
         orphan = host.container_id("service.c", digest)
 
-        resumed = forge(tmp_path, "apply", "--resume")
+        resumed = forge_in(tmp_path, "apply", "--resume")
         assert resumed.returncode == 0, resumed.stderr
         assert "rolled back the create of service.c" in resumed.stdout
-        running = subprocess.run(
-            ["runc", "--root", str(paths.runc_root), "list", "-q"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        assert orphan not in running
-        assert "Nothing to resume" in forge(tmp_path, "apply", "--resume").stdout
+        assert orphan not in runc_containers(paths)
+        assert "Nothing to resume" in forge_in(tmp_path, "apply", "--resume").stdout
 
-        applied = forge(tmp_path, "apply", "--auto-approve", "--var", "word=other")
+        applied = forge_in(tmp_path, "apply", "--auto-approve", "--var", "word=other")
         assert applied.returncode == 0, applied.stderr
         host_matches_state(tmp_path, paths)
     finally:
-        forge(tmp_path, "destroy", "--auto-approve")
+        forge_in(tmp_path, "destroy", "--auto-approve")
         left = leftovers(paths)
         force_cleanup(paths)
     assert left == []
