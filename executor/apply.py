@@ -82,12 +82,15 @@ def apply_plan(
         )
         result.failed_action = current or None
         state.event("action-failed", address, message=str(result.failed))
-    if result.changed:
-        result.serial = state.bump_serial()
     selection = plan.get("selection") or {}
-    if result.failed is None and not (selection.get("targets") or selection.get("excludes")):
-        # A partial plan leaves other resources as they were: its outputs may name them.
-        state.set_outputs(plan.get("outputs", {}))
+    # A partial plan leaves other resources as they were: its outputs may name them.
+    partial = bool(selection.get("targets") or selection.get("excludes"))
+    outputs = plan.get("outputs", {}) if result.failed is None and not partial else None
+    if result.changed:
+        # One write, and one copy of the state, for the new serial and its outputs.
+        result.serial = state.bump_serial(outputs)
+    elif outputs is not None:
+        state.set_outputs(outputs)
     state.event(
         "apply-end",
         None,

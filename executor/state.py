@@ -251,10 +251,14 @@ class State:
         with self.db.conn:
             self.db.execute("DELETE FROM resources WHERE address = ?", [address])
 
-    def bump_serial(self) -> int:
+    def bump_serial(self, outputs: dict[str, Any] | None = None) -> int:
+        """Move to the next serial (with the apply's outputs, if it set them) and keep a copy
+        of the state as it stands under it."""
         with self.db.conn:
             serial = self.serial + 1
             self._set_meta("serial", str(serial))
+            if outputs is not None:
+                self._set_meta("outputs", json.dumps(outputs, sort_keys=True))
             self._snapshot()
         return serial
 
