@@ -139,10 +139,112 @@ def plan(
         "actions": _ordered(actions),
         "outputs": outputs,
         "selection": {"targets": [], "excludes": []},
+        "rollback": None,
     }
     document = select(document, targets, excludes)
-    _prevent_destroy(document["actions"], doc, snapshot)
+    prevent_destroy(document["actions"], doc, snapshot)
     return document
+
+
+def rollback_plan(
+    kept: Mapping[str, Any],
+    made_by: Mapping[str, Any],
+    made_by_digest: str,
+    snapshot: StateSnapshot,
+    created_at: datetime,
+    ttl: timedelta = DEFAULT_TTL,
+) -> dict[str, Any]:
+    """The plan that turns `snapshot` back into `kept`, the state at an earlier serial.
+
+    No Forgefile is read: the specs are the ones that serial ran, and the plan carries the inputs
+    and the policy verdict of `made_by`, the signed plan whose apply made that serial (`kept`
+    holds the outputs as they were, sensitive values included), so the
+    policy files must be the ones that judged them (`forge apply` checks the digest). The
+    actions are decided as for any plan: what serial lacks is deleted, a different spec is
+    replaced (or updated in place), and what is the same but not running is restarted.
+    """
+    created_at = created_at.astimezone(UTC).replace(microsecond=0)
+    serial = kept["serial"]
+    spans = {a["address"]: a["span"] for a in made_by.get("actions", [])}
+    wanted = {r["address"]: r for r in kept["resources"]}
+    actions = []
+    for address, r in sorted(wanted.items()):
+        old = snapshot.resources.get(address)
+        spec = r["spec"]
+        digest = spec_digest(spec)
+        if old is None:
+            kind, reason, diff = "create", f"serial {serial} had it", {}
+        elif old.spec_digest != digest:
+            diff = _diff(old.spec, spec)
+            kind = "update" if r["kind"] in _UPDATABLE else "replace"
+            reason = f"back to serial {serial}: {', '.join(sorted(diff))} changed"
+        elif old.live is False:
+            kind, reason, diff = "replace", f"drift: {old.note or 'it stopped'}", {}
+        else:
+            kind, reason, diff = "no-op", "as at serial " + str(serial), {}
+        actions.append(
+            {
+                "address": address,
+                "kind": r["kind"],
+                "action": kind,
+                "reason": reason,
+                "span": spans.get(address),
+                "diff": diff,
+                "spec": spec,
+                "depends_on": list(r["depends_on"]),
+            }
+        )
+    _reattach_specs(actions)
+    for address, old in sorted(snapshot.resources.items()):
+        if address not in wanted:
+            actions.append(
+                {
+                    "address": address,
+                    "kind": old.kind,
+                    "action": "delete",
+                    "reason": f"serial {serial} did not have it",
+                    "span": None,
+                    "diff": {},
+                    "spec": None,
+                    "depends_on": list(old.depends_on),
+                }
+            )
+    return {
+        "format": PLAN_FORMAT,
+        "toolchain": {"name": "forge", "version": VERSION},
+        "created_at": _rfc3339(created_at),
+        "expires_at": _rfc3339(created_at + ttl),
+        "destroy": False,
+        "inputs": dict(made_by["inputs"]),
+        "prior_state": {
+            "lineage": snapshot.lineage,
+            "serial": snapshot.serial,
+            "digest": snapshot.digest,
+        },
+        "policy": dict(made_by["policy"]),
+        "actions": _ordered(actions),
+        "outputs": dict(kept["outputs"]),
+        "selection": {"targets": [], "excludes": []},
+        "rollback": {"serial": serial, "digest": kept["digest"], "plan": made_by_digest},
+    }
+
+
+def _reattach_specs(actions: list[dict[str, Any]]) -> None:
+    """`_reattach` for plans made from specs: a service on a replaced bridge is replaced."""
+    replaced = {
+        a["spec"]["name"]: a["address"]
+        for a in actions
+        if a["kind"] == "network" and a["action"] == "replace"
+    }
+    for action in actions:
+        if action["kind"] != "service" or action["action"] != "no-op":
+            continue
+        lost = [
+            replaced[n["network"]] for n in action["spec"]["networks"] if n["network"] in replaced
+        ]
+        if lost:
+            action["action"] = "replace"
+            action["reason"] = f"{lost[0]} is replaced"
 
 
 # Forgefile attribute names whose values reach the spec under another name.
@@ -176,7 +278,7 @@ def _ignore_changes(
         raise DiagnosticError(errors)
 
 
-def _prevent_destroy(
+def prevent_destroy(
     actions: list[dict[str, Any]], doc: ir.Document, snapshot: StateSnapshot
 ) -> None:
     """`lifecycle { prevent_destroy = true }`: a plan that would delete or replace it fails.

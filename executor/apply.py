@@ -37,9 +37,14 @@ class ApplyResult:
 
 
 def apply_plan(
-    plan: dict[str, Any], host: Host, state: State, progress: Progress | None = None
+    plan: dict[str, Any],
+    host: Host,
+    state: State,
+    progress: Progress | None = None,
+    payload_digest: str | None = None,
 ) -> ApplyResult:
-    """Carry out `plan`, which `verify` has accepted; stops at the first failed action.
+    """Carry out `plan`, which `verify` has accepted; stops at the first failed action. The new
+    serial's snapshot names the plan by `payload_digest`, for `forge state rollback`.
 
     Each step is journalled before it runs and settled after, so an apply killed in the middle
     leaves a record that the next one rolls back (see `recover`).
@@ -88,7 +93,7 @@ def apply_plan(
     outputs = plan.get("outputs", {}) if result.failed is None and not partial else None
     if result.changed:
         # One write, and one copy of the state, for the new serial and its outputs.
-        result.serial = state.bump_serial(outputs)
+        result.serial = state.bump_serial(outputs, payload_digest)
     elif outputs is not None:
         state.set_outputs(outputs)
     state.event(

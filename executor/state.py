@@ -38,7 +38,8 @@ from .errors import ExecutorError
 
 # 2: events carry `prev` and `hash`, a chain an edit cannot hide in.
 # 3: a snapshot of the resources and outputs at every serial.
-SCHEMA_VERSION = 3
+# 4: each snapshot names the plan whose apply made it, so a rollback can reuse its verdict.
+SCHEMA_VERSION = 4
 
 
 class StateError(ExecutorError):
@@ -128,9 +129,12 @@ class State:
                 "event_id INTEGER NOT NULL, head TEXT NOT NULL, at TEXT NOT NULL, keyid TEXT NOT "
                 "NULL, sig TEXT NOT NULL)"
             )
+            if "plan" not in {row[1] for row in self.db.execute("PRAGMA table_info(snapshots)")}:
+                self.db.execute("ALTER TABLE snapshots ADD COLUMN plan TEXT")
             if int(meta.get("schema", SCHEMA_VERSION)) < 3:
                 # Earlier serials were never kept; the one there is, is kept from now on.
                 self._snapshot()
+            if int(meta.get("schema", SCHEMA_VERSION)) < SCHEMA_VERSION:
                 self._set_meta("schema", str(SCHEMA_VERSION))
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
             if "hash" not in columns:
@@ -251,15 +255,15 @@ class State:
         with self.db.conn:
             self.db.execute("DELETE FROM resources WHERE address = ?", [address])
 
-    def bump_serial(self, outputs: dict[str, Any] | None = None) -> int:
+    def bump_serial(self, outputs: dict[str, Any] | None = None, plan: str | None = None) -> int:
         """Move to the next serial (with the apply's outputs, if it set them) and keep a copy
-        of the state as it stands under it."""
+        of the state as it stands under it, naming the plan (its payload digest) that made it."""
         with self.db.conn:
             serial = self.serial + 1
             self._set_meta("serial", str(serial))
             if outputs is not None:
                 self._set_meta("outputs", json.dumps(outputs, sort_keys=True))
-            self._snapshot()
+            self._snapshot(plan)
         return serial
 
     def set_outputs(self, outputs: dict[str, Any]) -> None:
@@ -294,39 +298,46 @@ class State:
 
     # -- snapshots ------------------------------------------------------------------------------
 
-    def _snapshot(self) -> None:
-        """Keep the state as it stands under its serial (replacing an earlier copy of it)."""
+    def _snapshot(self, plan: str | None = None) -> None:
+        """Keep the state as it stands under its serial (replacing an earlier copy of it, but
+        not the plan that made it)."""
         if self.serial == 0:
             return
-        body = self.export()
+        # Outputs are kept whole, sensitive values too, as the meta table keeps them: a
+        # rollback restores them. `snapshot_at` redacts them unless asked not to.
+        body = {**self.export(), "outputs": self.outputs()}
         self.db.execute(
-            "INSERT OR REPLACE INTO snapshots (serial, at, digest, body) VALUES (?, ?, ?, ?)",
-            [self.serial, now(), body["digest"], json.dumps(body, sort_keys=True)],
+            "INSERT INTO snapshots (serial, at, digest, body, plan) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (serial) DO UPDATE SET at = excluded.at, digest = excluded.digest, "
+            "body = excluded.body, plan = COALESCE(excluded.plan, plan)",
+            [self.serial, now(), body["digest"], json.dumps(body, sort_keys=True), plan],
         )
 
     def snapshots(self) -> list[SnapshotInfo]:
         """Every serial kept, newest first."""
         rows = self.db.execute(
-            "SELECT serial, at, digest, body FROM snapshots ORDER BY serial DESC"
+            "SELECT serial, at, digest, body, plan FROM snapshots ORDER BY serial DESC"
         ).fetchall()
         kept = []
-        for serial, at, digest, body in rows:
+        for serial, at, digest, body, plan in rows:
             try:
                 count = len(json.loads(body)["resources"])
             except (ValueError, KeyError, TypeError):
                 raise self._damaged(f"the copy of serial {serial} is not JSON") from None
-            kept.append(SnapshotInfo(serial, at, digest, count))
+            kept.append(SnapshotInfo(serial, at, digest, count, plan))
         return kept
 
-    def snapshot_at(self, serial: int) -> dict[str, Any] | None:
-        """The state as it was at `serial`, in the form `export` writes."""
-        # TODO(#5): `forge state rollback SERIAL` needs the planner to plan from a kept
-        # snapshot's specs (and policy to judge them) rather than from a Forgefile.
+    def snapshot_at(self, serial: int, sensitive: bool = False) -> dict[str, Any] | None:
+        """The state as it was at `serial`, in the form `export` writes (with the values of
+        sensitive outputs only when `sensitive` is asked for)."""
         row = self.db.execute("SELECT body FROM snapshots WHERE serial = ?", [serial]).fetchone()
         try:
-            return json.loads(row[0]) if row else None
+            body: dict[str, Any] | None = json.loads(row[0]) if row else None
         except ValueError:
             raise self._damaged(f"the copy of serial {serial} is not JSON") from None
+        if body is not None and not sensitive:
+            body["outputs"] = _redacted(body.get("outputs", {}))
+        return body
 
     def export(self) -> dict[str, Any]:
         """The state as JSON for people and tools: no secret values, sensitive outputs redacted.
@@ -352,12 +363,7 @@ class State:
                 }
                 for r in self.records().values()
             ],
-            "outputs": {
-                name: {"sensitive": True, "value": None}
-                if isinstance(output, dict) and output.get("sensitive")
-                else output
-                for name, output in self.outputs().items()
-            },
+            "outputs": _redacted(self.outputs()),
         }
 
     def outputs(self) -> dict[str, Any]:
@@ -400,6 +406,15 @@ class State:
                 "INSERT INTO plans (at, payload_digest, envelope) VALUES (?, ?, ?)",
                 [now(), payload_digest, envelope],
             )
+
+    def plan_of(self, serial: int) -> tuple[str, bytes] | None:
+        """(payload digest, envelope) of the plan whose apply made `serial`, if it is kept."""
+        row = self.db.execute(
+            "SELECT p.payload_digest, p.envelope FROM snapshots s JOIN plans p "
+            "ON p.payload_digest = s.plan WHERE s.serial = ? ORDER BY p.id DESC LIMIT 1",
+            [serial],
+        ).fetchone()
+        return (row[0], bytes(row[1])) if row else None
 
     def plans(self, since: str = "", until: str = "~") -> list[tuple[str, str, bytes]]:
         """(time, payload digest, envelope) of every plan applied within [since, until]."""
@@ -546,6 +561,15 @@ class State:
 _EVENT_COLUMNS = "id, at, serial, kind, address, detail"
 
 
+def _redacted(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: {"sensitive": True, "value": None}
+        if isinstance(output, dict) and output.get("sensitive")
+        else output
+        for name, output in outputs.items()
+    }
+
+
 def _detail(text: str) -> dict[str, Any]:
     """An entry's detail; one that is not JSON is shown as it is (verify names the entry)."""
     try:
@@ -607,6 +631,8 @@ class SnapshotInfo:
     at: str
     digest: str
     resources: int
+    # The payload digest of the plan whose apply made this serial; None before schema 4.
+    plan: str | None = None
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "actions": list,
     "outputs": dict,
     "selection": dict,
+    "rollback": (dict, type(None)),
 }
 _ACTION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "address": str,

@@ -453,7 +453,6 @@ def plan(
     With -o, the plan is signed (Ed25519, DSSE) and written for `forge apply FILE`, which refuses
     it if it was changed, expired, or the state moved on since.
     """
-    from .project import sign
 
     project = _project(file, state_dir, policy, var, override, identity)
     if refresh_only:
@@ -474,19 +473,21 @@ def plan(
         if not (selection.get("targets") or selection.get("excludes")):
             render.outputs(out, document["outputs"])
     if output is not None:
-        try:
-            output.write_bytes(sign(project, document, key))
-        except OSError as exc:
-            err.print(
-                f"[bold red]error:[/] cannot write the plan to {e(output)}: {e(exc.strerror)}"
-            )
-            raise typer.Exit(EXIT_DIAGNOSTIC) from None
-        out.print(
-            f"Signed plan written to [bold]{e(output)}[/]; apply it with `forge apply {e(output)}`."
-        )
+        _write_plan(project, document, key, output)
     changes = _has_changes(document)
     if detailed_exitcode and changes:
         raise typer.Exit(EXIT_CHANGES)
+
+
+def _write_plan(project: Any, document: dict[str, Any], key: list[str] | None, to: Path) -> None:
+    from .project import sign
+
+    try:
+        to.write_bytes(sign(project, document, key))
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot write the plan to {e(to)}: {e(exc.strerror)}")
+        raise typer.Exit(EXIT_DIAGNOSTIC) from None
+    out.print(f"Signed plan written to [bold]{e(to)}[/]; apply it with `forge apply {e(to)}`.")
 
 
 # -- apply, destroy ---------------------------------------------------------------------------
@@ -681,6 +682,12 @@ def _show_plan(plan_file: Path, project: Any, as_json: bool) -> None:
         f"apply would accept it: {e(accepted)}"
     )
     out.print(f"  policy: {e(document.get('policy', {}).get('verdict'))}")
+    rollback = document.get("rollback")
+    if rollback:
+        out.print(
+            f"  a rollback to serial {e(rollback['serial'])}, under the verdict of plan "
+            f"{e(rollback['plan'])}"
+        )
     render.plan(out, document)
 
 
@@ -1475,6 +1482,54 @@ def state_show(
     for name, output in body["outputs"].items():
         shown = "(sensitive)" if output.get("sensitive") else json.dumps(output.get("value"))
         out.print(f"  output {e(name)} = {e(shown)}")
+
+
+@state_app.command("rollback")
+@reports
+def state_rollback(
+    serial: Annotated[int, typer.Argument(help="A serial from `forge state list`.")],
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Roll back without asking.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Write the signed plan here for `forge apply FILE`; do not apply."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan document as JSON.")
+    ] = False,
+    key: KeyOption = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+    policy: PolicyOption = None,
+    var: VarOption = None,
+) -> None:
+    """Bring the host back to what state held at SERIAL: its resources, specs and outputs.
+
+    The rollback is a plan like any other (signed, bound to the current state, shown before it
+    runs), made from the specs that serial ran instead of from the Forgefile. It carries the
+    policy verdict of the plan that made that serial, so it is refused if the policy has
+    changed since; apply the Forgefile of that time instead, and the policy of today judges it.
+    """
+    from .project import make_rollback, sign
+
+    project = _project(file, state_dir, policy, var)
+    document = make_rollback(project, serial)
+    if as_json:
+        out.print_json(data=document)
+    else:
+        out.print(f"[bold]Rolling back to serial {serial}:[/]")
+        render.plan(out, document)
+    if output is not None:
+        _write_plan(project, document, key, output)
+        return
+    if not _has_changes(document):
+        out.print(f"The host already is as it was at serial {serial}.")
+        return
+    _confirm(auto_approve, f"Roll back to serial {serial}?")
+    _run(project, sign(project, document, key))
 
 
 @state_app.command("export")

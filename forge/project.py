@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compiler import checks, policy
-from compiler.envelope import canonical_json, seal
-from compiler.plan import BuildFacts, ImageFacts, plan
+from compiler.envelope import EnvelopeError, canonical_json, open_envelope, seal
+from compiler.plan import BuildFacts, ImageFacts, parse_time, plan, prevent_destroy, rollback_plan
 from executor.apply import ApplyResult, Progress, apply_plan, live_status, recover
 from executor.build import build_images, module_digests
 from executor.drivers import Host
@@ -27,10 +27,10 @@ from executor.images import ImageStore
 from executor.keys import KeyStore, KeyStoreError
 from executor.monitor import Monitor
 from executor.paths import ProjectPaths
-from executor.state import State, locked
-from executor.verify import VerifiedPlan, verify
+from executor.state import State, StateError, locked
+from executor.verify import PlanRejected, VerifiedPlan, verify
 from forgefile import ir
-from forgefile.diagnostics import Diagnostic
+from forgefile.diagnostics import Diagnostic, DiagnosticError
 from forgefile.lower import FORGEFILE, load
 
 if TYPE_CHECKING:
@@ -172,7 +172,6 @@ def make_plan(
     finally:
         state.close()
     when = created_at or datetime.now(UTC)
-    kwargs = {"ttl": ttl} if ttl else {}
     return plan(
         checked.doc,
         snapshot,
@@ -181,8 +180,101 @@ def make_plan(
         destroy=destroy,
         targets=targets,
         excludes=excludes,
-        **kwargs,
+        **_ttl(ttl),
     )
+
+
+def make_rollback(
+    project: Project, serial: int, created_at: datetime | None = None, ttl: timedelta | None = None
+) -> dict[str, Any]:
+    """The plan that brings the host back to what state held at `serial`.
+
+    It reruns the specs that serial ran, under the verdict of the signed plan that made it; so
+    it is refused when that plan is not kept, its signers are no longer trusted, or the policy
+    that judged it has changed since (other files, a waiver expired, a phased-in rule now
+    enforced). `prevent_destroy` is read from the Forgefile as it is now, if it loads.
+    """
+    state = project.existing_state()
+    if state is None:
+        raise StateError("there is no state here to roll back", hint="nothing was ever applied")
+    try:
+        kept = state.snapshot_at(serial, sensitive=True)
+        made = state.plan_of(serial)
+        snapshot = state.snapshot(live_status(project.host(), state))
+    finally:
+        state.close()
+    if kept is None:
+        raise StateError(
+            f"serial {serial} is not kept", hint="`forge state list` shows the serials there are"
+        )
+    if made is None:
+        raise StateError(
+            f"the plan that made serial {serial} is not on record (serials made before Forge "
+            "kept them cannot be rolled back to)",
+            hint="check out the Forgefile of that time and `forge apply` it instead",
+        )
+    made_digest, envelope = made
+    keys = project.keys()
+    try:
+        made_by = open_envelope(
+            envelope, keys.trusted(), keys.threshold(), revoked=keys.revoked()
+        ).document
+    except EnvelopeError as exc:
+        raise PlanRejected(
+            exc.check,
+            f"the plan that made serial {serial} no longer verifies: {exc}",
+            "a rollback reruns what a trusted plan ran; re-trust its signer, or apply the "
+            "Forgefile of that time instead",
+        ) from None
+    _still_judged(project, made_by, serial)
+    document = rollback_plan(
+        kept, made_by, made_digest, snapshot, created_at or datetime.now(UTC), **_ttl(ttl)
+    )
+    try:
+        declared = load(project.forgefile, project.variables)
+    except (DiagnosticError, OSError):
+        # As for a destroy: a broken or missing Forgefile must not keep a rollback from running.
+        return document
+    prevent_destroy(document["actions"], declared, snapshot)
+    return document
+
+
+def _ttl(ttl: timedelta | None) -> dict[str, timedelta]:
+    return {"ttl": ttl} if ttl else {}
+
+
+def _still_judged(project: Project, made_by: dict[str, Any], serial: int) -> None:
+    """A verdict from another day stands only if nothing it rested on has moved since."""
+    verdict = made_by.get("policy", {})
+    loaded = load_policy(project)
+    now = loaded.digest if loaded else None
+    hint = (
+        f"the current policy has not judged what serial {serial} ran: check out the Forgefile of "
+        "that time and `forge apply` it, so that it is judged now"
+    )
+    if now is not None and verdict.get("digest") != now:
+        raise PlanRejected(
+            "policy", f"the policy files changed since serial {serial} was judged", hint
+        )
+    today = datetime.now(UTC).date()
+    for waiver in verdict.get("waivers", []):
+        if waiver.get("expires") and waiver["expires"] < today.isoformat():
+            raise PlanRejected(
+                "policy",
+                f"serial {serial} passed policy under waiver {waiver.get('id')!r} for "
+                f"{waiver.get('rule')} on {waiver.get('resource')}, which expired on "
+                f"{waiver['expires']}",
+                hint,
+            )
+    judged_on = parse_time(made_by["created_at"]).date()
+    for entry in loaded.enforce if loaded else ():
+        if entry.warn_until is not None and judged_on <= entry.warn_until < today:
+            raise PlanRejected(
+                "policy",
+                f"{entry.target} was advisory until {entry.warn_until.isoformat()} when serial "
+                f"{serial} was judged, and is {entry.level} now",
+                hint,
+            )
 
 
 def _routes(project: Project) -> tuple[tuple[str, str], ...]:
@@ -268,7 +360,7 @@ def apply(
                 payload=verified.payload_digest,
             )
             state.keep_plan(verified.payload_digest, envelope)
-            result = apply_plan(verified.document, host, state, progress)
+            result = apply_plan(verified.document, host, state, progress, verified.payload_digest)
             _checkpoint(project, state)
         finally:
             state.close()

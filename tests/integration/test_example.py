@@ -341,6 +341,38 @@ def test_a_bridge_deleted_from_outside_is_recreated(example: Example) -> None:
     assert "<h1>Newer</h1>" in example.page()
 
 
+def test_a_rollback_brings_back_the_first_serial_and_is_refused_once_the_policy_changed(
+    example: Example,
+) -> None:
+    """`forge state rollback 1`: the page and the job of the first apply run again, under the
+    first plan's verdict; after a policy edit the same rollback is refused (exit 15)."""
+    kept = json.loads(example.forge("state", "list", "--json").stdout)["serials"]
+    assert kept[-1]["serial"] == 1 and kept[-1]["plan"].startswith("sha256:")
+    plan = example.folder / "build" / "rollback.forgeplan"
+    made = example.forge("state", "rollback", "1", "-o", str(plan))
+    assert "Rolling back to serial 1" in made.stdout
+    shown = example.forge("show", str(plan), "--json")
+    document = json.loads(shown.stdout)["plan"]
+    assert document["rollback"]["serial"] == 1
+    assert document["rollback"]["plan"] == kept[-1]["plan"]
+    changed = {a["address"]: a["action"] for a in document["actions"] if a["action"] != "no-op"}
+    # The first apply's page comes back (the job's exit code already is the first one's).
+    assert changed == {"image.site": "update", "service.web": "replace"}
+    example.forge("apply", str(plan))
+    assert "<h1>Hello from Forge</h1>" in example.page()
+    assert example.ps()["job.hello"]["detail"] == "exit 3"
+    assert example.forge("state", "rollback", "1", "--json").returncode == 0  # nothing to do
+
+    rules = example.folder / "policy" / "edited.policy"
+    rules.write_text("# a new policy file: the first serial's verdict no longer stands\n")
+    try:
+        refused = example.forge("state", "rollback", "2", "--auto-approve", check=False)
+    finally:
+        rules.unlink()
+    assert refused.returncode == 15, refused.stderr
+    assert "policy files changed since serial 2" in refused.stderr
+
+
 def test_destroy_leaves_nothing_behind(example: Example) -> None:
     """destroy removes every container, bundle, netns, veth, bridge and process."""
     example.forge("destroy", "--auto-approve")

@@ -17,6 +17,7 @@ from compiler.plan import (
     StateResource,
     StateSnapshot,
     plan,
+    rollback_plan,
     select,
     spec_digest,
 )
@@ -605,3 +606,86 @@ def test_an_exclude_that_takes_out_a_target_is_an_error() -> None:
         select(selection_plan(), ["service.proxy"], ["network.net"])
     [error] = caught.value.diagnostics
     assert error.code == "P0007" and "service.proxy" in error.message
+
+
+# -- rollback -----------------------------------------------------------------------------------
+
+
+def kept_from(document: dict[str, Any], serial: int) -> dict[str, Any]:
+    """What state keeps of the serial an apply of `document` made (as `State.snapshot_at`)."""
+    resources = snapshot_of(document).resources.values()
+    return {
+        "serial": serial,
+        "digest": "sha256:" + "5" * 64,
+        "resources": [
+            {
+                "address": r.address,
+                "kind": r.kind,
+                "spec": r.spec,
+                "spec_digest": r.spec_digest,
+                "depends_on": list(r.depends_on),
+            }
+            for r in resources
+        ],
+        "outputs": {"web_url": {"value": "http://old/", "sensitive": False}},
+    }
+
+
+def test_a_rollback_plans_back_the_specs_of_a_kept_serial(tmp_path: Path) -> None:
+    """From serial 1 (web on "httpd") to a state with "api" added and web changed: the rollback
+    deletes api, replaces web with its old spec, keeps the rest, and carries the old plan's
+    inputs, verdict and spans, the kept outputs, and what it rolls back to."""
+    first = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    changed = HELLO.replace('"-p", "80"', '"-p", "8080"') + API
+    now = snapshot_of(plan(lower(tmp_path, changed), snapshot_of(first), facts(), CREATED))
+    back = rollback_plan(kept_from(first, 1), first, "sha256:" + "f" * 64, now, CREATED)
+    assert kinds_of_action(back) == {
+        "image.base": "no-op",
+        "network.net": "no-op",
+        "service.web": "replace",
+        "job.once": "no-op",
+        "wasm.greet": "no-op",
+        "service.api": "delete",
+    }
+    web = actions(back)["service.web"]
+    assert web["spec"] == actions(first)["service.web"]["spec"]
+    assert web["reason"] == "back to serial 1: argv changed"
+    assert web["span"] == actions(first)["service.web"]["span"]
+    assert actions(back)["service.api"]["reason"] == "serial 1 did not have it"
+    assert back["policy"] == first["policy"] and back["inputs"] == first["inputs"]
+    assert back["outputs"] == {"web_url": {"value": "http://old/", "sensitive": False}}
+    assert back["rollback"] == {
+        "serial": 1,
+        "digest": "sha256:" + "5" * 64,
+        "plan": "sha256:" + "f" * 64,
+    }
+    assert back["prior_state"]["serial"] == now.serial
+    # Teardown runs the actions backwards: api (which nothing needs) is still ordered after
+    # what it depends on, so it goes first.
+    order = [a["address"] for a in back["actions"]]
+    assert order.index("network.net") < order.index("service.web")
+
+
+def test_a_rollback_restarts_what_stopped_and_reattaches_services_to_a_new_bridge(
+    tmp_path: Path,
+) -> None:
+    """Drift is repaired as by any plan: a dead service restarts; a replaced bridge takes the
+    services on it along."""
+    first = plan(lower(tmp_path, HELLO), EMPTY, facts(), CREATED)
+    dead = snapshot_of(first, live={"service.web": False})
+    back = rollback_plan(kept_from(first, 1), first, "sha256:" + "f" * 64, dead, CREATED)
+    assert {a: k for a, k in kinds_of_action(back).items() if k != "no-op"} == {
+        "service.web": "replace"
+    }
+    live = snapshot_of(first)
+    net = live.resources["network.net"]
+    gone = StateResource(net.address, net.kind, net.spec, net.spec_digest, live=False)
+    bridge_gone = StateSnapshot(
+        live.lineage, live.serial, live.digest, {**live.resources, "network.net": gone}
+    )
+    back = rollback_plan(kept_from(first, 1), first, "sha256:" + "f" * 64, bridge_gone, CREATED)
+    changes = {a["address"]: a["reason"] for a in back["actions"] if a["action"] != "no-op"}
+    assert changes == {
+        "network.net": "drift: it stopped",
+        "service.web": "network.net is replaced",
+    }

@@ -60,6 +60,34 @@ def test_an_export_holds_no_sensitive_output_value(tmp_path: Path) -> None:
     assert "s3cret-value" not in json.dumps(exported) + json.dumps(kept)
 
 
+def test_a_serial_names_the_plan_that_made_it_and_keeps_outputs_for_a_rollback(
+    tmp_path: Path,
+) -> None:
+    """bump_serial records the plan's digest (set_outputs at the same serial keeps it), and a
+    kept serial's sensitive outputs are there for a rollback, but only when asked for."""
+    state = State.open(tmp_path / "state.db")
+    try:
+        state.keep_plan("sha256:plan-one", b"envelope one")
+        state.put("service.web", "service", {"argv": ["a"]}, "sha256:1", [], {})
+        serial = state.bump_serial(
+            {"token": {"value": "s3cret-value", "sensitive": True}}, "sha256:plan-one"
+        )
+        state.set_outputs({"token": {"value": "s3cret-value", "sensitive": True}})
+        state.put("service.web", "service", {"argv": ["b"]}, "sha256:2", [], {})
+        unplanned = state.bump_serial()
+
+        assert state.plan_of(serial) == ("sha256:plan-one", b"envelope one")
+        assert state.plan_of(unplanned) is None
+        assert [k.plan for k in state.snapshots()] == [None, "sha256:plan-one"]
+        whole = state.snapshot_at(serial, sensitive=True)
+        shown = state.snapshot_at(serial)
+    finally:
+        state.close()
+    assert whole is not None and shown is not None
+    assert whole["outputs"]["token"]["value"] == "s3cret-value"
+    assert shown["outputs"]["token"] == {"sensitive": True, "value": None}
+
+
 def test_a_database_from_before_snapshots_keeps_its_current_serial(tmp_path: Path) -> None:
     database = tmp_path / "state.db"
     state = State.open(database)
