@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,12 +96,24 @@ def plan(
     _check_routes(networks.values(), facts.host_routes)
     specs = {r.address: _spec(r, facts, addresses, networks) for r in resources}
     _ignore_changes(resources, specs, snapshot)
+    overlapping: set[str] = set()
+    while not (more := _overlapping(resources, specs, snapshot)) <= overlapping:
+        # Old and new run side by side for a moment: the new one needs its own addresses, and
+        # what reads them (other specs, outputs) sees the new ones; which may change the spec
+        # of another create_before_destroy workload in turn.
+        overlapping |= more
+        addresses = _allocate(resources, snapshot, fresh=overlapping)
+        specs = {r.address: _spec(r, facts, addresses, networks) for r in resources}
+        _ignore_changes(resources, specs, snapshot)
     depends = {r.address: sorted({ref.address for ref in r.references()}) for r in resources}
 
     actions = []
     for r in resources:
         spec = specs[r.address]
         actions.append(_action(r, spec, depends[r.address], snapshot.resources.get(r.address)))
+    for action in actions:
+        if action["action"] == "replace" and action["address"] in overlapping:
+            action["create_before_destroy"] = True
     _reattach(actions, resources)
     for address, old in sorted(snapshot.resources.items()):
         if address not in specs:
@@ -610,10 +622,31 @@ def _wasm_spec(r: ir.Wasm, facts: BuildFacts) -> dict[str, Any]:
     }
 
 
+def _overlapping(
+    resources: Iterable[ir.Resource],
+    specs: Mapping[str, Mapping[str, Any]],
+    snapshot: StateSnapshot,
+) -> set[str]:
+    """Workloads with `create_before_destroy` whose spec changed: their replacement starts
+    while they still run. (One that died is restarted in place: nothing runs to overlap.)"""
+    overlapping = set()
+    for r in resources:
+        old = snapshot.resources.get(r.address)
+        if (
+            r.lifecycle.create_before_destroy
+            and isinstance(r, ir.Container | ir.Wasm)
+            and old is not None
+            and old.spec_digest != spec_digest(specs[r.address])
+        ):
+            overlapping.add(r.address)
+    return overlapping
+
+
 def _allocate(
-    resources: tuple[ir.Resource, ...], snapshot: StateSnapshot
+    resources: tuple[ir.Resource, ...], snapshot: StateSnapshot, fresh: Set[str] = frozenset()
 ) -> dict[str, dict[str, str]]:
-    """An address per (workload, network): kept from state when the subnet is unchanged."""
+    """An address per (workload, network): kept from state when the subnet is unchanged,
+    except for the `fresh` workloads, which get another while the old one stays taken."""
     networks = {r.address: r for r in resources if isinstance(r, ir.Network)}
     taken: dict[str, set[str]] = {a: {n.gateway} for a, n in networks.items()}
     result: dict[str, dict[str, str]] = {}
@@ -623,7 +656,10 @@ def _allocate(
         for ref in w.networks:
             net = networks[ref.address]
             kept = _kept_address(snapshot.resources.get(w.address), net)
-            if kept and kept not in taken[net.address]:
+            if kept and w.address in fresh:
+                taken[net.address].add(kept)
+                pending.append((w, net))
+            elif kept and kept not in taken[net.address]:
                 taken[net.address].add(kept)
                 result.setdefault(w.address, {})[net.address] = f"{kept}/{_prefix(net)}"
             else:

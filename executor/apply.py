@@ -65,13 +65,19 @@ def apply_plan(
     try:
         _preflight(actions, host)
         for action in reversed(actions):
-            if action["action"] in ("delete", "replace") and action["address"] in records:
+            if (
+                action["action"] in ("delete", "replace")
+                and action["address"] in records
+                and not action.get("create_before_destroy")
+            ):
                 current = action
                 _teardown(action, records[action["address"]].runtime, host, state, say, result)
         for action in actions:
             if action["action"] in ("create", "replace", "update"):
                 current = action
-                _build_up(action, host, state, say, result)
+                old = records.get(action["address"])
+                first = old.runtime if old and action.get("create_before_destroy") else None
+                _build_up(action, host, state, say, result, replacing=first)
     except ActionFailed as exc:
         result.failed = exc
         state.event("action-failed", exc.address, message=str(exc))
@@ -165,10 +171,17 @@ def _teardown(
 
 
 def _build_up(
-    action: dict[str, Any], host: Host, state: State, say: Progress, result: ApplyResult
+    action: dict[str, Any],
+    host: Host,
+    state: State,
+    say: Progress,
+    result: ApplyResult,
+    replacing: dict[str, Any] | None = None,
 ) -> None:
+    """Create what `action` asks for; with `replacing` (create_before_destroy), remove that
+    runtime once the new one runs, so the old one serves until then."""
     address, spec = action["address"], action["spec"]
-    create, _delete = DRIVERS[action["kind"]]
+    create, delete = DRIVERS[action["kind"]]
     digest = spec_digest(spec)
     say("create", address, action["action"])
     started = time.monotonic()
@@ -183,6 +196,9 @@ def _build_up(
             result.changed.append(address)
         state.settle(entry, "failed")  # the driver undid what it had made
         raise
+    # The old runtime's removal is journalled before state forgets it: if the apply dies in
+    # between, the next one finishes removing it.
+    retire = state.intend(address, action["kind"], "delete", replacing) if replacing else None
     state.put(address, action["kind"], spec, digest, action["depends_on"], runtime)
     state.settle(entry, "done")
     elapsed = time.monotonic() - started
@@ -196,6 +212,14 @@ def _build_up(
     result.changed.append(address)
     result.results[address] = runtime
     say("done", address, _describe(action["kind"], runtime))
+    if retire is not None and replacing is not None:
+        say("delete", address, "stopping the one it replaced, now that the new one runs")
+        started = time.monotonic()
+        delete(host, address, replacing)
+        state.settle(retire, "done")
+        state.event(
+            "deleted", address, seconds=round(time.monotonic() - started, 3), after_successor=True
+        )
 
 
 def _will_make(host: Host, action: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -206,12 +230,7 @@ def _will_make(host: Host, action: dict[str, Any], digest: str) -> dict[str, Any
     """
     kind, address, spec = action["kind"], action["address"], action["spec"]
     if kind in ("service", "job"):
-        cid = host.container_id(address, digest)
-        return {
-            "container_id": cid,
-            "bundle": str(host.paths.bundles / cid),
-            "stop_grace": spec["stop_grace_period"],
-        }
+        return {**host.container_names(address, digest), "stop_grace": spec["stop_grace_period"]}
     if kind == "network":
         return {"name": spec["name"]}
     return {}

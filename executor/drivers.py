@@ -68,6 +68,14 @@ class Host:
         tail = hashlib.sha256(f"{address}\0{spec_digest}".encode()).hexdigest()[:12]
         return f"forge-{self.paths.project_id}-{tail}"
 
+    def container_names(self, address: str, spec_digest: str) -> dict[str, str]:
+        """What a container of this spec is called on the host: its runc id, its bundle, and the
+        workload name its namespace and veths are named by. All come from the address and the
+        spec, so a replacement never shares a name with the container it replaces (both run
+        at once under create_before_destroy), and each can be journalled before it exists."""
+        cid = self.container_id(address, spec_digest)
+        return {"container_id": cid, "bundle": str(self.paths.bundles / cid), "workload": cid}
+
 
 Create = Callable[[Host, str, dict[str, Any], str], dict[str, Any]]
 Delete = Callable[[Host, str, dict[str, Any]], None]
@@ -119,15 +127,13 @@ def delete_volume(host: Host, address: str, runtime: dict[str, Any]) -> None:
 
 def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
     """Unpack, attach, write config.json and start under the monitor; undo all on failure."""
-    cid = host.container_id(address, digest)
-    bundle = host.paths.bundles / cid
     runtime: dict[str, Any] = {
-        "container_id": cid,
-        "bundle": str(bundle),
+        **host.container_names(address, digest),
         "log": str(host.log_file(address)),
         "netns": None,
         "stop_grace": spec["stop_grace_period"],
     }
+    cid, bundle = runtime["container_id"], Path(runtime["bundle"])
     try:
         shutil.rmtree(bundle, ignore_errors=True)
         host.store.unpack(spec["image"], bundle / "rootfs")
@@ -137,7 +143,7 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
                 network.Attachment(n["network"], n["address"], n["gateway"])
                 for n in spec["networks"]
             ]
-            netns_path = network.attach(host.paths.project_id, address, attachments)
+            netns_path = network.attach(host.paths.project_id, runtime["workload"], attachments)
             runtime["netns"] = netns_path
         mounts = tuple(
             Mount(str(host.volume_dir(v["volume"])), v["target"]) for v in spec["volumes"]
@@ -182,7 +188,8 @@ def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None
             host.monitor.stop(host.paths.runc_root, cid, Path(bundle), grace=runtime["stop_grace"])
         except MonitorError as exc:
             log.warning("stopping %s (%s): %s", address, cid, exc)
-    network.detach(host.paths.project_id, address)
+    # Containers made before the namespace was named by the container were named by address.
+    network.detach(host.paths.project_id, runtime.get("workload", address))
     if bundle:
         _remove_bundle(Path(bundle))
 

@@ -134,6 +134,8 @@ _ACTION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "span": (dict, type(None)),
     "depends_on": list,
 }
+# Fields an action has only where they apply.
+_ACTION_OPTIONAL: dict[str, type | tuple[type, ...]] = {"create_before_destroy": bool}
 _KINDS = {"image", "network", "volume", "service", "job", "wasm"}
 _ACTIONS = {"create", "update", "replace", "delete", "no-op"}
 
@@ -144,19 +146,25 @@ def _shape(plan: dict[str, Any]) -> None:
     for index, action in enumerate(plan["actions"]):
         if not isinstance(action, dict):
             raise PlanRejected("format", f"action {index} is not an object")
-        _fields(action, _ACTION_FIELDS, f"action {index}")
+        _fields(action, _ACTION_FIELDS, f"action {index}", _ACTION_OPTIONAL)
         if action["kind"] not in _KINDS or action["action"] not in _ACTIONS:
             raise PlanRejected("format", f"action {index} has an unknown kind or action")
         if action["action"] != "delete" and action["spec"] is None:
             raise PlanRejected("format", f"action {index} ({action['address']}) has no spec")
 
 
-def _fields(value: dict[str, Any], fields: dict[str, type | tuple[type, ...]], what: str) -> None:
-    if set(value) != set(fields):
-        unknown = sorted(set(value) ^ set(fields))
+def _fields(
+    value: dict[str, Any],
+    fields: dict[str, type | tuple[type, ...]],
+    what: str,
+    optional: dict[str, type | tuple[type, ...]] | None = None,
+) -> None:
+    optional = optional or {}
+    if not set(fields) <= set(value) <= set(fields) | set(optional):
+        unknown = sorted((set(value) - set(optional)) ^ set(fields))
         raise PlanRejected("format", f"{what} has missing or unknown fields: {', '.join(unknown)}")
-    for name, kind in fields.items():
-        if not isinstance(value[name], kind):
+    for name, kind in {**fields, **optional}.items():
+        if name in value and not isinstance(value[name], kind):
             raise PlanRejected("format", f"{what}: `{name}` has the wrong type")
 
 

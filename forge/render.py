@@ -176,6 +176,8 @@ def plan(console: Console, document: dict[str, Any]) -> None:
         symbol, style = _SYMBOL[action["action"]]
         if action["action"] == "no-op":
             continue
+        if action.get("create_before_destroy"):
+            symbol = "+/-"  # the replacement starts before the old one stops
         console.print(
             f"[{style}]{symbol:>3} {escape(action['address'])}[/] "
             f"[dim]({escape(action['reason'])})[/]"

@@ -395,7 +395,7 @@ def _arithmetic(expr: Binary, left: Any, right: Any) -> Any:
     number = getattr(result, "nanoseconds", getattr(result, "bytes", result))
     if isinstance(number, float) and not math.isfinite(number):
         raise EvalError(
-            "E0226",
+            "E0229",
             "the result is too large to be a number",
             expr.span,
             "plans and state hold finite numbers only; check the values this multiplies",

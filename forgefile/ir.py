@@ -41,6 +41,8 @@ class Lifecycle:
 
     prevent_destroy: bool = False
     ignore_changes: tuple[str, ...] = ()  # names as plan diffs show them (argv, env, ...)
+    # A replacement starts before the resource it replaces stops (workloads only).
+    create_before_destroy: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,5 +364,6 @@ _CONVERT: dict[type, Callable[[Any], Any]] = {
     Lifecycle: lambda cycle: {
         "prevent_destroy": cycle.prevent_destroy,
         "ignore_changes": list(cycle.ignore_changes),
+        "create_before_destroy": cycle.create_before_destroy,
     },
 }

@@ -846,11 +846,20 @@ class Lowering:
             if not (a := spec.attribute(k)) or not (a.pending or a.ready)
         }
         name = block.labels[0]
-        lifecycle = {
-            k: v
-            for k, v in nested.get("lifecycle", [{}])[0].items()
-            if k != "create_before_destroy"
-        }
+        lifecycle = nested.get("lifecycle", [{}])[0]
+        if block.type == "network" and lifecycle.get("create_before_destroy"):
+            self.errors.error(
+                "E0310",
+                f'network "{block.labels[0]}" cannot be created before it is destroyed: its '
+                "bridge is named by the network, and two of one name cannot exist at once",
+                next(
+                    a.span
+                    for b in block.blocks
+                    if b.type == "lifecycle" and (a := b.attribute("create_before_destroy"))
+                ),
+                "remove create_before_destroy; the workloads on it may keep theirs",
+            )
+            return None
         common: dict[str, Any] = {
             "span": block.span,
             "spans": self._attr_spans(block),
@@ -860,6 +869,7 @@ class Lowering:
             "lifecycle": ir.Lifecycle(
                 prevent_destroy=bool(lifecycle.get("prevent_destroy", False)),
                 ignore_changes=tuple(lifecycle.get("ignore_changes", ())),
+                create_before_destroy=bool(lifecycle.get("create_before_destroy", False)),
             ),
         }
         match block.type:

@@ -372,8 +372,7 @@ LIFECYCLE_BLOCK = BlockSpec(
             "create_before_destroy",
             BOOL,
             False,
-            "Start the replacement before stopping the old one.",
-            ready=(False,),
+            "Start the replacement before stopping the old one (workloads; not networks).",
         ),
     ),
 )

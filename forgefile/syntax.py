@@ -498,7 +498,7 @@ class _Builder:
             raise DiagnosticError(
                 [
                     Diagnostic(
-                        "E0226",
+                        "E0229",
                         "this number is too large to be one",
                         span,
                         "plans and state hold finite numbers only",

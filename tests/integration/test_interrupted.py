@@ -2,7 +2,7 @@
 
 The kill points are drawn from a seeded generator, so a failing run names its seed and the same
 points come back. Each round changes the services' command, so kills land in teardowns and
-replacements as well as in creates.
+replacements (stop-first, and start-first for service.b) as well as in creates.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ service "b" {
   image    = image.busybox
   command  = ["sh", "-c", "echo ${var.word} b; exec sleep 600"]
   networks = [network.net]
+  lifecycle {
+    create_before_destroy = true  # kills also land between its start and the old one's stop
+  }
 }
 
 service "c" {
@@ -191,6 +194,43 @@ def test_a_create_the_journal_left_open_is_rolled_back(tmp_path: Path) -> None:
         applied = forge_in(tmp_path, "apply", "--auto-approve", "--var", "word=other")
         assert applied.returncode == 0, applied.stderr
         host_matches_state(tmp_path, paths)
+    finally:
+        forge_in(tmp_path, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert left == []
+
+
+def test_create_before_destroy_starts_the_new_container_before_stopping_the_old(
+    tmp_path: Path,
+) -> None:
+    """service.b's replacement runs (on a new address) before the old one is stopped: the
+    audit log has its start before the old one's removal; service.a's order is the reverse."""
+    subnet = free_subnet(range(220, 250))
+    (tmp_path / "Forgefile").write_text(FORGEFILE.replace("SUBNET", subnet))
+    paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
+    try:
+        assert forge_in(tmp_path, "key", "generate").returncode == 0
+        assert forge_in(tmp_path, "apply", "--auto-approve").returncode == 0
+        before = {r["address"]: r for r in state(tmp_path)["resources"]}
+        planned = forge_in(tmp_path, "plan", "--var", "word=next")
+        assert "+/- service.b" in planned.stdout and "-/+ service.a" in planned.stdout
+        applied = forge_in(tmp_path, "apply", "--auto-approve", "--var", "word=next")
+        assert applied.returncode == 0, applied.stderr
+        after = {r["address"]: r for r in state(tmp_path)["resources"]}
+
+        old_b, new_b = before["service.b"]["spec"], after["service.b"]["spec"]
+        assert old_b["networks"][0]["address"] != new_b["networks"][0]["address"]
+        log = json.loads(forge_in(tmp_path, "audit", "log", "--json", "--limit", "100").stdout)
+        last = [
+            (e["kind"], e["address"])
+            for e in log["entries"]
+            if e["address"] in ("service.a", "service.b") and e["kind"] in ("replace", "deleted")
+        ][-4:]
+        assert last.index(("replace", "service.b")) < last.index(("deleted", "service.b"))
+        assert last.index(("deleted", "service.a")) < last.index(("replace", "service.a"))
+        host_matches_state(tmp_path, paths)
+        assert "next b" in forge_in(tmp_path, "logs", "service.b").stdout
     finally:
         forge_in(tmp_path, "destroy", "--auto-approve")
         left = leftovers(paths)

@@ -579,10 +579,51 @@ def test_prevent_destroy_fails_a_plan_that_would_replace_or_delete(tmp_path: Pat
     }
 
 
-def test_create_before_destroy_is_refused_until_it_is_carried_out(tmp_path: Path) -> None:
+OVERLAP = HELLO.replace(
+    'command  = ["httpd", "-f", "-p", "80"]',
+    "command  = [var.cmd]\n  lifecycle {\n    create_before_destroy = true\n  }",
+).replace('image "base" {', 'variable "cmd" {\n  default = "httpd"\n}\n\nimage "base" {')
+
+
+def test_create_before_destroy_gives_the_replacement_its_own_address(tmp_path: Path) -> None:
+    """A changed service with create_before_destroy is replaced new-first: the plan marks it,
+    and gives it a new address (the old one is still in use meanwhile), which outputs see."""
+    first = plan(lower(tmp_path, OVERLAP), EMPTY, facts(), CREATED)
+    assert "create_before_destroy" not in actions(first)["service.web"]  # nothing to overlap
+    state = snapshot_of(first)
+    (tmp_path / "Forgefile").write_text(OVERLAP.replace('default = "httpd"', 'default = "nginx"'))
+    changed = plan(load(tmp_path / "Forgefile", {}, environ={}), state, facts(), CREATED)
+    web = actions(changed)["service.web"]
+    assert (web["action"], web.get("create_before_destroy")) == ("replace", True)
+    old, new = address_of(first, "service.web"), address_of(changed, "service.web")
+    assert old != new
+    assert new not in {address_of(first, "job.once"), "10.213.60.1/28"}
+    assert changed["outputs"]["web_address"]["value"] == new.split("/")[0]
+    assert sorted(web["diff"]) == ["argv", "networks"]
+    # Everything else keeps its address and is left alone.
+    assert changes(changed) == {"service.web": "replace"}
+
+
+def test_create_before_destroy_restarts_a_dead_workload_in_place(tmp_path: Path) -> None:
+    """A service that died with its spec unchanged has nothing running to overlap with."""
+    first = plan(lower(tmp_path, OVERLAP), EMPTY, facts(), CREATED)
+    dead = snapshot_of(first, live={"service.web": False})
+    restarted = plan(lower(tmp_path, OVERLAP), dead, facts(), CREATED)
+    web = actions(restarted)["service.web"]
+    assert web["action"] == "replace" and "create_before_destroy" not in web
+    assert address_of(restarted, "service.web") == address_of(first, "service.web")
+
+
+def test_create_before_destroy_on_a_network_is_refused(tmp_path: Path) -> None:
+    text = HELLO.replace(
+        'subnet = "10.213.60.0/28"',
+        'subnet = "10.213.60.0/28"\n  lifecycle {\n    create_before_destroy = true\n  }',
+    )
     with pytest.raises(DiagnosticError) as caught:
-        lower(tmp_path, guarded(lifecycle="create_before_destroy = true"))
-    assert [d.code for d in caught.value.diagnostics] == ["E0307"]
+        lower(tmp_path, text)
+    [error] = caught.value.diagnostics
+    assert error.code == "E0310" and "bridge is named by the network" in error.message
+    assert error.span is not None and (error.span.line, error.span.column) == (8, 5)
 
 
 def test_prevent_destroy_lets_a_dead_workload_restart_and_an_excluded_change_wait(

@@ -303,7 +303,7 @@ def test_an_expression_at_the_depth_limit_still_evaluates() -> None:
         pytest.param("64MiB * " + "9" * 300 + ".0 * " + "9" * 300 + ".0", id="a-size"),
     ],
 )
-def test_a_number_past_the_largest_float_is_e0226(tmp_path: Path, value: str) -> None:
+def test_a_number_past_the_largest_float_is_e0229(tmp_path: Path, value: str) -> None:
     """Plans hold finite numbers only: infinity never reaches one, nor an OverflowError a user."""
     from forgefile.lower import load
 
@@ -312,4 +312,4 @@ def test_a_number_past_the_largest_float_is_e0226(tmp_path: Path, value: str) ->
     )
     with pytest.raises(DiagnosticError) as caught:
         load(tmp_path / "Forgefile", {}, environ={})
-    assert [d.code for d in caught.value.diagnostics] == ["E0226"]
+    assert [d.code for d in caught.value.diagnostics] == ["E0229"]
