@@ -853,9 +853,9 @@ class Lowering:
                 f'network "{block.labels[0]}" cannot be created before it is destroyed: its '
                 "bridge is named by the network, and two of one name cannot exist at once",
                 next(
-                    a.span
+                    marked.span
                     for b in block.blocks
-                    if b.type == "lifecycle" and (a := b.attribute("create_before_destroy"))
+                    if b.type == "lifecycle" and (marked := b.attribute("create_before_destroy"))
                 ),
                 "remove create_before_destroy; the workloads on it may keep theirs",
             )
