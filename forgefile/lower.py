@@ -1304,6 +1304,9 @@ def _names_read(body: Block) -> set[tuple[str, str]]:
 
 
 MIN_MEMORY = 4 << 20  # below this the kernel and runc refuse to start a container
+# runc's own init (Go) makes its threads inside the container's cgroup before the workload
+# starts: with fewer pids it fails at random, "pthread_create failed" (opencontainers/runc#1914).
+MIN_PIDS = 16
 
 
 def _value_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
@@ -1337,8 +1340,12 @@ def _limit_problems(limits: dict[str, Any]) -> list[str]:
         )
     if limits.get("cpus") is not None and limits["cpus"] <= 0:
         problems.append("cpus must be more than 0")
-    if limits.get("pids") is not None and limits["pids"] <= 0:
-        problems.append("pids must be at least 1")
+    if limits.get("pids") is not None and limits["pids"] < MIN_PIDS:
+        problems.append(
+            f"pids {limits['pids']} is below {MIN_PIDS}, too few for runc to start the container "
+            "(its own init makes several threads in the container's cgroup before the workload "
+            "runs)"
+        )
     return problems
 
 

@@ -220,7 +220,12 @@ RESOURCES_BLOCK = BlockSpec(
     attributes=(
         Attr("memory", SIZE, None, "Memory limit, e.g. 64MiB."),
         Attr("cpus", NUMBER, None, "CPU quota in cores, e.g. 0.5."),
-        Attr("pids", INT, None, "Most processes the workload may have."),
+        Attr(
+            "pids",
+            INT,
+            None,
+            "Most processes the workload may have; at least 16, which runc's own start needs.",
+        ),
     ),
 )
 

@@ -320,6 +320,7 @@ def test_runaway_strings_are_stopped(tmp_path: Path) -> None:
         "resources {\n    memory = 1B\n  }",
         "resources {\n    cpus = 0\n  }",
         "resources {\n    pids = 0\n  }",
+        "resources {\n    pids = 4\n  }",
     ],
 )
 def test_values_no_workload_can_start_with_are_refused(tmp_path: Path, attribute: str) -> None:

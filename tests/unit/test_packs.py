@@ -153,7 +153,7 @@ FAILING = [
     Case(
         "FRG-C018",
         "no-memory",
-        'job "j" {\n  image = image.base\n  resources {\n    pids = 8\n  }\n}\n',
+        'job "j" {\n  image = image.base\n  resources {\n    pids = 16\n  }\n}\n',
         "job.j",
         'job "j" {',
     ),
