@@ -18,8 +18,9 @@ from typing import Any
 
 from compiler.plan import spec_digest
 
-from .drivers import DRIVERS, ActionFailed, Host, container_status
+from .drivers import DRIVERS, ActionFailed, Host, container_statuses
 from .images import ImageError
+from .monitor import ContainerStatus
 from .state import JournalEntry, Record, State
 
 log = logging.getLogger(__name__)
@@ -288,22 +289,26 @@ def live_status(host: Host, state: State) -> dict[str, tuple[bool | None, str]]:
     from . import network
 
     live: dict[str, tuple[bool | None, str]] = {}
+    services: dict[str, dict[str, Any]] = {}
     for address, record in state.records().items():
         if record.kind == "network":
             present = network.network_present(host.paths.project_id, record.runtime["name"])
             live[address] = (True, "") if present else (False, "its bridge is gone")
         elif record.kind == "service":
-            live[address] = _service_live(host, record.runtime)
+            netns = record.runtime.get("netns")
+            if netns and not os.path.exists(netns):
+                live[address] = (False, "its network namespace is gone")
+            else:
+                services[address] = record.runtime
         elif "failure" in record.runtime:
             live[address] = (False, f"it failed last time ({record.runtime['failure']})")
+    # One question to the monitor for all the containers, not one each.
+    for address, status in container_statuses(host, services).items():
+        live[address] = _running(status)
     return live
 
 
-def _service_live(host: Host, runtime: dict[str, Any]) -> tuple[bool | None, str]:
-    netns = runtime.get("netns")
-    if netns and not os.path.exists(netns):
-        return False, "its network namespace is gone"
-    status = container_status(host, runtime)
+def _running(status: ContainerStatus | None) -> tuple[bool, str]:
     if status is None or status.state == "unknown":
         return False, "the container is gone"
     if status.state == "exited":

@@ -325,13 +325,21 @@ DRIVERS: dict[str, tuple[Create, Delete]] = {
 }
 
 
-def container_status(host: Host, runtime: dict[str, Any]) -> ContainerStatus | None:
-    """The monitor's word on a service container, or None when state knows no container."""
-    cid, bundle = runtime.get("container_id"), runtime.get("bundle")
-    if not cid or not bundle:
-        return None
+def container_statuses(
+    host: Host, runtimes: dict[str, dict[str, Any]]
+) -> dict[str, ContainerStatus | None]:
+    """The monitor's word on each container (by address) in a few requests; None where state
+    knows no container (a finished job) or the monitor could not say."""
+    asked = {
+        address: (runtime["container_id"], Path(runtime["bundle"]))
+        for address, runtime in runtimes.items()
+        if runtime.get("container_id") and runtime.get("bundle")
+    }
     try:
-        return host.monitor.status(host.paths.runc_root, cid, Path(bundle))
+        answers = host.monitor.statuses(host.paths.runc_root, list(asked.values()))
     except MonitorError as exc:
-        log.warning("status of %s: %s", cid, exc)
-        return None
+        log.warning("status of %d containers: %s", len(asked), exc)
+        return dict.fromkeys(runtimes)
+    found: dict[str, ContainerStatus | None] = dict.fromkeys(runtimes)
+    found.update(zip(asked, answers, strict=True))
+    return found

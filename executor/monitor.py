@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ RUNC_TIMEOUT = 30.0
 KILL_TIMEOUT = 10.0
 KEEP_EXITED = 600.0
 MAX_REQUEST = 1 << 20
+STATUS_BATCH = 500  # containers per `statuses` request: ~100 kB asked, ~60 kB answered
 PR_SET_CHILD_SUBREAPER = 36
 # runc's own id syntax, minus a leading dot: "." and ".." would name folders outside the root.
 CONTAINER_ID = re.compile(r"[A-Za-z0-9_][\w+.-]*", re.ASCII)
@@ -175,6 +176,34 @@ class Monitor:
             # No monitor means nothing is supervised: what is left is the exit record, if any.
             return status_from_exit_file(bundle) or UNKNOWN
         return ContainerStatus.from_json(reply)
+
+    def statuses(
+        self, runc_root: Path, containers: Sequence[tuple[str, Path]]
+    ) -> list[ContainerStatus]:
+        """`status` of many containers (id, bundle), a few hundred to a request: a refresh of a
+        thousand containers is a handful of round trips, not a thousand."""
+        found: list[ContainerStatus] = []
+        for start in range(0, len(containers), STATUS_BATCH):
+            batch = containers[start : start + STATUS_BATCH]
+            request = {
+                "op": "statuses",
+                "runc_root": str(runc_root.absolute()),
+                "containers": [{"id": cid, "bundle": str(b.absolute())} for cid, b in batch],
+            }
+            try:
+                # A container the monitor does not supervise costs it a `runc state`.
+                reply = self._request(request, timeout=RUNC_TIMEOUT + 0.5 * len(batch))
+            except MonitorUnreachable:
+                found += [status_from_exit_file(bundle) or UNKNOWN for _, bundle in batch]
+                continue
+            except MonitorError as exc:
+                if "unknown request" not in str(exc):
+                    raise
+                # A monitor from an older Forge, still serving this host: one at a time.
+                found += [self.status(runc_root, cid, bundle) for cid, bundle in batch]
+                continue
+            found += [ContainerStatus.from_json(status) for status in reply["statuses"]]
+        return found
 
     def wait(
         self, runc_root: Path, container_id: str, bundle: Path, timeout: float
@@ -736,6 +765,14 @@ class _Server(socketserver.ThreadingUnixStreamServer):
             return {"pid": os.getpid(), "supervised": self.supervisor.supervised()}
         if op == "shutdown":
             return {"pid": os.getpid(), "stopped": self.close_if_idle(own_requests=1, idle_for=0)}
+        if op == "statuses":
+            root = Path(request["runc_root"])
+            return {
+                "statuses": [
+                    self.supervisor.status(root, str(c["id"]), Path(c["bundle"])).to_json()
+                    for c in request["containers"]
+                ]
+            }
         if op not in ("start", "status", "wait", "stop"):
             raise MonitorError(f"unknown request {op!r}")
         supervisor = self.supervisor

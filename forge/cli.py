@@ -773,15 +773,18 @@ def ps(
     state_dir: StateOption = None,
 ) -> None:
     """List the project's workloads and whether they run."""
-    from executor.drivers import container_status
+    from executor.drivers import container_statuses
 
     project = _project(file, state_dir)
-    host = project.host()
+    records = {
+        address: record
+        for address, record in _records(project).items()
+        if record.kind in ("service", "job", "wasm")
+    }
+    statuses = container_statuses(project.host(), {a: r.runtime for a, r in records.items()})
     rows = []
-    for address, record in _records(project).items():
-        if record.kind not in ("service", "job", "wasm"):
-            continue
-        status, detail = _status_of(record, container_status(host, record.runtime))
+    for address, record in records.items():
+        status, detail = _status_of(record, statuses[address])
         ip = ", ".join(n["address"].split("/")[0] for n in record.spec.get("networks", []))
         rows.append(
             {

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from executor import monitor as monitor_module
 from executor.containers import ContainerSpec, Mount, write_bundle
 from executor.monitor import ContainerStatus, Monitor, MonitorError
 from tests.conftest import needs
@@ -426,3 +427,28 @@ def test_monitor_exits_by_itself_when_idle(tmp_path: Path) -> None:
     assert time.monotonic() - began >= 0.5
     assert "idle: shutting down" in result.stderr
     assert not socket_path.exists()
+
+
+@needs("runc")
+def test_statuses_answers_for_many_containers_in_one_request(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running, an exited and an unknown container, asked in batches of two: each answer is
+    the one `status` gives, in the order asked."""
+    monkeypatch.setattr(monitor_module, "STATUS_BATCH", 2)
+    running = host.prepare(ContainerSpec(command=("sleep", "1000")))
+    host.start(running)
+    done = host.prepare(ContainerSpec(command=("sh", "-c", "exit 7")))
+    host.start(done)
+    host.wait(done)
+    asked = [running, done, "forge-test-never"]
+
+    answers = host.monitor.statuses(host.runc_root, [(c, host.bundle(c)) for c in asked])
+
+    assert [(s.state, s.exit_code) for s in answers] == [
+        ("running", None),
+        ("exited", 7),
+        ("unknown", None),
+    ]
+    assert answers == [host.status(c) for c in asked]
+    host.stop(running, grace=0)
