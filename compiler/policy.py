@@ -33,6 +33,7 @@ import lark
 
 import grammar
 import stdlib
+from compiler.envelope import canonical_json
 from forgefile import collector, ir
 from forgefile.diagnostics import Collector, DiagnosticError, Related, Span, suggest
 from forgefile.evaluate import Scope, compiled, evaluate
@@ -1168,8 +1169,14 @@ class Verdict:
         return sum(1 for f in self.findings if f.status == status)
 
     def to_json(self, compact: bool = False) -> dict[str, Any]:
-        """The verdict as JSON. `compact` (for plans) writes each rule's metadata once, under
-        `rules`, instead of in every finding: a plan of 1,000 services is a third smaller."""
+        """The verdict as JSON.
+
+        `compact` is the form plans hold, which grows with what decided the verdict rather than
+        with resources times rules: the findings that block, were waived or were overridden,
+        each rule's metadata once (under `rules`), and the advisory findings (warning, info)
+        only as their count and the digest of their full JSON, in the order `forge policy
+        check --json` lists them. 3,200 warnings of 1,000 services were 57 % of such a plan.
+        """
         document = {
             "verdict": "block" if self.blocked else "pass",
             "digest": self.digest,
@@ -1184,7 +1191,11 @@ class Verdict:
                 "errors": sum(1 for p in self.problems if p.severity == "error"),
             },
             "packs": [p.to_json() for p in self.packs],
-            "findings": [_compact(f) if compact else f.to_json() for f in self.findings],
+            "findings": [
+                _compact(f) if compact else f.to_json()
+                for f in self.findings
+                if not (compact and f.status in ADVISORY)
+            ],
             "problems": [p.to_json() for p in self.problems],
             "waivers": [f.waiver.to_json() for f in self.findings if f.waiver],
             "overrides": [f.override.to_json() for f in self.findings if f.override],
@@ -1192,7 +1203,16 @@ class Verdict:
         }
         if compact:
             document["rules"] = {f.rule.id: _rule_facts(f.rule) for f in self.findings}
+            advisory = [f.to_json() for f in self.findings if f.status in ADVISORY]
+            document["advisories"] = {
+                "count": len(advisory),
+                "digest": "sha256:" + hashlib.sha256(canonical_json(advisory)).hexdigest(),
+            }
         return document
+
+
+# Findings that neither block nor were let pass by someone: what a plan keeps only as a digest.
+ADVISORY = frozenset({"warning", "info"})
 
 
 # What a finding says of its rule, the same for every finding of it: written once in a plan.

@@ -293,9 +293,14 @@ def test_a_plan_records_the_rego_engine_and_is_bound_to_the_rego_files(example: 
             "version": importlib.metadata.version("regopy"),
         }
         assert judged["rego"]["files"] == ["lib/helpers.rego", "policy.rego"]
-        # Every service of the example runs as root: the Rego rule fires, advisory here.
-        fired = {(f["rule"], f["resource"], f["status"]) for f in judged["findings"]}
+        # Every service of the example runs as root: the Rego rule fires, advisory here. The
+        # plan keeps warnings as a count and a digest; `policy check` lists them.
+        assert "rego:main.violation_root" in judged["rules"]
+        checked = json.loads(example.forge("policy", "check", "--json").stdout)
+        fired = {(f["rule"], f["resource"], f["status"]) for f in checked["findings"]}
         assert ("rego:main.violation_root", "service.web", "warning") in fired
+        advisory = [f for f in checked["findings"] if f["status"] in ("warning", "info")]
+        assert judged["advisories"]["count"] == len(advisory)
 
         example.forge("plan", "-o", str(plan))
         policy_rego = rules / "policy.rego"

@@ -4,6 +4,7 @@ waivers (in the Forgefile and in policy files), joins, whole-document rules and 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import textwrap
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from compiler import policy
+from compiler.envelope import canonical_json
 from compiler.policy_cases import coverage, run_cases
 from forge.cli import app
 from forgefile.diagnostics import DiagnosticError
@@ -655,21 +657,29 @@ def test_an_override_for_the_resource_wins_over_one_for_the_rule(tmp_path: Path)
     assert found.override is not None and found.override.reason == "this one"
 
 
-def test_a_plan_carries_each_rules_metadata_once(tmp_path: Path) -> None:
-    """The compact verdict (what plans hold) has the same findings, the rule facts apart."""
-    v = verdict(tmp_path)
+def test_a_plan_carries_what_decided_and_only_a_digest_of_the_advisories(tmp_path: Path) -> None:
+    """The compact verdict (what plans hold): the overridden finding whole (its rule's facts
+    once, under `rules`), the two warnings as their count and the digest of their full JSON."""
+    overrides = (policy.Override("H-privileged", "", "reviewed", "alice"),)
+    v = verdict(tmp_path, 'enforce "H-shared-volume" { level = "advisory" }', overrides=overrides)
     full, compact = v.to_json(), v.to_json(compact=True)
+    assert [f["status"] for f in full["findings"]] == ["overridden", "warning", "warning"]
 
-    assert len(compact["findings"]) == len(full["findings"]) > 1
-    for long, short in zip(full["findings"], compact["findings"], strict=True):
-        facts = compact["rules"][short["rule"]]
-        assert long == {
-            **short,
-            "pack": facts["pack"],
-            "severity": facts["severity"],
-            "verdict": facts["verdict"],
-            "rule_span": facts["span"],
-            "controls": facts["controls"],
-            "remediation": facts["remediation"],
-        }
-    assert len(json.dumps(compact)) < len(json.dumps(full))
+    [short] = compact["findings"]
+    facts = compact["rules"][short["rule"]]
+    assert full["findings"][0] == {
+        **short,
+        "pack": facts["pack"],
+        "severity": facts["severity"],
+        "verdict": facts["verdict"],
+        "rule_span": facts["span"],
+        "controls": facts["controls"],
+        "remediation": facts["remediation"],
+    }
+    advisory = [f for f in full["findings"] if f["status"] in ("warning", "info")]
+    assert compact["advisories"] == {
+        "count": 2,
+        "digest": "sha256:" + hashlib.sha256(canonical_json(advisory)).hexdigest(),
+    }
+    assert compact["counts"] == full["counts"] and compact["overrides"] == full["overrides"]
+    assert set(compact["rules"]) == {"H-privileged", "H-shared-volume"}
