@@ -535,8 +535,7 @@ def _container_spec(
     addresses: Mapping[str, str],
     networks: Mapping[str, ir.Network],
 ) -> dict[str, Any]:
-    assert r.image is not None
-    image = _image(facts, r.image.address, r.span_of("image"))
+    image = _image(facts, r.image_name, r.span_of("image"))
     entrypoint = list(r.entrypoint or image.entrypoint)
     command = list(r.command) if r.command else ([] if r.entrypoint else list(image.command))
     argv = entrypoint + command
@@ -545,7 +544,7 @@ def _container_spec(
             [
                 Diagnostic(
                     "P0002",
-                    f"{r.address} has no command, and {r.image.address} sets none",
+                    f"{r.address} has no command, and {r.image_name} sets none",
                     r.span,
                     "add `command = [...]`",
                 )
@@ -590,12 +589,11 @@ def _user(r: ir.Container, image: ImageFacts) -> list[int]:
     text = r.user or image.user or "0"
     uid, _, gid = text.partition(":")
     if not uid.isdigit() or (gid and not gid.isdigit()):
-        assert r.image is not None
         raise DiagnosticError(
             [
                 Diagnostic(
                     "P0005",
-                    f'{r.address} runs as {r.image.address}\'s user "{text}", a name; names '
+                    f'{r.address} runs as {r.image_name}\'s user "{text}", a name; names '
                     "are not carried out by this version of Forge yet",
                     r.span,
                     'set user = "UID:GID" on the workload',

@@ -86,7 +86,46 @@ def build_images(
 
     for image in images.values():
         build(image)
+    for source in _sources(doc):
+        if source.ref not in facts:
+            facts[source.ref] = _facts(store, _import(store, source))
+            if on_built is not None:
+                on_built(source.ref, facts[source.ref].digest)
     return facts
+
+
+def _sources(doc: ir.Document) -> list[ir.ImageSource]:
+    return [
+        r.image
+        for r in doc.resources
+        if isinstance(r, ir.Container) and isinstance(r.image, ir.ImageSource)
+    ]
+
+
+def _import(store: ImageStore, source: ir.ImageSource) -> str:
+    """The digest of the image a source names, imported into the store (blobs it has already
+    are not copied again)."""
+    from .image_import import import_image
+
+    try:
+        imported = import_image(store, Path(source.path), source.tag or None, need_tag=False)
+    except ImageError as exc:
+        raise DiagnosticError(
+            [Diagnostic("B0003", f"reading {source.ref} failed: {exc}", source.span, exc.hint)]
+        ) from None
+    if len({i.digest for i in imported}) > 1:
+        names = ", ".join(sorted(i.tag for i in imported if i.tag)) or "untagged images"
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "B0003",
+                    f"{source.ref} holds {len(imported)} images ({names}); say which",
+                    source.span,
+                    f'name one: "{source.kind}:PATH:TAG"',
+                )
+            ]
+        )
+    return imported[0].digest
 
 
 def _step_span(image: ir.Image, message: str) -> Span:

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 import zstandard
 
@@ -55,12 +55,12 @@ LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 # Docker's media types appear in images imported from registries; their structure is the same.
-_MANIFEST_TYPES = {MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json"}
-_INDEX_TYPES = {INDEX_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.list.v2+json"}
+MANIFEST_TYPES = {MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json"}
+INDEX_TYPES = {INDEX_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.list.v2+json"}
 
 # Part of the reproducibility contract: changing it changes every layer digest.
 ZSTD_LEVEL = 10
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # The tag grammar of the OCI annotation `org.opencontainers.image.ref.name`.
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _TAG_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -81,6 +81,10 @@ _MACHINES = {
     "s390x": "s390x",
     "riscv64": "riscv64",
 }
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
 
 
 class ImageError(ExecutorError):
@@ -728,7 +732,7 @@ class ImageStore:
                 return self._manifest_digest(descriptor, ref)
         raise ImageError(
             f"unknown image {ref!r}: no tag or digest by that name in {self.root}; "
-            "list the store's tags to see what it holds"
+            "`forge image list` shows what it holds"
         )
 
     def manifest(self, digest: str) -> dict[str, Any]:
@@ -738,7 +742,7 @@ class ImageStore:
         media_type = document.get("mediaType", MANIFEST_MEDIA_TYPE)
         valid = (
             document.get("schemaVersion") == 2
-            and media_type in _MANIFEST_TYPES
+            and media_type in MANIFEST_TYPES
             and isinstance(document.get("config"), dict)
             and isinstance(document.get("layers"), builtins.list)
         )
@@ -773,6 +777,62 @@ class ImageStore:
             index["manifests"] = kept
             self._write_index(index)
         logger.info("untagged image %s", tag)
+
+    def tag(self, name: str, descriptor: dict[str, Any]) -> None:
+        """Point `name` at a manifest already in the store (its descriptor: mediaType, digest
+        and size), replacing what the name pointed at before."""
+        _check_tag(name)
+        self._blob_path(str(descriptor["digest"]))  # checks it is a digest
+        self._tag(name, {k: descriptor[k] for k in ("mediaType", "digest", "size")})
+
+    def has_blob(self, digest: str) -> bool:
+        return self._blob_path(digest).is_file()
+
+    def blob_path(self, digest: str) -> Path:
+        """Where a blob of the store lies (for reading it out, e.g. to export it)."""
+        path = self._blob_path(digest)
+        if not path.is_file():
+            raise ImageError(f"blob {digest} is missing from {self.root}; re-import the image")
+        return path
+
+    def put_blob(self, stream: Readable, digest: str | None = None, size: int | None = None) -> str:
+        """Copy a blob from `stream` into the store and return its digest. With `digest` (and
+        `size`), what arrives must be exactly that: anything else is refused and not kept."""
+        if digest is not None:
+            self._blob_path(digest)  # a malformed digest is refused before reading anything
+        fd, temporary = tempfile.mkstemp(dir=self.blobs, prefix=".tmp-")
+        os.fchmod(fd, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                sink = _HashingWriter(handle)
+                while chunk := stream.read(_CHUNK):
+                    sink.write(chunk)
+                    if size is not None and sink.size > size:
+                        raise ImageError(f"blob {digest} is larger than the {size} bytes declared")
+                handle.flush()
+                os.fsync(handle.fileno())
+            if digest is not None and sink.digest != digest:
+                raise ImageError(f"blob {digest} is corrupt: its content hashes to {sink.digest}")
+            if size is not None and sink.size != size:
+                raise ImageError(f"blob {digest} has {sink.size} bytes, not the {size} declared")
+            os.replace(temporary, self._blob_path(sink.digest))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        _fsync_dir(self.blobs)
+        return sink.digest
+
+    def put_json_bytes(self, data: bytes, media_type: str) -> dict[str, Any]:
+        """Store a manifest or config exactly as given (its digest is of these bytes)."""
+        if len(data) > _MAX_JSON_BLOB:
+            raise ImageError(f"a {media_type} of {len(data)} bytes is too large")
+        digest = self.put_blob(io.BytesIO(data))
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    def read_json(self, digest: str) -> dict[str, Any]:
+        """A manifest, index or config blob of the store, checked against its digest."""
+        return self._read_json(digest)
 
     def unpack(self, digest: str, target: Path) -> None:
         """Extract every layer of an image, in order, into `target` (empty or missing)."""
@@ -854,9 +914,9 @@ class ImageStore:
     def _manifest_digest(self, descriptor: dict[str, Any], ref: str) -> str:
         """Follow a tagged descriptor to an image manifest, picking this host's platform."""
         media_type = descriptor.get("mediaType")
-        if media_type in _MANIFEST_TYPES:
+        if media_type in MANIFEST_TYPES:
             return str(descriptor["digest"])
-        if media_type not in _INDEX_TYPES:
+        if media_type not in INDEX_TYPES:
             raise ImageError(f"image {ref!r} has unsupported media type {media_type!r}")
         wanted_os, wanted_arch = host_platform()
         for entry in self._read_json(descriptor["digest"]).get("manifests", []):
@@ -868,7 +928,7 @@ class ImageStore:
     # -- blobs ----------------------------------------------------------------------------
 
     def _blob_path(self, digest: str) -> Path:
-        if not _DIGEST_RE.fullmatch(digest):
+        if not DIGEST_RE.fullmatch(digest):
             raise ImageError(f"{digest!r} is not a sha256 digest (sha256: and 64 hex digits)")
         return self.blobs / digest.removeprefix("sha256:")
 
@@ -985,7 +1045,7 @@ def _prepare_target(target: Path) -> str:
 
 
 def _check_tag(name: str) -> None:
-    if not _TAG_RE.fullmatch(name) or _DIGEST_RE.fullmatch(name) or name.startswith("sha256:"):
+    if not _TAG_RE.fullmatch(name) or DIGEST_RE.fullmatch(name) or name.startswith("sha256:"):
         raise ImageError(
             f"image name {name!r} is not a valid tag: use letters, digits and '-._:@+/' "
             "between them (e.g. 'web' or 'web:1.0'), and not a digest"

@@ -55,6 +55,11 @@ state_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(state_app, name="state")
+image_app = typer.Typer(
+    help="Manage the project's image store: import OCI and docker archives, list, remove, export.",
+    no_args_is_help=True,
+)
+app.add_typer(image_app, name="image")
 
 
 class _LazyConsole:
@@ -331,7 +336,8 @@ def build(
     policy: PolicyOption = None,
     var: VarOption = None,
 ) -> None:
-    """Build every image block into the project's image store.
+    """Build every image block into the project's image store, and import the images that
+    workloads name as "oci:PATH:TAG" or "archive:PATH".
 
     Builds are reproducible: the same Forgefile and context give the same image digests.
     """
@@ -343,7 +349,8 @@ def build(
     started = time.monotonic()
     images = build_images(project, checked.doc)
     for address, facts in images.items():
-        out.print(f"[green]built[/] {e(address)} [dim]{e(facts.digest)}[/]")
+        verb = "built" if address.startswith(("image.", "module.")) else "imported"
+        out.print(f"[green]{verb}[/] {e(address)} [dim]{e(facts.digest)}[/]")
     out.print(f"{e(len(images))} image(s) in {time.monotonic() - started:.1f}s.")
 
 
@@ -1086,6 +1093,123 @@ def init(
 def version() -> None:
     """Print Forge's version."""
     print(f"forge {VERSION}")
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+def _image_store(project: Any, create: bool = False) -> Any:
+    from executor.images import ImageStore
+
+    if not create and not project.paths.images.is_dir():
+        return None
+    return ImageStore(project.paths.images)
+
+
+@image_app.command("import")
+@reports
+def image_import(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An OCI archive (skopeo copy ... oci-archive:FILE), an OCI layout folder, or a "
+            "docker archive (docker save).",
+            show_default=False,
+        ),
+    ],
+    tag: Annotated[
+        str | None,
+        typer.Option(
+            "--tag", "-t", help="Import only the image of this name, or name the only one there."
+        ),
+    ] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Import images into the store, each blob checked against its digest.
+
+    A Forgefile runs them as `image = "oci:PATH:TAG"` or `"archive:PATH"` without importing
+    first; importing names them in the store, for `forge image list` and `export`.
+    """
+    from executor.image_import import import_image
+
+    imported = import_image(_image_store(_project(file, state_dir), create=True), source, tag)
+    for image in imported:
+        out.print(f"[green]Imported[/] {e(image.tag)} [dim]{e(image.digest)}[/]")
+
+
+@image_app.command("list")
+@reports
+def image_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """List the store's named images: built by `forge build` or imported."""
+    store = _image_store(_project(file, state_dir))
+    rows = []
+    for tag, digest in store.list() if store else []:
+        manifest = store.manifest(digest)
+        size = sum(int(layer.get("size", 0)) for layer in manifest["layers"])
+        rows.append({"tag": tag, "digest": digest, "layers": len(manifest["layers"]), "size": size})
+    if as_json:
+        out.print_json(data={"version": 1, "images": rows})
+        return
+    render.table(
+        out,
+        "Images",
+        ["TAG", "DIGEST", "LAYERS", "SIZE"],
+        [[r["tag"], r["digest"], str(r["layers"]), _bytes(r["size"])] for r in rows],
+    )
+
+
+def _bytes(size: int) -> str:
+    if size < 1000:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("kB", "MB"):
+        value /= 1000
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1000:.1f} GB"
+
+
+@image_app.command("rm")
+@reports
+def image_rm(
+    tag: Annotated[str, typer.Argument(help="The name `forge image list` shows.")],
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Remove an image's name from the store (its blobs stay until garbage collection)."""
+    from executor.images import ImageError
+
+    store = _image_store(_project(file, state_dir))
+    if store is None:
+        raise ImageError(f"no image is tagged {tag!r}: this project has no image store yet")
+    store.remove(tag)
+    out.print(f"[green]Removed[/] {e(tag)}.")
+
+
+@image_app.command("export")
+@reports
+def image_export(
+    ref: Annotated[str, typer.Argument(help="A name from `forge image list`, or a digest.")],
+    output: Annotated[
+        Path, typer.Option("--out", "-o", help="The OCI archive to write.", show_default=False)
+    ],
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Write an image as an OCI archive, which skopeo and podman read (oci-archive:FILE:NAME)."""
+    from executor.image_import import export_image
+    from executor.images import ImageError
+
+    store = _image_store(_project(file, state_dir))
+    if store is None:
+        raise ImageError(f"no image {ref!r}: this project has no image store yet")
+    digest = export_image(store, ref, output)
+    out.print(f"[green]Exported[/] {e(ref)} [dim]{e(digest)}[/] to {e(output)}.")
 
 
 # -- keys -------------------------------------------------------------------------------------

@@ -132,10 +132,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ImageSource:
+    """`image = "oci:PATH:TAG"` or `"archive:PATH"`: an image read from outside the store,
+    imported (blob by blob, each checked) when the plan is made."""
+
+    kind: str  # "oci" (a layout folder) or "archive" (an OCI or docker archive)
+    path: str  # absolute
+    tag: str
+    span: Span
+
+    @property
+    def ref(self) -> str:
+        """How plans and policy name it: the source as written, its path made absolute."""
+        return f"{self.kind}:{self.path}" + (f":{self.tag}" if self.tag else "")
+
+
+@dataclass(frozen=True)
 class Container(Resource):
     """What services and jobs share: an image run by runc."""
 
-    image: ResourceRef | None = None
+    image: ResourceRef | ImageSource | None = None
     command: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] = ()
     env: Pairs = ()
@@ -150,6 +166,14 @@ class Container(Resource):
     depends_on: tuple[ResourceRef, ...] = ()
     stop_grace_period: Duration = STOP_GRACE
     resources: Limits = field(default_factory=Limits)
+
+    @property
+    def image_name(self) -> str:
+        """The image block's address, or the source's ref: what build facts are keyed by."""
+        if isinstance(self.image, ResourceRef):
+            return self.image.address
+        assert self.image is not None, "lowering always sets the image"
+        return self.image.ref
 
 
 @dataclass(frozen=True)
@@ -355,6 +379,7 @@ def _same(value: Any) -> Any:
 # Each IR value type and its JSON form; looked up by exact type, which is what the IR holds.
 _CONVERT: dict[type, Callable[[Any], Any]] = {
     ResourceRef: lambda ref: ref.address,
+    ImageSource: lambda source: source.ref,
     Size: lambda size: size.bytes,
     Duration: lambda duration: duration.seconds,
     CopyStep: _step,

@@ -900,6 +900,36 @@ class Lowering:
                 return ir.Wasm(**common, **values)
         return None  # pragma: no cover - every schema kind is handled above
 
+    def _image_source(self, text: str, span: Span) -> ir.ImageSource | None:
+        """`"oci:PATH[:TAG]"` or `"archive:PATH[:TAG]"`, PATH relative to the Forgefile."""
+        kind, _, rest = text.partition(":")
+        if kind not in ("oci", "archive") or not rest:
+            self.errors.error(
+                "E0311",
+                f'"{text}" is not an image: write image.NAME, "oci:PATH:TAG" (an OCI layout '
+                'folder) or "archive:PATH" (an OCI or docker archive)',
+                span,
+                'e.g. image = "oci:./images:web" or image = "archive:build/web.tar"',
+            )
+            return None
+        path, tag = rest, ""
+        if not (self.base_dir / path).exists() and ":" in rest:
+            head, _, tail = rest.rpartition(":")
+            if tail and "/" not in tail:
+                path, tag = head, tail
+        found = self.base_dir / path
+        wanted = "folder" if kind == "oci" else "file"
+        if not (found.is_dir() if kind == "oci" else found.is_file()):
+            self.errors.error(
+                "E0312",
+                f"the image {wanted} {path} does not exist"
+                + (f" (read from {found.resolve()})" if not Path(path).is_absolute() else ""),
+                span,
+                "build or fetch it first (e.g. skopeo copy ... oci:PATH:TAG), or fix the path",
+            )
+            return None
+        return ir.ImageSource(kind, str(found.resolve()), tag, span)
+
     def _consistent(self, block: Block, values: dict[str, Any]) -> bool:
         """Attributes that are fine alone but contradict each other."""
         spans = dict(self._attr_spans(block))
@@ -921,14 +951,10 @@ class Lowering:
             )
             return False
         if isinstance(values.get("image"), str):
-            self.errors.error(
-                "E0307",
-                f'images by path ("{values["image"]}") are not carried out by this version of '
-                "Forge yet",
-                spans.get("image", block.span),
-                "declare an image block and refer to it as image.NAME",
-            )
-            return False
+            source = self._image_source(values["image"], spans.get("image", block.span))
+            if source is None:
+                return False
+            values["image"] = source
         user = values.get("user", "")
         if user and not _NUMERIC_USER.fullmatch(user):
             self.errors.error(

@@ -277,7 +277,8 @@ _CONTAINER_ATTRS = (
         "image",
         OneOf((RefTo(("image",)), STRING)),
         REQUIRED,
-        'The image to run: image.web, or "oci:PATH:TAG" / "archive:PATH" (not carried out yet).',
+        'The image to run: image.web, "oci:PATH:TAG" (an OCI layout folder) or "archive:PATH" '
+        "(an OCI or docker archive), paths relative to the Forgefile.",
     ),
     Attr("command", ListOf(STRING), (), "The command; empty means the image's default."),
     Attr("entrypoint", ListOf(STRING), (), "Replaces the image's entrypoint."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,73 @@ def test_umoci_reads_forge_images(tmp_path: Path) -> None:
     run("skopeo", "copy", "--dest-compress-format", "gzip", source, f"oci:{copy}:busybox")
     run("umoci", "unpack", "--image", f"{copy}:busybox", str(tmp_path / "bundle"))
     assert_busybox_rootfs(tmp_path / "bundle" / "rootfs")
+
+
+@needs("skopeo")
+def test_archives_skopeo_writes_import_and_exports_skopeo_reads(tmp_path: Path) -> None:
+    """`forge image import` of skopeo's OCI archive keeps the digest; of its docker archive
+    (gzip layers, as docker wants) it gives an image that unpacks the same files; `forge image
+    export` writes an OCI archive skopeo inspects, with the same digest."""
+    source, digest = build_busybox(tmp_path / "source")
+    gzipped = f"oci:{tmp_path / 'gz'}:busybox"
+    run("skopeo", "copy", "--dest-compress-format", "gzip", "--dest-compress",
+        f"oci:{source.root}:busybox", gzipped)  # fmt: skip
+    run("skopeo", "copy", f"oci:{source.root}:busybox", f"oci-archive:{tmp_path / 'oci.tar'}:bb")
+    run("skopeo", "copy", gzipped, f"docker-archive:{tmp_path / 'docker.tar'}:example/bb:1.0")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Forgefile").write_text("")
+
+    def forge(*args: str) -> str:
+        return run(sys.executable, "-m", "forge", *args, "-f", str(project))
+
+    forge("image", "import", str(tmp_path / "oci.tar"))
+    forge("image", "import", str(tmp_path / "docker.tar"))
+    listed = json.loads(forge("image", "list", "--json"))["images"]
+    tags = {row["tag"]: row["digest"] for row in listed}
+    assert tags["bb"] == digest
+    store = ImageStore(project / ".forge" / "images")
+    store.unpack("docker.io/example/bb:1.0", tmp_path / "rootfs")
+    assert_busybox_rootfs(tmp_path / "rootfs")
+
+    forge("image", "export", "bb", "-o", str(tmp_path / "out.tar"))
+    inspected = json.loads(run("skopeo", "inspect", f"oci-archive:{tmp_path / 'out.tar'}:bb"))
+    assert inspected["Digest"] == digest
+    forge("image", "rm", "bb")
+    assert "bb" not in {r["tag"] for r in json.loads(forge("image", "list", "--json"))["images"]}
+
+
+@needs("skopeo", "runc")
+def test_a_forgefile_runs_images_from_an_archive_and_a_layout(tmp_path: Path) -> None:
+    """`image = "archive:..."` and `"oci:...:TAG"` run for real; the plan names them by digest."""
+    from executor.paths import ProjectPaths
+    from tests.integration.test_example import force_cleanup, forge_in, leftovers
+
+    source, digest = build_busybox(tmp_path / "source")
+    project = tmp_path / "project"
+    project.mkdir()
+    run("skopeo", "copy", f"oci:{source.root}:busybox", f"oci-archive:{project / 'bb.tar'}:bb")
+    run("skopeo", "copy", f"oci:{source.root}:busybox", f"oci:{project / 'layout'}:bb")
+    (project / "Forgefile").write_text(
+        'service "web" {\n  image = "archive:bb.tar"\n  command = ["sleep", "600"]\n'
+        "  stop_grace_period = 0s\n}\n\n"
+        'job "hello" {\n  image = "oci:layout:bb"\n  command = ["cat", "/etc/motd"]\n}\n'
+    )
+    paths = ProjectPaths.for_state_dir(project / ".forge")
+    try:
+        assert forge_in(project, "key", "generate").returncode == 0
+        planned = json.loads(forge_in(project, "plan", "--json").stdout)
+        assert planned["inputs"]["images"] == {
+            f"archive:{project}/bb.tar": digest,
+            f"oci:{project}/layout:bb": digest,
+        }
+        applied = forge_in(project, "apply", "--auto-approve")
+        assert applied.returncode == 0, applied.stderr
+        assert forge_in(project, "logs", "job.hello").stdout == "forge\n"
+        rows = json.loads(forge_in(project, "ps", "--json").stdout)["workloads"]
+        assert {r["address"]: r["status"] for r in rows}["service.web"] == "running"
+    finally:
+        forge_in(project, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert left == []

@@ -357,15 +357,39 @@ def test_a_failed_for_each_causes_no_follow_on_errors(tmp_path: Path) -> None:
     assert codes(tmp_path, text) == ["E0132"]
 
 
-def test_images_by_path_and_depends_conditions_are_parsed_but_refused(tmp_path: Path) -> None:
-    """`image = "oci:..."` and a `depends` block type-check, then are E0307 for now."""
+def test_depends_conditions_are_parsed_but_refused(tmp_path: Path) -> None:
+    """A `depends` block type-checks, then is E0307 for now."""
     text = (
         'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
         'service "db" {\n  image = image.b\n}\n'
-        'service "s" {\n  image = "oci:/srv/layout:1.0"\n}\n'
         'service "t" {\n  image = image.b\n  depends {\n    on = service.db\n'
         '    condition = "healthy"\n  }\n}\n'
     )
-    assert codes(tmp_path, text) == ["E0307", "E0307"]
+    assert codes(tmp_path, text) == ["E0307"]
     bad = text.replace('"healthy"', '"ready"')
     assert "E0124" in codes(tmp_path, bad)  # pending, yet still type-checked
+
+
+def test_images_by_source_name_a_folder_or_archive_beside_the_forgefile(tmp_path: Path) -> None:
+    """`oci:PATH:TAG` and `archive:PATH` lower to sources with absolute paths (a colon in a
+    path that exists is part of it); a missing one is E0312, another scheme E0311."""
+    (tmp_path / "layout").mkdir()
+    (tmp_path / "web.tar").write_bytes(b"")
+    (tmp_path / "odd:name.tar").write_bytes(b"")
+    text = (
+        'service "a" {\n  image = "oci:layout:1.0"\n  command = ["x"]\n}\n'
+        'service "b" {\n  image = "archive:web.tar"\n  command = ["x"]\n}\n'
+        'service "c" {\n  image = "archive:odd:name.tar"\n  command = ["x"]\n}\n'
+    )
+    (tmp_path / "Forgefile").write_text(text)
+    doc = load(tmp_path / "Forgefile", {}, environ={})
+    workloads = {r.address: r for r in doc.resources if isinstance(r, ir.Container)}
+    source = workloads["service.a"].image
+    assert isinstance(source, ir.ImageSource)
+    assert (source.kind, source.path, source.tag) == ("oci", str(tmp_path / "layout"), "1.0")
+    assert workloads["service.b"].to_document()["image"] == f"archive:{tmp_path}/web.tar"
+    assert workloads["service.c"].image_name == f"archive:{tmp_path}/odd:name.tar"
+
+    assert codes(tmp_path, text.replace("oci:layout:1.0", "oci:missing:1.0")) == ["E0312"]
+    assert codes(tmp_path, text.replace("oci:layout:1.0", "docker://busybox")) == ["E0311"]
+    assert codes(tmp_path, text.replace("archive:web.tar", "archive:layout")) == ["E0312"]

@@ -95,7 +95,7 @@ def test_a_module_imported_twice_makes_two_namespaced_sets_of_resources(tmp_path
     blog = doc.resource("module.blog.service.web")
     assert isinstance(blog, ir.Service)
     assert [n.address for n in blog.networks] == ["network.front"]
-    assert blog.image is not None and blog.image.address == "module.blog.image.site"
+    assert blog.image_name == "module.blog.image.site"
     assert blog.instance == "blog-web"
 
 
