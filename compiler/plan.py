@@ -17,6 +17,7 @@ from typing import Any
 from forgefile import ir
 from forgefile.diagnostics import Diagnostic, DiagnosticError, Span, suggest
 from forgefile.evaluate import EvalError, Scope, evaluate
+from forgefile.lower import signal_name
 from forgefile.values import AttributeRef
 
 from .envelope import canonical_json
@@ -570,8 +571,14 @@ def _container_spec(
         ],
         "volumes": [{"target": t, "volume": v.instance} for t, v in r.volumes],
         "read_only": r.read_only,
+        "tmpfs": list(r.tmpfs),
         "privileged": r.privileged,
         "cap_add": list(r.cap_add),
+        "cap_drop": list(r.cap_drop),
+        "sysctls": dict(r.sysctls),
+        "ulimits": dict(r.ulimits),
+        "init": r.init,
+        "stop_signal": signal_name(r.stop_signal) or "SIGTERM",
         "resources": {
             "memory": r.resources.memory.bytes if r.resources.memory else None,
             "cpus": r.resources.cpus,

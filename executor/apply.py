@@ -18,6 +18,7 @@ from typing import Any
 
 from compiler.plan import spec_digest
 
+from .containers import ulimit_problems
 from .drivers import DRIVERS, ActionFailed, Host, container_statuses
 from .images import ImageError
 from .monitor import ContainerStatus
@@ -135,6 +136,15 @@ def _preflight(actions: list[dict[str, Any]], host: Host) -> None:
                     f"the module {spec['module']} changed since planning",
                     "nothing was changed; plan again",
                 )
+        if action["kind"] in ("service", "job"):
+            too_high = ulimit_problems(tuple(spec["ulimits"].items()))
+            if too_high:
+                raise ActionFailed(
+                    action["address"],
+                    "; ".join(too_high),
+                    "nothing was changed; lower it in the Forgefile (runc cannot raise a limit "
+                    "above its caller's)",
+                )
         image = spec.get("image") if action["kind"] in ("service", "job") else spec.get("digest")
         if action["kind"] in ("image", "service", "job") and image:
             try:
@@ -231,7 +241,11 @@ def _will_make(host: Host, action: dict[str, Any], digest: str) -> dict[str, Any
     """
     kind, address, spec = action["kind"], action["address"], action["spec"]
     if kind in ("service", "job"):
-        return {**host.container_names(address, digest), "stop_grace": spec["stop_grace_period"]}
+        return {
+            **host.container_names(address, digest),
+            "stop_grace": spec["stop_grace_period"],
+            "stop_signal": spec["stop_signal"],
+        }
     if kind == "network":
         return {"name": spec["name"]}
     return {}

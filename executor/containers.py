@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.errors import ExecutorError
-from forgefile.schema import CAPABILITIES, ENV_NAME
+from forgefile.schema import CAPABILITIES, ENV_NAME, ULIMITS
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -134,6 +134,13 @@ SECCOMP_ARCHES = {
 
 CPU_PERIOD_US = 100_000
 NOFILE_WANTED = 1_048_576
+# Where `init = true` mounts tini: /dev is the container's own tmpfs, so the mount point can be
+# made even in a read-only root filesystem.
+INIT_PATH = "/dev/init"
+INIT_BINARY = "/usr/bin/tini-static"  # Debian's tini package; static, so any rootfs runs it
+
+# Forgefile ulimit names and the rlimits they set (names as in `ulimit` and Docker).
+RLIMITS = {name: f"RLIMIT_{name.upper()}" for name in ULIMITS}
 
 
 class ContainerError(ExecutorError):
@@ -163,6 +170,12 @@ class ContainerSpec:
     read_only: bool = False
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()  # "ALL" drops the whole default set
+    tmpfs: tuple[str, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    ulimits: tuple[tuple[str, int], ...] = ()  # ("nofile", 1024): soft and hard alike
+    # A host path of a static init (tini) to run as PID 1 in front of the command.
+    init: str | None = None
     memory: int | None = None
     cpus: float | None = None
     pids: int | None = None
@@ -181,12 +194,16 @@ def config_json(
     """
     _check(spec)
     held = held_capabilities() if host_capabilities is None else host_capabilities
+    mounts = _standard_mounts(spec.privileged) + [_bind(m) for m in spec.mounts]
+    mounts += [_tmpfs(path) for path in spec.tmpfs]
+    if spec.init is not None:
+        mounts.append(_bind(Mount(spec.init, INIT_PATH, readonly=True)))
     return {
         "ociVersion": OCI_VERSION,
         "process": _process(spec, nofile_limit, held),
         "root": {"path": "rootfs", "readonly": spec.read_only},
         "hostname": spec.hostname,
-        "mounts": _standard_mounts(spec.privileged) + [_bind(m) for m in spec.mounts],
+        "mounts": mounts,
         "linux": _linux(spec),
     }
 
@@ -233,6 +250,14 @@ def _check(spec: ContainerSpec) -> None:
             raise ContainerError(f"{field} limit must be positive, got {value}")
     if spec.cpus is not None and spec.cpus < 0.01:
         raise ContainerError(f"cpus limit {spec.cpus} is below the smallest quota (0.01)")
+    for name, value in spec.ulimits:
+        if name not in RLIMITS:
+            raise ContainerError(f"unknown ulimit {name!r}")
+        if value < 0:
+            raise ContainerError(f"ulimit {name} must not be negative, got {value}")
+    for path in spec.tmpfs:
+        if not path.startswith("/"):
+            raise ContainerError(f"tmpfs {path!r} must be an absolute path")
 
 
 def held_capabilities() -> frozenset[str]:
@@ -248,30 +273,62 @@ def _process(spec: ContainerSpec, nofile_limit: int | None, held: frozenset[str]
         # fails with "unable to apply caps" when asked for one its caller does not have.
         names = tuple(c for c in ALL_CAPABILITIES if c in held)
     else:
-        names = _capabilities(spec.cap_add)
+        names = _capabilities(spec.cap_add, spec.cap_drop)
         missing = [c for c in names if c not in held]
         if missing:
             raise ContainerError(f"capability {', '.join(missing)} is not available on this host")
     capabilities = {kind: list(names) for kind in ("bounding", "effective", "permitted")}
-    nofile = _nofile(nofile_limit)
+    args = list(spec.command)
+    if spec.init is not None:
+        # tini as PID 1: it forwards signals to the command and reaps what the command leaves.
+        args = [INIT_PATH, "--", *args]
     return {
         "terminal": False,
         "user": {"uid": spec.user[0], "gid": spec.user[1]},
-        "args": list(spec.command),
+        "args": args,
         "env": _env(spec.env),
         "cwd": spec.working_dir,
         # No inheritable or ambient set: a non-root user then keeps no capability across execve.
         "capabilities": capabilities,
-        "rlimits": [{"type": "RLIMIT_NOFILE", "soft": nofile, "hard": nofile}],
+        "rlimits": _rlimits(spec.ulimits, nofile_limit),
         "noNewPrivileges": not spec.privileged,
     }
 
 
-def _capabilities(cap_add: tuple[str, ...]) -> tuple[str, ...]:
+def _capabilities(cap_add: tuple[str, ...], cap_drop: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The default set without what cap_drop names ("ALL": all of it), then what cap_add adds."""
+    dropped = {capability_name(name) for name in cap_drop if name.strip().upper() != "ALL"}
+    everything = any(name.strip().upper() == "ALL" for name in cap_drop)
+    kept = () if everything else tuple(c for c in DEFAULT_CAPABILITIES if c not in dropped)
     added = [capability_name(name) for name in cap_add]
-    return DEFAULT_CAPABILITIES + tuple(
-        c for c in dict.fromkeys(added) if c not in DEFAULT_CAPABILITIES
-    )
+    return kept + tuple(c for c in dict.fromkeys(added) if c not in kept)
+
+
+def _rlimits(
+    ulimits: tuple[tuple[str, int], ...], nofile_limit: int | None
+) -> list[dict[str, Any]]:
+    """RLIMIT_NOFILE as high as this host allows unless the workload sets it; then its own."""
+    wanted = dict(ulimits)
+    if "nofile" not in wanted:
+        wanted["nofile"] = _nofile(nofile_limit)
+    return [
+        {"type": RLIMITS[name], "soft": value, "hard": value}
+        for name, value in sorted(wanted.items())
+    ]
+
+
+def ulimit_problems(ulimits: tuple[tuple[str, int], ...]) -> list[str]:
+    """The ulimits above this process's own hard limits: runc cannot raise them (the caller
+    lacks CAP_SYS_RESOURCE here), and its failure ("error setting rlimit") names none."""
+    problems = []
+    for name, value in ulimits:
+        which = getattr(resource, RLIMITS.get(name, ""), None)
+        if which is None:
+            continue
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY and value > hard:
+            problems.append(f"ulimit {name} = {value} is above this host's hard limit, {hard}")
+    return problems
 
 
 def _nofile(nofile_limit: int | None) -> int:
@@ -333,6 +390,15 @@ def _standard_mounts(privileged: bool) -> list[dict[str, Any]]:
     ]
 
 
+def _tmpfs(path: str) -> dict[str, Any]:
+    return {
+        "destination": path,
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777"],
+    }
+
+
 def _bind(mount: Mount) -> dict[str, Any]:
     # rprivate: a mount made later under a volume on the host must not leak into the container.
     return {
@@ -351,8 +417,10 @@ def _linux(spec: ContainerSpec) -> dict[str, Any]:
         "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount")] + [network],
         "resources": _resources(spec),
     }
+    if spec.sysctls:
+        linux["sysctl"] = dict(spec.sysctls)
     if not spec.privileged:
-        linux["seccomp"] = seccomp_profile(_capabilities(spec.cap_add))
+        linux["seccomp"] = seccomp_profile(_capabilities(spec.cap_add, spec.cap_drop))
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)
     return linux

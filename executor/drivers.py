@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import network
-from .containers import ContainerError, ContainerSpec, Mount, write_bundle
+from .containers import INIT_BINARY, ContainerError, ContainerSpec, Mount, write_bundle
 from .errors import ExecutorError
 from .images import ImageError, ImageStore
 from .monitor import ContainerStatus, Monitor, MonitorError
@@ -132,6 +132,7 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
         "log": str(host.log_file(address)),
         "netns": None,
         "stop_grace": spec["stop_grace_period"],
+        "stop_signal": spec["stop_signal"],
     }
     cid, bundle = runtime["container_id"], Path(runtime["bundle"])
     try:
@@ -162,6 +163,11 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
                 read_only=spec["read_only"],
                 privileged=spec["privileged"],
                 cap_add=tuple(spec["cap_add"]),
+                cap_drop=tuple(spec["cap_drop"]),
+                tmpfs=tuple(spec["tmpfs"]),
+                sysctls=tuple(sorted(spec["sysctls"].items())),
+                ulimits=tuple(sorted(spec["ulimits"].items())),
+                init=_init_binary(address) if spec["init"] else None,
                 memory=limits["memory"],
                 cpus=limits["cpus"],
                 pids=limits["pids"],
@@ -181,11 +187,27 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
     return runtime
 
 
+def _init_binary(address: str) -> str:
+    if not Path(INIT_BINARY).is_file():
+        raise ActionFailed(
+            address,
+            f"init = true runs tini as PID 1, and {INIT_BINARY} is not on this host",
+            "install it (apt-get install tini), or set init = false",
+        )
+    return INIT_BINARY
+
+
 def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None:
     cid, bundle = runtime.get("container_id"), runtime.get("bundle")
     if cid and bundle:
         try:
-            host.monitor.stop(host.paths.runc_root, cid, Path(bundle), grace=runtime["stop_grace"])
+            host.monitor.stop(
+                host.paths.runc_root,
+                cid,
+                Path(bundle),
+                grace=runtime["stop_grace"],
+                signal=runtime.get("stop_signal", "SIGTERM"),
+            )
         except MonitorError as exc:
             log.warning("stopping %s (%s): %s", address, cid, exc)
     # Containers made before the namespace was named by the container were named by address.

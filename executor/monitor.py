@@ -8,9 +8,10 @@ from runc. It is not one Python process per container: a reaper thread, a finish
 a thread per open request serve all of them.
 
 Clients speak one JSON request and one JSON reply per connection on a unix socket (mode 0600,
-`/run/forge/monitor.sock` unless FORGE_MONITOR_SOCKET says otherwise). `Monitor.ensure_running`
-starts the daemon on demand, under a lock file so two clients never start two; it exits by
-itself after a minute with no container and no request, or on a `shutdown` request when idle.
+`/run/forge/monitor-PROTOCOL.sock` unless FORGE_MONITOR_SOCKET says otherwise).
+`Monitor.ensure_running` starts the daemon on demand, under a lock file so two clients never
+start two; it exits by itself after a minute with no container and no request, or on a
+`shutdown` request when idle.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ READY_TIMEOUT = 5.0
 RUNC_TIMEOUT = 30.0
 KILL_TIMEOUT = 10.0
 KEEP_EXITED = 600.0
+# What requests the monitor answers. 2: `statuses`, and `stop` takes the signal to send.
+PROTOCOL = 2
 MAX_REQUEST = 1 << 20
+STOP_SIGNALS = frozenset(s.name for s in signal.Signals)
 STATUS_BATCH = 500  # containers per `statuses` request: ~100 kB asked, ~60 kB answered
 PR_SET_CHILD_SUBREAPER = 36
 # runc's own id syntax, minus a leading dot: "." and ".." would name folders outside the root.
@@ -103,9 +107,11 @@ UNKNOWN = ContainerStatus("unknown", None, None, None)
 
 
 def default_socket() -> Path:
-    """Return the monitor's socket: FORGE_MONITOR_SOCKET, else monitor.sock under the run root."""
+    """Return the monitor's socket: FORGE_MONITOR_SOCKET, else one per protocol version under
+    the run root, so that a Forge which speaks a newer protocol never asks an older monitor
+    (one another checkout started, still supervising its containers) for what it cannot do."""
     configured = os.environ.get(SOCKET_ENV)
-    return Path(configured) if configured else RUN_ROOT / "monitor.sock"
+    return Path(configured) if configured else RUN_ROOT / f"monitor-{PROTOCOL}.sock"
 
 
 def status_from_exit_file(bundle: Path) -> ContainerStatus | None:
@@ -216,12 +222,18 @@ class Monitor:
         return ContainerStatus.from_json(reply)
 
     def stop(
-        self, runc_root: Path, container_id: str, bundle: Path, grace: float = 10.0
+        self,
+        runc_root: Path,
+        container_id: str,
+        bundle: Path,
+        grace: float = 10.0,
+        signal: str = "SIGTERM",
     ) -> ContainerStatus:
-        """Send TERM, then KILL after `grace` seconds, and delete the container; idempotent."""
+        """Send `signal`, then KILL after `grace` seconds, and delete the container; idempotent."""
         self.ensure_running()
         request = _container_request("stop", runc_root, container_id, bundle)
         request["grace"] = grace
+        request["signal"] = signal
         reply = self._request(request, timeout=grace + KILL_TIMEOUT + 4 * RUNC_TIMEOUT)
         return ContainerStatus.from_json(reply)
 
@@ -241,9 +253,17 @@ class Monitor:
     def _answers(self) -> bool:
         # A monitor that is closing answers "retry": for a new client it is already gone.
         try:
-            return bool(self._exchange({"op": "ping"}, timeout=2.0).get("ok"))
+            reply = self._exchange({"op": "ping"}, timeout=2.0)
         except MonitorError:
             return False
+        if reply.get("ok") and reply.get("protocol", 1) < PROTOCOL:
+            raise MonitorError(
+                f"the monitor on {self.socket_path} (pid {reply.get('pid')}) is from an older "
+                f"Forge (protocol {reply.get('protocol', 1)}, this one needs {PROTOCOL})",
+                hint="let it finish (it exits when it supervises nothing), or point "
+                "FORGE_MONITOR_SOCKET at another socket",
+            )
+        return bool(reply.get("ok"))
 
     def _spawn(self) -> None:
         # The launcher forks the daemon and exits at once, so the daemon is nobody's child
@@ -471,10 +491,17 @@ class Supervisor:
         return self.status(runc_root, container_id, bundle)
 
     def stop(
-        self, runc_root: Path, container_id: str, bundle: Path, grace: float
+        self,
+        runc_root: Path,
+        container_id: str,
+        bundle: Path,
+        grace: float,
+        signal: str = "SIGTERM",
     ) -> ContainerStatus:
-        """TERM, then KILL after `grace`; wait for the reap and the delete. Unknown is fine."""
+        """`signal`, then KILL after `grace`; wait for the reap and the delete. Unknown is fine."""
         _check_id(container_id)
+        if signal not in STOP_SIGNALS:
+            raise MonitorError(f"{signal!r} is not a signal a container can be stopped with")
         with self._lock:
             container = self._containers.get(_key(runc_root, container_id))
         if container is None or container.finished is not None:
@@ -482,9 +509,9 @@ class Supervisor:
                 # Not ours (an earlier monitor's, or a leftover): runc can still remove it.
                 self._runc_call(runc_root, "delete", "--force", container_id)
             return self.status(runc_root, container_id, bundle)
-        self._runc_call(runc_root, "kill", container_id, "TERM")
+        self._runc_call(runc_root, "kill", container_id, signal)
         if not self._wait_done(container, grace):
-            log.info("container %s ignored TERM for %g s: killing it", container_id, grace)
+            log.info("container %s ignored %s for %g s: killing it", container_id, signal, grace)
             self._runc_call(runc_root, "kill", container_id, "KILL")
             if not self._wait_done(container, KILL_TIMEOUT):
                 raise MonitorError(f"container {container_id} did not exit after SIGKILL")
@@ -762,7 +789,11 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         """Answer one request; MonitorError becomes an error reply."""
         op = request.get("op")
         if op == "ping":
-            return {"pid": os.getpid(), "supervised": self.supervisor.supervised()}
+            return {
+                "pid": os.getpid(),
+                "supervised": self.supervisor.supervised(),
+                "protocol": PROTOCOL,
+            }
         if op == "shutdown":
             return {"pid": os.getpid(), "stopped": self.close_if_idle(own_requests=1, idle_for=0)}
         if op == "statuses":
@@ -784,7 +815,8 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         elif op == "wait":
             status = supervisor.wait(root, cid, bundle, float(request["timeout"]))
         else:
-            status = supervisor.stop(root, cid, bundle, float(request["grace"]))
+            signal_ = str(request.get("signal", "SIGTERM"))
+            status = supervisor.stop(root, cid, bundle, float(request["grace"]), signal_)
         return status.to_json()
 
 

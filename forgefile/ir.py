@@ -161,8 +161,14 @@ class Container(Resource):
     networks: tuple[ResourceRef, ...] = ()
     volumes: Pairs = ()
     read_only: bool = False
+    tmpfs: tuple[str, ...] = ()
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    sysctls: Pairs = ()
+    ulimits: Pairs = ()
+    init: bool = False
+    stop_signal: str = "TERM"
     depends_on: tuple[ResourceRef, ...] = ()
     stop_grace_period: Duration = STOP_GRACE
     resources: Limits = field(default_factory=Limits)

@@ -29,6 +29,7 @@ from .schema import (
     ENV_NAME,
     RESOURCE_KINDS,
     SCHEMAS,
+    ULIMITS,
     Attr,
     BlockSpec,
     Mismatch,
@@ -1354,7 +1355,52 @@ def _value_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
     for code in values.get("success_codes", ()):
         if not 0 <= code <= 255:
             problems.append((f"exit code {code} is outside 0 to 255", "success_codes"))
+    for cap in values.get("cap_drop", ()):
+        name = cap.strip().upper()
+        if (
+            name != "ALL"
+            and (name if name.startswith("CAP_") else "CAP_" + name) not in CAPABILITIES
+        ):
+            problems.append((f'`{cap}` is not a Linux capability (nor "ALL")', "cap_drop"))
+    mounted = {target for target, _ in values.get("volumes", ())}
+    for path in values.get("tmpfs", ()):
+        if not path.startswith("/") or path.rstrip("/") == "":
+            problems.append((f"tmpfs `{path}` is not an absolute path below /", "tmpfs"))
+        elif path in mounted:
+            problems.append((f"`{path}` is both a tmpfs and a volume", "tmpfs"))
+    for name, _ in values.get("sysctls", ()):
+        if not name.startswith(NAMESPACED_SYSCTLS):
+            problems.append(
+                (
+                    f"sysctl `{name}` is not namespaced: setting it would change the host's; "
+                    "net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* are",
+                    "sysctls",
+                )
+            )
+    for name, limit in values.get("ulimits", ()):
+        if name not in ULIMITS:
+            problems.append(
+                (f"`{name}` is not a resource limit ({', '.join(sorted(ULIMITS))})", "ulimits")
+            )
+        elif limit < 0:
+            problems.append((f"ulimit {name} = {limit} is negative", "ulimits"))
+    stop = values.get("stop_signal")
+    if stop is not None and signal_name(stop) is None:
+        problems.append((f"`{stop}` is not a signal name, e.g. TERM, INT or QUIT", "stop_signal"))
     return problems
+
+
+# Kernel parameters that belong to a container's own network or IPC namespace (as Docker's).
+NAMESPACED_SYSCTLS = ("net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
+
+
+def signal_name(name: str) -> str | None:
+    """`TERM`, `sigterm` or `SIGTERM` as `SIGTERM`; None for what is not a signal's name."""
+    import signal
+
+    canonical = name.strip().upper()
+    canonical = canonical if canonical.startswith("SIG") else "SIG" + canonical
+    return canonical if canonical in signal.Signals.__members__ else None
 
 
 def _limit_problems(limits: dict[str, Any]) -> list[str]:

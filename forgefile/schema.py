@@ -163,6 +163,13 @@ class BlockSpec:
         return {a.name: a for a in self.attributes}
 
 
+# Resource limits a workload's `ulimits` may set (as `ulimit` and Docker name them); the
+# container driver maps each to its RLIMIT_ name.
+ULIMITS = (
+    "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+    "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
+)  # fmt: skip
+
 # Linux capabilities, for cap_add and cap_drop; the container driver reads this list too.
 CAPABILITIES = (
     "CAP_CHOWN",
@@ -297,28 +304,29 @@ _CONTAINER_ATTRS = (
     ),
     Attr("volumes", MapOf(RefTo(("volume",))), (), "Mount points to volumes."),
     Attr("read_only", BOOL, False, "Mount the root filesystem read-only."),
-    Attr("tmpfs", ListOf(STRING), (), "Paths to mount a fresh tmpfs on.", pending="tmpfs mounts"),
+    Attr("tmpfs", ListOf(STRING), (), "Paths to mount a fresh tmpfs on (nosuid, nodev)."),
     Attr("privileged", BOOL, False, "Every capability and no confinement; policy forbids it."),
     Attr("cap_add", ListOf(STRING), (), "Capabilities beyond the hardened default set."),
     Attr(
         "cap_drop",
         ListOf(STRING),
         (),
-        "Capabilities to drop from the default set.",
-        pending="cap_drop",
-    ),
-    Attr("sysctls", MapOf(STRING), (), "Namespaced kernel parameters.", pending="sysctls"),
-    Attr("ulimits", MapOf(INT), (), "Resource limits, e.g. { nofile = 1024 }.", pending="ulimits"),
-    Attr(
-        "init",
-        BOOL,
-        False,
-        "Run a tiny init as PID 1 that forwards signals and reaps.",
-        ready=(False,),
+        'Capabilities to drop from the default set; "ALL" drops them all (cap_add adds back).',
     ),
     Attr(
-        "stop_signal", STRING, "TERM", "The signal that asks the workload to stop.", ready=("TERM",)
+        "sysctls",
+        MapOf(STRING),
+        (),
+        "Namespaced kernel parameters: net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*.",
     ),
+    Attr(
+        "ulimits",
+        MapOf(INT),
+        (),
+        "Resource limits, e.g. { nofile = 1024 }; never above the host's own hard limit.",
+    ),
+    Attr("init", BOOL, False, "Run tini as PID 1: it forwards signals and reaps zombies."),
+    Attr("stop_signal", STRING, "TERM", "The signal that asks the workload to stop, e.g. INT."),
     Attr(
         "stop_grace_period",
         DURATION,

@@ -48,14 +48,27 @@ def denied_syscalls(config: dict[str, Any]) -> set[str]:
     return {name for rule in rules if rule["action"] == "SCMP_ACT_ERRNO" for name in rule["names"]}
 
 
+TUNED = ContainerSpec(
+    command=("nginx", "-g", "daemon off;"),
+    read_only=True,
+    cap_drop=("ALL",),
+    cap_add=("NET_BIND_SERVICE",),
+    tmpfs=("/tmp", "/run"),
+    sysctls=(("net.ipv4.ip_unprivileged_port_start", "0"), ("kernel.shmmax", "65536")),
+    ulimits=(("nofile", 1024), ("nproc", 64)),
+    init="/usr/bin/tini-static",
+)
+
+
 @pytest.mark.parametrize(
     "spec",
     [
         ContainerSpec(command=("sh",)),
         ContainerSpec(command=("sh",), privileged=True),
         LIMITED,
+        TUNED,
     ],
-    ids=["default", "privileged", "mounts-and-limits"],
+    ids=["default", "privileged", "mounts-and-limits", "tmpfs-sysctls-ulimits-init"],
 )
 def test_config_is_valid_against_the_runtime_spec_schema(
     spec: ContainerSpec, validator: jsonschema.Draft4Validator
@@ -235,3 +248,47 @@ def test_write_bundle_writes_config_json_beside_rootfs(tmp_path: Path) -> None:
     assert path == tmp_path / "bundle" / "config.json"
     assert json.loads(path.read_text())["root"]["path"] == "rootfs"
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.json"]
+
+
+def test_tmpfs_sysctls_ulimits_cap_drop_and_init_reach_the_config() -> None:
+    config = config_json(TUNED, host_capabilities=EVERY_CAPABILITY)
+    process, linux = config["process"], config["linux"]
+
+    assert process["args"] == ["/dev/init", "--", "nginx", "-g", "daemon off;"]
+    assert {"destination": "/dev/init", "type": "bind", "source": "/usr/bin/tini-static",
+            "options": ["rbind", "rprivate", "ro"]} in config["mounts"]  # fmt: skip
+    tmpfs = [m for m in config["mounts"] if m["destination"] in ("/tmp", "/run")]
+    assert [m["type"] for m in tmpfs] == ["tmpfs", "tmpfs"]
+    assert all({"nosuid", "nodev"} <= set(m["options"]) for m in tmpfs)
+    assert linux["sysctl"] == {"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shmmax": "65536"}
+    # The workload's nofile replaces the host-wide default; soft and hard alike.
+    assert process["rlimits"] == [
+        {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024},
+        {"type": "RLIMIT_NPROC", "soft": 64, "hard": 64},
+    ]
+    # ALL drops the default set: only what cap_add names is left, and seccomp follows.
+    assert process["capabilities"]["bounding"] == ["CAP_NET_BIND_SERVICE"]
+    assert "ptrace" in denied_syscalls(config)
+
+
+def test_cap_drop_takes_single_capabilities_out_of_the_default_set() -> None:
+    config = config_json(
+        ContainerSpec(command=("sh",), cap_drop=("chown", "CAP_KILL")),
+        host_capabilities=EVERY_CAPABILITY,
+    )
+    bounding = config["process"]["capabilities"]["bounding"]
+    assert "CAP_CHOWN" not in bounding and "CAP_KILL" not in bounding
+    assert "CAP_SETUID" in bounding
+    assert "sysctl" not in config["linux"]  # none asked for: none written
+
+
+def test_a_ulimit_above_the_hosts_hard_limit_is_named() -> None:
+    from executor.containers import ulimit_problems
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("this host has no hard limit on open files")
+    assert ulimit_problems((("nofile", hard),)) == []
+    assert ulimit_problems((("nofile", hard + 1),)) == [
+        f"ulimit nofile = {hard + 1} is above this host's hard limit, {hard}"
+    ]

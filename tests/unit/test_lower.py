@@ -249,8 +249,7 @@ def test_variable_validation(tmp_path: Path) -> None:
         ('restart = "always"', "restart"),
         ('healthcheck {\n    command = ["true"]\n  }', "health checks"),
         ("secrets = [secret.db]", "secrets"),
-        ('tmpfs = ["/tmp"]', "tmpfs mounts"),
-        ("init = true", "init"),
+        ('runtime = "crun"', "runtime"),
     ],
 )
 def test_parsed_but_not_yet_carried_out_is_refused(
@@ -321,6 +320,13 @@ def test_runaway_strings_are_stopped(tmp_path: Path) -> None:
         "resources {\n    cpus = 0\n  }",
         "resources {\n    pids = 0\n  }",
         "resources {\n    pids = 4\n  }",
+        'cap_drop = ["CAP_NOPE"]',
+        'tmpfs = ["tmp"]',
+        'tmpfs = ["/data"]\n  volumes = { "/data" = volume.v }',
+        'sysctls = { "kernel.hostname" = "x" }',
+        "ulimits = { files = 10 }",
+        "ulimits = { nofile = -1 }",
+        'stop_signal = "STOPNOW"',
     ],
 )
 def test_values_no_workload_can_start_with_are_refused(tmp_path: Path, attribute: str) -> None:

@@ -1,0 +1,132 @@
+"""Container options from a Forgefile to a running container, for real under runc: tmpfs,
+cap_drop, sysctls, ulimits, init and stop_signal."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from executor.containers import INIT_BINARY
+from executor.paths import ProjectPaths
+from tests.conftest import needs
+from tests.integration.test_example import force_cleanup, forge_in, leftovers
+
+pytestmark = needs("runc")
+
+BUSYBOX = """
+image "busybox" {
+  context = "/bin"
+  copy {
+    src  = "busybox"
+    dst  = "/bin/busybox"
+    mode = "0755"
+  }
+  link {
+    target = "busybox"
+    links  = ["/bin/sh", "/bin/cat", "/bin/grep", "/bin/touch", "/bin/echo", "/bin/sleep"]
+  }
+}
+"""
+
+PROBE = r"""
+job "probe" {
+  image     = image.busybox
+  read_only = true
+  tmpfs     = ["/scratch"]
+  cap_drop  = ["ALL"]
+  sysctls   = { "net.ipv4.ip_unprivileged_port_start" = "0" }
+  ulimits   = { nofile = 1000, nproc = 50 }
+  init      = INIT
+  command   = ["sh", "-c", <<-SH
+    touch /scratch/ok && echo tmpfs-writable
+    touch /rootfs-file 2>/dev/null || echo root-read-only
+    grep CapEff /proc/self/status
+    echo port-start=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start)
+    echo nofile=$(ulimit -n) nproc=$(ulimit -u)
+    echo pid1=$(cat /proc/1/cmdline | tr '\0' ' ')
+    SH
+  ]
+}
+"""
+
+POLITE = """
+variable "round" {
+  default = "1"
+}
+
+service "polite" {
+  image             = image.busybox
+  stop_signal       = "INT"
+  stop_grace_period = 30s
+  command = [
+    "sh", "-c",
+    "trap 'echo got-int; exit 0' INT; echo ready ${var.round}; while true; do sleep 0.1; done",
+  ]
+}
+"""
+
+
+def project(tmp_path: Path, text: str) -> tuple[Path, ProjectPaths]:
+    (tmp_path / "Forgefile").write_text(BUSYBOX + text)
+    assert forge_in(tmp_path, "key", "generate").returncode == 0
+    return tmp_path, ProjectPaths.for_state_dir(tmp_path / ".forge")
+
+
+@pytest.mark.skipif(not Path(INIT_BINARY).is_file(), reason="needs tini (apt-get install tini)")
+def test_tmpfs_cap_drop_sysctls_ulimits_and_init_hold_inside(tmp_path: Path) -> None:
+    folder, paths = project(tmp_path, PROBE.replace("INIT", "true"))
+    try:
+        applied = forge_in(folder, "apply", "--auto-approve")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        lines = forge_in(folder, "logs", "job.probe").stdout.splitlines()
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert lines == [
+        "tmpfs-writable",
+        "root-read-only",
+        "CapEff:\t0000000000000000",
+        "port-start=0",
+        "nofile=1000 nproc=50",
+        "pid1=/dev/init -- sh -c " + lines[-1].split(" -c ", 1)[1],
+    ]
+    assert left == []
+
+
+def test_a_ulimit_above_the_hosts_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    folder, paths = project(
+        tmp_path, PROBE.replace("INIT", "false").replace("nofile = 1000", "nofile = 999999999")
+    )
+    try:
+        refused = forge_in(folder, "apply", "--auto-approve")
+        state = json.loads(forge_in(folder, "state", "export").stdout)
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        force_cleanup(paths)
+    assert refused.returncode == 4
+    assert "above this host's hard limit" in refused.stderr
+    assert state["resources"] == []
+
+
+def test_stop_signal_asks_politely(tmp_path: Path) -> None:
+    """A service that exits on INT is stopped with INT when it is replaced, not KILLed after
+    its 30 s grace period: its log (which a replacement keeps) says it got the signal."""
+    folder, paths = project(tmp_path, POLITE)
+    try:
+        assert forge_in(folder, "apply", "--auto-approve").returncode == 0
+        started = time.monotonic()
+        replaced = forge_in(folder, "apply", "--auto-approve", "--var", "round=2")
+        took = time.monotonic() - started
+        log = forge_in(folder, "logs", "service.polite").stdout
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert replaced.returncode == 0, replaced.stderr
+    assert took < 20, "the stop waited out the grace period: INT was not sent"
+    assert "ready 1\ngot-int\n" in log and "ready 2" in log
+    assert left == []
