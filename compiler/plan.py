@@ -579,6 +579,7 @@ def _container_spec(
         "ulimits": dict(r.ulimits),
         "init": r.init,
         "stop_signal": signal_name(r.stop_signal) or "SIGTERM",
+        "restart": r.restart,
         "resources": {
             "memory": r.resources.memory.bytes if r.resources.memory else None,
             "cpus": r.resources.cpus,

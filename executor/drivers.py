@@ -20,7 +20,7 @@ from . import network
 from .containers import INIT_BINARY, ContainerError, ContainerSpec, Mount, write_bundle
 from .errors import ExecutorError
 from .images import ImageError, ImageStore
-from .monitor import ContainerStatus, Monitor, MonitorError
+from .monitor import ContainerStatus, Monitor, MonitorError, RestartPolicy
 from .paths import ProjectPaths
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,11 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
         )
         host.log_file(address).parent.mkdir(parents=True, exist_ok=True)
         runtime["pid"] = host.monitor.start(
-            host.paths.runc_root, cid, bundle, host.log_file(address)
+            host.paths.runc_root,
+            cid,
+            bundle,
+            host.log_file(address),
+            RestartPolicy.parse(spec["restart"]),
         )
     except (ImageError, network.NetworkError, ContainerError, MonitorError, OSError) as exc:
         _remove_container(host, address, runtime)

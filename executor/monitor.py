@@ -54,7 +54,8 @@ RUNC_TIMEOUT = 30.0
 KILL_TIMEOUT = 10.0
 KEEP_EXITED = 600.0
 # What requests the monitor answers. 2: `statuses`, and `stop` takes the signal to send.
-PROTOCOL = 2
+# 3: `start` takes a restart policy, and statuses tell restarts.
+PROTOCOL = 3
 MAX_REQUEST = 1 << 20
 STOP_SIGNALS = frozenset(s.name for s in signal.Signals)
 STATUS_BATCH = 500  # containers per `statuses` request: ~100 kB asked, ~60 kB answered
@@ -75,11 +76,12 @@ class MonitorUnreachable(MonitorError):
 class ContainerStatus:
     """What is known about one container: running with a pid, exited with a code, or unknown."""
 
-    state: str
+    state: str  # running, restarting (waiting out a restart's backoff), exited or unknown
     pid: int | None
-    exit_code: int | None
+    exit_code: int | None  # of the last exit, also while running again after a restart
     exited_at: str | None
     signal: str | None = None
+    restarts: int = 0  # how often the restart policy has started it again
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerStatus:
@@ -90,6 +92,7 @@ class ContainerStatus:
             exit_code=data.get("exit_code"),
             exited_at=data.get("exited_at"),
             signal=data.get("signal"),
+            restarts=int(data.get("restarts") or 0),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -100,10 +103,55 @@ class ContainerStatus:
             "exit_code": self.exit_code,
             "exited_at": self.exited_at,
             "signal": self.signal,
+            "restarts": self.restarts,
         }
 
 
 UNKNOWN = ContainerStatus("unknown", None, None, None)
+
+# Restart backoff: the first restart after BACKOFF_FIRST, doubling to at most BACKOFF_MAX; a run
+# that lasted BACKOFF_RESET seconds starts the doubling over.
+BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET = 0.1, 30.0, 10.0
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """`restart`: no, on-failure[:N], always or unless-stopped (the same as always here: the
+    monitor does not outlive a reboot, so there is no daemon start to tell them apart)."""
+
+    policy: str = "no"
+    max_restarts: int | None = None  # on-failure's N; None for no bound
+
+    @classmethod
+    def parse(cls, text: str) -> RestartPolicy:
+        policy, _, count = text.partition(":")
+        if policy not in ("no", "on-failure", "always", "unless-stopped"):
+            raise ValueError(f"unknown restart policy {text!r}")
+        if count and (policy != "on-failure" or not count.isdigit()):
+            raise ValueError(f"only on-failure takes a count, as on-failure:3 (got {text!r})")
+        return cls(policy, int(count) if count else None)
+
+    @classmethod
+    def from_json(cls, data: Any) -> RestartPolicy:
+        if not isinstance(data, dict):
+            return cls()
+        bound = data.get("max_restarts")
+        return (
+            cls.parse(str(data.get("policy", "no")))
+            if bound is None
+            else cls(str(data.get("policy", "no")), int(bound))
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"policy": self.policy, "max_restarts": self.max_restarts}
+
+    def restarts_after(self, exit_code: int, restarts: int) -> bool:
+        """Whether an exit with `exit_code`, after `restarts` restarts, is started again."""
+        if self.policy in ("always", "unless-stopped"):
+            return True
+        if self.policy == "on-failure" and exit_code != 0:
+            return self.max_restarts is None or restarts < self.max_restarts
+        return False
 
 
 def default_socket() -> Path:
@@ -165,11 +213,21 @@ class Monitor:
         """Return the monitor's pid and the number of containers it supervises."""
         return self._request({"op": "ping"}, timeout=5.0)
 
-    def start(self, runc_root: Path, container_id: str, bundle: Path, log: Path) -> int:
-        """Create and start a container supervised by the monitor; return its init's pid."""
+    def start(
+        self,
+        runc_root: Path,
+        container_id: str,
+        bundle: Path,
+        log: Path,
+        restart: RestartPolicy | None = None,
+    ) -> int:
+        """Create and start a container supervised by the monitor; return its init's pid. With
+        `restart`, the monitor starts it again when it exits, as the policy says."""
         self.ensure_running()
         request = _container_request("start", runc_root, container_id, bundle)
         request["log"] = str(log.absolute())
+        if restart is not None:
+            request["restart"] = restart.to_json()
         reply = self._request(request, timeout=4 * RUNC_TIMEOUT + KILL_TIMEOUT)
         return int(reply["pid"])
 
@@ -390,6 +448,13 @@ class _Container:
     exited_at: str | None = None
     finishing: bool = False
     finished: float | None = None
+    log_path: Path | None = None
+    restart: RestartPolicy = RestartPolicy()
+    restarts: int = 0
+    last_exit: dict[str, Any] | None = None  # of the run before a restart
+    started_at: float = 0.0
+    stopping: bool = False  # a stop was asked for: no restart follows
+    backoff: threading.Timer | None = None  # the restart waiting out its delay
 
     def exit_record(self) -> dict[str, Any]:
         assert self.wait_status is not None
@@ -406,9 +471,23 @@ class _Container:
     def status(self) -> ContainerStatus:
         # "exited" only once exit.json is written and runc has forgotten the container.
         if self.finished is not None:
-            return ContainerStatus.from_json({"state": "exited", **self.exit_record()})
+            return ContainerStatus.from_json(
+                {"state": "exited", **self.exit_record(), "restarts": self.restarts}
+            )
+        last = self.last_exit or {}
+        if self.backoff is not None:
+            return ContainerStatus.from_json(
+                {"state": "restarting", **last, "pid": None, "restarts": self.restarts}
+            )
         if self.started:
-            return ContainerStatus("running", self.pid, None, None)
+            return ContainerStatus(
+                "running",
+                self.pid,
+                last.get("exit_code"),
+                last.get("exited_at"),
+                last.get("signal"),
+                self.restarts,
+            )
         return UNKNOWN
 
 
@@ -453,9 +532,17 @@ class Supervisor:
 
     # ----- requests
 
-    def start(self, runc_root: Path, container_id: str, bundle: Path, log_path: Path) -> int:
+    def start(
+        self,
+        runc_root: Path,
+        container_id: str,
+        bundle: Path,
+        log_path: Path,
+        restart: RestartPolicy | None = None,
+    ) -> int:
         """Create, start and supervise a container; return its pid or raise MonitorError."""
         container = self._reserve(runc_root, container_id, bundle)
+        container.log_path, container.restart = log_path, restart or RestartPolicy()
         try:
             pid = self._create_and_start(container, log_path)
         except BaseException:
@@ -504,6 +591,14 @@ class Supervisor:
             raise MonitorError(f"{signal!r} is not a signal a container can be stopped with")
         with self._lock:
             container = self._containers.get(_key(runc_root, container_id))
+            if container is not None:
+                # Asked to stop: whatever the exit, it is not started again.
+                container.stopping = True
+                if container.backoff is not None:
+                    container.backoff.cancel()
+                    container.backoff = None
+                    container.finished = time.monotonic()
+                    self._changed.notify_all()
         if container is None or container.finished is not None:
             if (runc_root / container_id).exists():
                 # Not ours (an earlier monitor's, or a leftover): runc can still remove it.
@@ -555,6 +650,7 @@ class Supervisor:
             raise
         with self._lock:
             container.started = True
+            container.started_at = time.monotonic()
             self._finish_if_exited(container)
         assert container.pid is not None
         return container.pid
@@ -650,6 +746,53 @@ class Supervisor:
             except Exception:
                 log.exception("recording the exit of %s failed", container.container_id)
             with self._lock:
+                if not self._schedule_restart(container):
+                    container.finished = time.monotonic()
+                self._changed.notify_all()
+
+    def _schedule_restart(self, container: _Container) -> bool:
+        """Under the lock: start the container again after its backoff, if its policy says so."""
+        record = container.exit_record()
+        if container.stopping or not container.restart.restarts_after(
+            record["exit_code"], container.restarts
+        ):
+            return False
+        ran = time.monotonic() - container.started_at
+        quick = 0 if ran >= BACKOFF_RESET else min(container.restarts, 16)
+        delay = min(BACKOFF_FIRST * 2**quick, BACKOFF_MAX)
+        container.last_exit = record
+        container.backoff = threading.Timer(delay, self._restart, [container])
+        container.backoff.daemon = True
+        container.backoff.start()
+        log.info(
+            "container %s exited %s: restarting in %.1f s (%s, restart %d)",
+            container.container_id,
+            record["exit_code"],
+            delay,
+            container.restart.policy,
+            container.restarts + 1,
+        )
+        return True
+
+    def _restart(self, container: _Container) -> None:
+        with self._lock:
+            if container.backoff is None or container.stopping:
+                return  # stopped while waiting
+            container.backoff = None
+            container.restarts += 1
+            container.pid, container.started, container.finishing = None, False, False
+            container.wait_status, container.exited_at = None, None
+        assert container.log_path is not None
+        try:
+            self._create_and_start(container, container.log_path)
+        except Exception as error:
+            # It could not even be started again: that is its end, with the last exit kept.
+            log.error("restarting %s failed: %s", container.container_id, error)
+            with self._lock:
+                last = container.last_exit or {}
+                code = int(last.get("exit_code") or 0)
+                container.wait_status = code << 8 if code < 128 else code - 128
+                container.exited_at = last.get("exited_at")
                 container.finished = time.monotonic()
                 self._changed.notify_all()
 
@@ -809,7 +952,8 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         supervisor = self.supervisor
         root, cid, bundle = Path(request["runc_root"]), str(request["id"]), Path(request["bundle"])
         if op == "start":
-            return {"pid": supervisor.start(root, cid, bundle, Path(request["log"]))}
+            restart = RestartPolicy.from_json(request.get("restart"))
+            return {"pid": supervisor.start(root, cid, bundle, Path(request["log"]), restart)}
         if op == "status":
             status = supervisor.status(root, cid, bundle)
         elif op == "wait":

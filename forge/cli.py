@@ -791,14 +791,18 @@ def ps(
     statuses = container_statuses(project.host(), {a: r.runtime for a, r in records.items()})
     rows = []
     for address, record in records.items():
-        status, detail = _status_of(record, statuses[address])
+        found = statuses[address]
+        status, detail = _status_of(record, found)
         ip = ", ".join(n["address"].split("/")[0] for n in record.spec.get("networks", []))
+        last_exit = record.runtime.get("exit_code") if found is None else found.exit_code
         rows.append(
             {
                 "address": address,
                 "kind": record.kind,
                 "status": status,
                 "detail": detail,
+                "restarts": found.restarts if found is not None else 0,
+                "exit_code": last_exit,
                 "ip": ip,
                 "id": record.runtime.get("container_id", ""),
                 "updated": record.updated_at[:19].replace("T", " "),
@@ -810,12 +814,13 @@ def ps(
     render.table(
         out,
         "Workloads",
-        ["ADDRESS", "KIND", "STATUS", "IP", "CONTAINER", "UPDATED"],
+        ["ADDRESS", "KIND", "STATUS", "RESTARTS", "IP", "CONTAINER", "UPDATED"],
         [
             [
                 r["address"],
                 r["kind"],
                 f"{r['status']} {r['detail']}".strip(),
+                str(r["restarts"]),
                 r["ip"],
                 r["id"],
                 r["updated"],
@@ -843,6 +848,8 @@ def _status_of(record: Any, status: Any) -> tuple[str, str]:
             return "gone", ""
         if status.state == "running":
             return "running", f"pid {status.pid}" if status.pid else ""
+        if status.state == "restarting":
+            return "restarting", f"after exit {status.exit_code}"
         return "exited", f"code {status.exit_code}"
     if "failure" in record.runtime:
         return "failed", record.runtime["failure"]

@@ -169,6 +169,7 @@ class Container(Resource):
     ulimits: Pairs = ()
     init: bool = False
     stop_signal: str = "TERM"
+    restart: str = "no"
     depends_on: tuple[ResourceRef, ...] = ()
     stop_grace_period: Duration = STOP_GRACE
     resources: Limits = field(default_factory=Limits)

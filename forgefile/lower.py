@@ -1384,6 +1384,18 @@ def _value_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
             )
         elif limit < 0:
             problems.append((f"ulimit {name} = {limit} is negative", "ulimits"))
+    restart = values.get("restart", "no")
+    policy, _, count = restart.partition(":")
+    if policy not in ("no", "on-failure", "always", "unless-stopped") or (
+        count and (policy != "on-failure" or not count.isdigit())
+    ):
+        problems.append(
+            (
+                f'restart "{restart}" is not a policy: no, on-failure, on-failure:N, always '
+                "or unless-stopped",
+                "restart",
+            )
+        )
     stop = values.get("stop_signal")
     if stop is not None and signal_name(stop) is None:
         problems.append((f"`{stop}` is not a signal name, e.g. TERM, INT or QUIT", "stop_signal"))

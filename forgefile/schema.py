@@ -333,7 +333,12 @@ _CONTAINER_ATTRS = (
         Duration(10 * 10**9),
         "How long to wait after stop_signal before KILL.",
     ),
-    Attr("restart", STRING, "no", "no, on-failure[:N], always or unless-stopped.", ready=("no",)),
+    Attr(
+        "restart",
+        STRING,
+        "no",
+        "no, on-failure[:N], always or unless-stopped: when the monitor starts it again.",
+    ),
     Attr(
         "ports",
         ListOf(STRING),

@@ -130,3 +130,22 @@ def test_stop_signal_asks_politely(tmp_path: Path) -> None:
     assert took < 20, "the stop waited out the grace period: INT was not sent"
     assert "ready 1\ngot-int\n" in log and "ready 2" in log
     assert left == []
+
+
+def test_a_job_with_restart_on_failure_runs_again_before_it_fails(tmp_path: Path) -> None:
+    """restart = "on-failure:2": the job runs three times, then the apply fails on its code."""
+    folder, paths = project(
+        tmp_path,
+        'job "flaky" {\n  image = image.busybox\n  restart = "on-failure:2"\n'
+        '  command = ["sh", "-c", "echo try; exit 3"]\n}\n',
+    )
+    try:
+        failed = forge_in(folder, "apply", "--auto-approve")
+        log = forge_in(folder, "logs", "job.flaky").stdout
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert failed.returncode == 4 and "exited with code 3" in failed.stderr
+    assert log == "try\n" * 3
+    assert left == []

@@ -29,7 +29,7 @@ import pytest
 
 from executor import monitor as monitor_module
 from executor.containers import ContainerSpec, Mount, write_bundle
-from executor.monitor import ContainerStatus, Monitor, MonitorError
+from executor.monitor import ContainerStatus, Monitor, MonitorError, RestartPolicy
 from tests.conftest import needs
 
 APPLETS = ("sh", "echo", "true", "sleep", "cat", "grep", "httpd", "wget", "unshare")
@@ -452,3 +452,58 @@ def test_statuses_answers_for_many_containers_in_one_request(
     ]
     assert answers == [host.status(c) for c in asked]
     host.stop(running, grace=0)
+
+
+@needs("runc")
+def test_on_failure_3_restarts_exactly_three_times(host: Host) -> None:
+    """A command that always fails runs four times in all, then stays exited with its code."""
+    container_id = host.prepare(ContainerSpec(command=("sh", "-c", "echo run; exit 7")))
+    host.monitor.start(
+        host.runc_root,
+        container_id,
+        host.bundle(container_id),
+        host.log(container_id),
+        RestartPolicy.parse("on-failure:3"),
+    )
+
+    status = host.wait(container_id, timeout=30)
+
+    assert (status.state, status.exit_code, status.restarts) == ("exited", 7, 3)
+    assert host.log(container_id).read_text() == "run\n" * 4
+    assert host.runc_list() == []
+
+
+@needs("runc")
+def test_on_failure_leaves_a_success_alone_and_always_restarts_until_stopped(host: Host) -> None:
+    ok = host.prepare(ContainerSpec(command=("true",)))
+    host.monitor.start(
+        host.runc_root, ok, host.bundle(ok), host.log(ok), RestartPolicy.parse("on-failure")
+    )
+    assert (host.wait(ok).exit_code, host.wait(ok).restarts) == (0, 0)
+
+    flapping = host.prepare(ContainerSpec(command=("sh", "-c", "echo up; exit 0")))
+    host.monitor.start(
+        host.runc_root,
+        flapping,
+        host.bundle(flapping),
+        host.log(flapping),
+        RestartPolicy.parse("always"),
+    )
+    assert wait_until(lambda: host.status(flapping).restarts >= 2, timeout=10)
+    # A stop is not a crash: it is not restarted, and stays exited.
+    stopped = host.stop(flapping, grace=1)
+    assert stopped.state == "exited"
+    restarts = stopped.restarts
+    time.sleep(0.5)
+    assert host.status(flapping).restarts == restarts
+    assert host.runc_list() == []
+
+
+def test_restart_policies_parse_as_compose_writes_them() -> None:
+    assert RestartPolicy.parse("on-failure:3") == RestartPolicy("on-failure", 3)
+    assert RestartPolicy.parse("unless-stopped").restarts_after(0, 99)
+    assert not RestartPolicy.parse("on-failure:2").restarts_after(1, 2)
+    assert not RestartPolicy.parse("no").restarts_after(1, 0)
+    for bad in ("sometimes", "always:3", "on-failure:x"):
+        with pytest.raises(ValueError):
+            RestartPolicy.parse(bad)

@@ -246,7 +246,6 @@ def test_variable_validation(tmp_path: Path) -> None:
     ("attribute", "feature"),
     [
         ('ports = ["127.0.0.1:8080:80"]', "published ports"),
-        ('restart = "always"', "restart"),
         ('healthcheck {\n    command = ["true"]\n  }', "health checks"),
         ("secrets = [secret.db]", "secrets"),
         ('runtime = "crun"', "runtime"),
@@ -327,6 +326,8 @@ def test_runaway_strings_are_stopped(tmp_path: Path) -> None:
         "ulimits = { files = 10 }",
         "ulimits = { nofile = -1 }",
         'stop_signal = "STOPNOW"',
+        'restart = "sometimes"',
+        'restart = "always:3"',
     ],
 )
 def test_values_no_workload_can_start_with_are_refused(tmp_path: Path, attribute: str) -> None:
