@@ -197,12 +197,8 @@ class State:
 
     def digest(self) -> str:
         """What a plan is bound to: lineage, serial and every resource's spec digest."""
-        body = {
-            "lineage": self.lineage,
-            "serial": self.serial,
-            "resources": {a: r.spec_digest for a, r in self.records().items()},
-        }
-        return "sha256:" + hashlib.sha256(canonical_json(body)).hexdigest()
+        specs = {a: r.spec_digest for a, r in self.records().items()}
+        return state_digest(self.lineage, self.serial, specs)
 
     def snapshot(self, live: dict[str, tuple[bool | None, str]] | None = None) -> StateSnapshot:
         """The planner's view of state; `live` says which workloads are running right now."""
@@ -416,6 +412,11 @@ class State:
         ).fetchone()
         return (row[0], bytes(row[1])) if row else None
 
+    def plan_envelopes(self) -> list[bytes]:
+        """Every kept plan's envelope, newest first."""
+        rows = self.db.execute("SELECT envelope FROM plans ORDER BY id DESC").fetchall()
+        return [bytes(r[0]) for r in rows]
+
     def plans(self, since: str = "", until: str = "~") -> list[tuple[str, str, bytes]]:
         """(time, payload digest, envelope) of every plan applied within [since, until]."""
         rows = self.db.execute(
@@ -559,6 +560,13 @@ class State:
 
 
 _EVENT_COLUMNS = "id, at, serial, kind, address, detail"
+
+
+def state_digest(lineage: str, serial: int, spec_digests: dict[str, str]) -> str:
+    """The digest plans record of a state (`prior_state.digest`): lineage, serial, and each
+    resource's spec digest by address."""
+    body = {"lineage": lineage, "serial": serial, "resources": spec_digests}
+    return "sha256:" + hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def _redacted(outputs: dict[str, Any]) -> dict[str, Any]:

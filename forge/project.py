@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from compiler import checks, policy
 from compiler.envelope import EnvelopeError, canonical_json, open_envelope, seal
-from compiler.plan import BuildFacts, ImageFacts, parse_time, plan, prevent_destroy, rollback_plan
+from compiler.plan import (
+    BuildFacts,
+    ImageFacts,
+    parse_time,
+    plan,
+    prevent_destroy,
+    rollback_plan,
+    spec_digest,
+)
 from executor.apply import ApplyResult, Progress, apply_plan, live_status, recover
 from executor.build import build_images, module_digests
 from executor.drivers import Host
@@ -27,7 +35,7 @@ from executor.images import ImageStore
 from executor.keys import KeyStore, KeyStoreError
 from executor.monitor import Monitor
 from executor.paths import ProjectPaths
-from executor.state import State, StateError, locked
+from executor.state import State, StateError, locked, state_digest
 from executor.verify import PlanRejected, VerifiedPlan, verify
 from forgefile import ir
 from forgefile.diagnostics import Diagnostic, DiagnosticError
@@ -201,6 +209,11 @@ def make_rollback(
         kept = state.snapshot_at(serial, sensitive=True)
         made = state.plan_of(serial)
         snapshot = state.snapshot(live_status(project.host(), state))
+        anchor = (
+            snapshot.digest
+            if serial == state.serial
+            else _signed_digest_of(state, project.keys(), serial)
+        )
     finally:
         state.close()
     if kept is None:
@@ -222,21 +235,72 @@ def make_rollback(
     except EnvelopeError as exc:
         raise PlanRejected(
             exc.check,
-            f"the plan that made serial {serial} no longer verifies: {exc}",
-            "a rollback reruns what a trusted plan ran; re-trust its signer, or apply the "
-            "Forgefile of that time instead",
+            f"the plan that made serial {serial} does not verify with today's trust store: {exc}",
+            "a rollback reruns what a trusted plan ran, under the signers and threshold "
+            "trusted now; apply the Forgefile of that time instead",
         ) from None
+    _kept_copy_holds(kept, anchor, serial)
     _still_judged(project, made_by, serial)
     document = rollback_plan(
         kept, made_by, made_digest, snapshot, created_at or datetime.now(UTC), **_ttl(ttl)
     )
+    if not project.forgefile.exists():
+        return document  # nothing marks anything prevent_destroy
     try:
         declared = load(project.forgefile, project.variables)
-    except (DiagnosticError, OSError):
-        # As for a destroy: a broken or missing Forgefile must not keep a rollback from running.
-        return document
+    except DiagnosticError as exc:
+        # Unlike a destroy, a rollback can wait until the Forgefile loads: without it, what
+        # it marks prevent_destroy would be deleted unchecked.
+        raise DiagnosticError(
+            [
+                *exc.diagnostics,
+                Diagnostic(
+                    "P0010",
+                    "a rollback reads the Forgefile for its prevent_destroy marks, and it does "
+                    "not load",
+                    None,
+                    "fix it, or give its variables with --var",
+                ),
+            ]
+        ) from None
     prevent_destroy(document["actions"], declared, snapshot)
     return document
+
+
+def _signed_digest_of(state: State, keys: KeyStore, serial: int) -> str | None:
+    """The state digest a trusted, signed plan recorded for `serial`: the `prior_state` of a
+    plan applied against it. State's own copy of that serial is checked against it."""
+    for envelope in state.plan_envelopes():
+        try:
+            document = open_envelope(envelope, keys.trusted(), 1, revoked=keys.revoked()).document
+        except EnvelopeError:
+            continue
+        prior = document.get("prior_state", {})
+        if prior.get("lineage") == state.lineage and prior.get("serial") == serial:
+            return str(prior.get("digest"))
+    return None
+
+
+def _kept_copy_holds(kept: dict[str, Any], anchor: str | None, serial: int) -> None:
+    """The kept copy of a serial is what signed plans say it was, or the rollback is refused:
+    the state database is not signed, and a rollback reruns its specs unjudged."""
+    specs: dict[str, str] = {}
+    for resource in kept["resources"]:
+        specs[resource["address"]] = spec_digest(resource["spec"])
+    computed = state_digest(kept["lineage"], serial, specs)
+    if anchor is None:
+        raise StateError(
+            f"no trusted plan records the state of serial {serial}, so its kept copy cannot be "
+            "checked",
+            hint="apply the Forgefile of that time instead",
+        )
+    if computed != anchor:
+        raise StateError(
+            f"the kept copy of serial {serial} is not the state signed plans recorded for it: "
+            "the state database was changed",
+            hint="do not roll back to it; `forge audit verify` checks the rest of the log, and "
+            "a backup of state.db restores it",
+        )
 
 
 def _ttl(ttl: timedelta | None) -> dict[str, timedelta]:

@@ -11,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -376,6 +377,30 @@ def test_a_rollback_brings_back_the_first_serial_and_is_refused_once_the_policy_
         rules.unlink()
     assert refused.returncode == 15, refused.stderr
     assert "policy files changed since serial 2" in refused.stderr
+
+    # The state database is not signed: an edited copy of a serial is caught against the state
+    # digest a signed plan recorded for it, before anything runs.
+    database = example.folder / ".forge" / "state.db"
+    with sqlite3.connect(database) as db:
+        [(body,)] = db.execute("SELECT body FROM snapshots WHERE serial = 1")
+        edited = json.loads(body)
+        web = next(r for r in edited["resources"] if r["address"] == "service.web")
+        web["spec"]["privileged"] = True
+        db.execute("UPDATE snapshots SET body = ? WHERE serial = 1", [json.dumps(edited)])
+    tampered = example.forge("state", "rollback", "1", "--auto-approve", check=False)
+    assert tampered.returncode == 1
+    assert "not the state signed plans recorded for it" in tampered.stderr
+
+    # Without its variables the Forgefile does not load: the rollback waits for it, since it
+    # reads the prevent_destroy marks there.
+    forgefile = example.folder / "Forgefile"
+    original = forgefile.read_text()
+    forgefile.write_text(original + '\nvariable "needed" {\n  type = string\n}\n')
+    try:
+        unread = example.forge("state", "rollback", "2", "--auto-approve", check=False)
+    finally:
+        forgefile.write_text(original)
+    assert unread.returncode == 1 and "P0010" in unread.stderr
 
 
 def test_destroy_leaves_nothing_behind(example: Example) -> None:
