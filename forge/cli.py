@@ -77,9 +77,44 @@ class _LazyConsole:
         return getattr(self._console, name)
 
 
+class _Stdout:
+    """Standard output that outlives its reader: once a pipe's reader has gone (`forge apply |
+    head`), what is printed goes nowhere, and the command carries on to its end. An apply
+    stopped halfway by a closed pipe would leave a service torn down and not yet replaced."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError:
+            _silence_stdout()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 # Piped output is read by scripts and people's pagers: don't squeeze tables into 80 columns.
 out: Any = _LazyConsole(
-    highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 160
+    file=_Stdout(),
+    highlight=False,
+    soft_wrap=True,
+    emoji=False,
+    width=None if sys.stdout.isatty() else 160,
 )
 err: Any = _LazyConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
@@ -171,6 +206,10 @@ def reports(fn: F) -> F:
             if exc.hint:
                 err.print(f"  [green]hint:[/] {e(exc.hint)}")
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            # Whoever read our output went away (`| head`): nothing is left to tell them.
+            _silence_stdout()
+            raise typer.Exit(EXIT_DIAGNOSTIC) from None
         except OSError as exc:
             # The host refused a file operation: a path that is a file, a full disk, permissions.
             where = f" ({exc.filename})" if exc.filename else ""

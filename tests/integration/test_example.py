@@ -403,6 +403,17 @@ def test_a_rollback_brings_back_the_first_serial_and_is_refused_once_the_policy_
     assert unread.returncode == 1 and "P0010" in unread.stderr
 
 
+def test_an_apply_whose_reader_goes_away_still_finishes(example: Example) -> None:
+    """`forge apply | head -1`: stdout closes after a line, and the apply runs to its end."""
+    command = (
+        f"{sys.executable} -m forge apply --auto-approve --var subnet={example.subnet} "
+        "--var title=Piped | head -1"
+    )
+    subprocess.run(["sh", "-c", command], cwd=example.folder, capture_output=True, timeout=120)
+    assert example.changes("--var", "title=Piped") == {}
+    assert "<h1>Piped</h1>" in example.page()
+
+
 def test_destroy_leaves_nothing_behind(example: Example) -> None:
     """destroy removes every container, bundle, netns, veth, bridge and process."""
     example.forge("destroy", "--auto-approve")
