@@ -71,7 +71,7 @@ def test_every_diagnostic_code_is_documented() -> None:
     pattern = re.compile(r'"([EFPRWB][0-9]{4})"')
     used = {
         code
-        for package in ("forgefile", "compiler", "executor")
+        for package in ("forgefile", "compiler", "executor", "forge")
         for path in (REPO / package).rglob("*.py")
         for code in pattern.findall(path.read_text())
     }
