@@ -55,7 +55,8 @@ class VerifiedPlan:
 def verify(
     data: bytes, keys: KeyStore, state: State, now: datetime, policy_digest: str | None
 ) -> VerifiedPlan:
-    """Check signature, signer, toolchain, expiry, prior state and policy, in that order."""
+    """Check signature, signer, toolchain, expiry, prior state and policy, in that order.
+    `policy_digest` is the digest of the policy files now; None when there are none."""
     try:
         opened: Opened = open_envelope(
             data, keys.trusted(), keys.threshold(), revoked=keys.revoked()
@@ -101,12 +102,17 @@ def verify(
         raise PlanRejected(
             "policy", "the plan's policy verdict is not pass", "fix the findings and plan again"
         )
-    if policy_digest is not None and policy.get("digest") != policy_digest:
-        raise PlanRejected(
-            "policy",
-            "the policy files changed since this plan was made",
-            "plan again so the current policy judges it",
-        )
+    judged = policy.get("digest")
+    if judged != policy_digest:
+        hint = "plan again so the current policy judges it"
+        if policy_digest is None:
+            why = "the policy files that judged this plan are gone"
+            hint += ", or give `--policy` as it was given to `forge plan`"
+        elif judged is None:
+            why = "this plan was made with no policy, and there are policy files now"
+        else:
+            why = "the policy files changed since this plan was made"
+        raise PlanRejected("policy", why, hint)
     return VerifiedPlan(plan, opened.signers, opened.payload_digest)
 
 

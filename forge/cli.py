@@ -687,6 +687,27 @@ def _show_drift(project: Any, as_json: bool, detailed_exitcode: bool) -> None:
         raise typer.Exit(EXIT_CHANGES)
 
 
+def _would_accept(project: Any, data: bytes) -> str:
+    """What `forge apply FILE` would say, every check made but nothing done: "yes", or "no"
+    with the check that fails."""
+    from datetime import UTC, datetime
+
+    from executor.verify import PlanRejected, verify
+
+    from .project import policy_digest
+
+    state = project.existing_state()
+    if state is None:
+        return "no: there is no state here to apply it to (nothing was ever planned here)"
+    try:
+        verify(data, project.keys(), state, datetime.now(UTC), policy_digest(project))
+    except PlanRejected as exc:
+        return f"no ({exc.check} check): {exc}"
+    finally:
+        state.close()
+    return "yes"
+
+
 def _show_plan(plan_file: Path, project: Any, as_json: bool) -> None:
     from compiler.envelope import open_envelope
 
@@ -699,12 +720,7 @@ def _show_plan(plan_file: Path, project: Any, as_json: bool) -> None:
     # Decoded with no signature required, but every trusted signature on it must verify.
     opened = open_envelope(data, keys.trusted(), threshold=0, revoked=keys.revoked())
     signers = [s["keyid"] for s in json.loads(data)["signatures"]]
-    needed = keys.threshold()
-    accepted = (
-        "yes"
-        if len(opened.signers) >= needed
-        else f"no: it needs {needed} trusted signature(s) and has {len(opened.signers)}"
-    )
+    accepted = _would_accept(project, data)
     if as_json:
         out.print_json(
             data={

@@ -252,7 +252,11 @@ def test_a_plan_made_before_another_apply_is_refused_as_stale(example: Example) 
     """A plan bound to an older state serial is refused with exit code 14."""
     old = example.folder / "build" / "old.forgeplan"
     example.forge("plan", "-o", str(old), "--var", "title=Old")
+    fresh = json.loads(example.forge("show", str(old), "--json").stdout)
+    assert fresh["accepted"] == "yes"
     example.forge("apply", "--auto-approve", "--var", "title=Newer")
+    shown = json.loads(example.forge("show", str(old), "--json").stdout)
+    assert shown["accepted"].startswith("no (stale check): the state changed since")
     refused = example.forge("apply", str(old), check=False)
     assert refused.returncode == 14, refused.stderr
     assert "stale" in refused.stderr

@@ -195,6 +195,9 @@ def test_a_changed_policy_is_refused(tmp_path: Path, keys: KeyStore, state: Stat
 
     error = rejection(data, keys, state, now, policy="sha256:" + "f" * 64)
     assert error.check == "policy"
+    # Policy files removed since: not "no policy to check", but a policy that is gone.
+    gone = rejection(data, keys, state, now, policy=None)
+    assert (gone.check, str(gone)) == ("policy", "the policy files that judged this plan are gone")
     assert error.exit_code == 15
 
 
