@@ -1198,7 +1198,13 @@ class Verdict:
             ],
             "problems": [p.to_json() for p in self.problems],
             "waivers": [f.waiver.to_json() for f in self.findings if f.waiver],
-            "overrides": [f.override.to_json() for f in self.findings if f.override],
+            # One per finding let pass, with the resource it was found on (`finding`): an
+            # override for a whole rule lets several pass.
+            "overrides": [
+                {**f.override.to_json(), "finding": f.address}
+                for f in self.findings
+                if f.override
+            ],
             "rego": self.rego,
         }
         if compact:

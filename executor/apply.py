@@ -59,10 +59,12 @@ def apply_plan(
     # The exceptions this plan was judged with are part of what an auditor reads: who waived or
     # overrode which rule for which resource, and why.
     judged = plan.get("policy", {})
+    # Nested, not spread: a waiver's own `id` must not stand in for the entry's.
     for waiver in judged.get("waivers", []):
-        state.event("policy-waiver", waiver.get("resource"), **waiver)
+        state.event("policy-waiver", waiver.get("resource"), waiver=waiver)
     for override in judged.get("overrides", []):
-        state.event("policy-override", override.get("resource") or None, **override)
+        where = override.get("finding") or override.get("resource") or None
+        state.event("policy-override", where, override=override)
     current: dict[str, Any] = {}
     try:
         _preflight(actions, host)

@@ -151,7 +151,7 @@ def test_a_soft_finding_passes_with_an_identity_and_a_reason(tmp_path: Path) -> 
     given = policy.Override("H-privileged", "service.web", "vendor appliance", "alice")
     v = verdict(tmp_path, overrides=(given,))
     assert statuses(v)[("H-privileged", "service.web")] == "overridden"
-    assert v.to_json()["overrides"] == [given.to_json()]
+    assert v.to_json()["overrides"] == [{**given.to_json(), "finding": "service.web"}]
     assert v.to_json()["counts"]["overridden"] == 1
 
 
@@ -440,6 +440,7 @@ def test_override_flag_reaches_the_plan_document(tmp_path: Path) -> None:
             "resource": "service.web",
             "reason": "vendor appliance",
             "identity": "alice",
+            "finding": "service.web",
         }
     ]
 
@@ -541,8 +542,38 @@ def test_apply_records_the_waivers_and_overrides_it_was_judged_with(tmp_path: Pa
     apply_plan(plan, Host(paths, Monitor(tmp_path / "monitor.sock")), state)
     events = [e for e in state.events() if e["kind"].startswith("policy-")]
     assert events == [
-        {**events[0], "kind": "policy-override", "address": "service.web", **given.to_json()}
+        {
+            **events[0],
+            "kind": "policy-override",
+            "address": "service.web",
+            "override": {**given.to_json(), "finding": "service.web"},
+        }
     ]
+    assert isinstance(events[0]["id"], int)  # the entry's own number, not a name from it
+
+
+def test_an_override_of_a_whole_rule_is_logged_for_each_finding_it_let_pass(
+    tmp_path: Path,
+) -> None:
+    """One --override RULE=... letting two findings pass: two entries, each naming its own."""
+    from executor.apply import apply_plan
+    from executor.drivers import Host
+    from executor.monitor import Monitor
+    from executor.paths import ProjectPaths
+    from executor.state import State
+
+    paths = ProjectPaths.for_state_dir(tmp_path / "state")
+    paths.ensure()
+    state = State.open(paths.database)
+    given = policy.Override("H-shared-volume", "", "reviewed", "alice")
+    judged = verdict(tmp_path, overrides=(given,)).to_json(compact=True)
+    apply_plan(
+        {"actions": [], "policy": judged, "outputs": {}},
+        Host(paths, Monitor(tmp_path / "m.sock")),
+        state,
+    )
+    logged = [e["address"] for e in state.events() if e["kind"] == "policy-override"]
+    assert logged == ["service.api", "service.worker"]
 
 
 def test_the_policy_reference_lists_the_shipped_packs_rule_by_rule() -> None:
