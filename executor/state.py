@@ -529,14 +529,18 @@ class State:
                 old, revoked_at = (revoked or {})[point.keyid]
                 key = old if revoked_at and point.at < revoked_at else None
             message = _checkpoint_message(self.lineage, point.event_id, point.head, point.at)
-            try:
-                if key is None:
-                    raise InvalidSignature
-                key.verify(base64.b64decode(point.sig, validate=True), message)
-            except (InvalidSignature, ValueError):
+            if key is None:
                 problems.append(
                     f"checkpoint {point.id} (entry {point.event_id}, {point.at}) is not signed "
                     f"by a trusted key ({point.keyid[:19]}…)"
+                )
+                continue
+            try:
+                key.verify(base64.b64decode(point.sig, validate=True), message)
+            except (InvalidSignature, ValueError):
+                problems.append(
+                    f"checkpoint {point.id} (entry {point.event_id}, {point.at}): its signature "
+                    f"by {point.keyid[:19]}… does not verify, so it was changed after signing"
                 )
                 continue
             row = self.db.execute(
