@@ -519,13 +519,15 @@ def plan(
         if not (selection.get("targets") or selection.get("excludes")):
             render.outputs(out, document["outputs"])
     if output is not None:
-        _write_plan(project, document, key, output)
+        _write_plan(project, document, key, output, as_json)
     changes = _has_changes(document)
     if detailed_exitcode and changes:
         raise typer.Exit(EXIT_CHANGES)
 
 
-def _write_plan(project: Any, document: dict[str, Any], key: list[str] | None, to: Path) -> None:
+def _write_plan(
+    project: Any, document: dict[str, Any], key: list[str] | None, to: Path, as_json: bool
+) -> None:
     from .project import sign
 
     try:
@@ -533,28 +535,37 @@ def _write_plan(project: Any, document: dict[str, Any], key: list[str] | None, t
     except OSError as exc:
         err.print(f"[bold red]error:[/] cannot write the plan to {e(to)}: {e(exc.strerror)}")
         raise typer.Exit(EXIT_DIAGNOSTIC) from None
-    out.print(f"Signed plan written to [bold]{e(to)}[/]; apply it with `forge apply {e(to)}`.")
+    # With --json, stdout holds the plan document alone.
+    (err if as_json else out).print(
+        f"Signed plan written to [bold]{e(to)}[/]; apply it with `forge apply {e(to)}`."
+    )
 
 
 # -- apply, destroy ---------------------------------------------------------------------------
 
 
-def _progress(phase: str, address: str, message: str) -> None:
+def _progress(phase: str, address: str, message: str, to: Any = None) -> None:
+    console = to or out
     if phase == "done":
-        out.print(f"  [green]✓[/] {e(address)}: {e(message)}")
+        console.print(f"  [green]✓[/] {e(address)}: {e(message)}")
     elif phase == "delete":
-        out.print(f"  [red]-[/] {e(address)}: {e(message)}")
+        console.print(f"  [red]-[/] {e(address)}: {e(message)}")
     elif phase == "recover":
-        out.print(f"  [yellow]↺[/] {e(message)}")
+        console.print(f"  [yellow]↺[/] {e(message)}")
     else:
-        out.print(f"  [cyan]…[/] {e(address)}: {e(message)}")
+        console.print(f"  [cyan]…[/] {e(address)}: {e(message)}")
 
 
-def _run(project: Any, envelope: bytes) -> None:
+def _run(project: Any, envelope: bytes, json_on_stdout: bool = False) -> None:
+    """Apply a signed plan, telling how it goes; where stdout already holds JSON (`--json`),
+    the telling goes to stderr, so that stdout stays one document."""
     from .project import apply as apply_envelope
 
+    to = err if json_on_stdout else out
     started = time.monotonic()
-    verified, result = apply_envelope(project, envelope, _progress)
+    verified, result = apply_envelope(
+        project, envelope, lambda phase, address, text: _progress(phase, address, text, to)
+    )
     if result.failed is not None:
         action = result.failed_action
         where = ""
@@ -570,11 +581,11 @@ def _run(project: Any, envelope: bytes) -> None:
         )
         raise typer.Exit(EXIT_ACTION_FAILED)
     verb = "Destroyed" if verified.document.get("destroy") else "Applied"
-    out.print(
+    to.print(
         f"[green]{e(verb)}:[/] {len(set(result.changed))} resource(s) changed in "
         f"{time.monotonic() - started:.1f}s (state serial {e(result.serial or 'unchanged')})."
     )
-    render.outputs(out, verified.document.get("outputs", {}))
+    render.outputs(to, verified.document.get("outputs", {}))
 
 
 def _confirm(auto_approve: bool, question: str) -> None:
@@ -1712,13 +1723,13 @@ def state_rollback(
         out.print(f"[bold]Rolling back to serial {serial}:[/]")
         render.plan(out, document)
     if output is not None:
-        _write_plan(project, document, key, output)
+        _write_plan(project, document, key, output, as_json)
         return
     if not _has_changes(document):
-        out.print(f"The host already is as it was at serial {serial}.")
+        (err if as_json else out).print(f"The host already is as it was at serial {serial}.")
         return
     _confirm(auto_approve, f"Roll back to serial {serial}?")
-    _run(project, sign(project, document, key))
+    _run(project, sign(project, document, key), json_on_stdout=as_json)
 
 
 @state_app.command("export")

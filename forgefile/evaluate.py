@@ -14,6 +14,7 @@ from stdlib import functions
 from .diagnostics import Diagnostic, DiagnosticError, Span, suggest
 from .schema import RESOURCE_KINDS
 from .syntax import (
+    MAX_INT,
     Binary,
     Call,
     Conditional,
@@ -393,7 +394,9 @@ def _arithmetic(expr: Binary, left: Any, right: Any) -> Any:
     except (OverflowError, ValueError):  # int() of an infinite float
         result = math.inf
     number = getattr(result, "nanoseconds", getattr(result, "bytes", result))
-    if isinstance(number, float) and not math.isfinite(number):
+    if (isinstance(number, float) and not math.isfinite(number)) or (
+        isinstance(number, int) and abs(number) > MAX_INT
+    ):
         raise EvalError(
             "E0229",
             "the result is too large to be a number",

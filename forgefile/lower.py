@@ -1334,6 +1334,7 @@ MIN_MEMORY = 4 << 20  # below this the kernel and runc refuse to start a contain
 # runc's own init (Go) makes its threads inside the container's cgroup before the workload
 # starts: with fewer pids it fails at random, "pthread_create failed" (opencontainers/runc#1914).
 MIN_PIDS = 16
+MAX_PIDS = 4_194_304  # PID_MAX_LIMIT: runc fails with "pids.max: invalid argument" above it
 
 
 def _value_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
@@ -1424,6 +1425,8 @@ def _limit_problems(limits: dict[str, Any]) -> list[str]:
         )
     if limits.get("cpus") is not None and limits["cpus"] <= 0:
         problems.append("cpus must be more than 0")
+    if limits.get("pids") is not None and limits["pids"] > MAX_PIDS:
+        problems.append(f"pids {limits['pids']} is above the kernel's own limit, {MAX_PIDS}")
     if limits.get("pids") is not None and limits["pids"] < MIN_PIDS:
         problems.append(
             f"pids {limits['pids']} is below {MIN_PIDS}, too few for runc to start the container "

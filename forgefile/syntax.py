@@ -342,6 +342,13 @@ def _span_of(node: Tree, path: str, dl: int = 0, dc: int = 0) -> Span:
     )
 
 
+MAX_INT = 2**63 - 1  # what plans, state and runc's config.json hold: signed 64 bits
+
+
+def _too_large(span: Span, hint: str) -> DiagnosticError:
+    return DiagnosticError([Diagnostic("E0229", "this number is too large to be one", span, hint)])
+
+
 class _Builder:
     """Turns a Lark tree into syntax classes; `dl`/`dc` shift positions of interpolations."""
 
@@ -490,34 +497,33 @@ class _Builder:
         return Template(span, tuple(decoded))
 
     def _int(self, node: Tree, span: Span) -> Expr:
-        return Literal(span, int(str(node.children[0]).replace("_", "")))
+        value = int(str(node.children[0]).replace("_", ""))
+        if abs(value) > MAX_INT:
+            raise _too_large(span, "plans and state hold integers of 64 bits at most")
+        return Literal(span, value)
 
     def _float(self, node: Tree, span: Span) -> Expr:
         value = float(str(node.children[0]).replace("_", ""))
         if not math.isfinite(value):
-            raise DiagnosticError(
-                [
-                    Diagnostic(
-                        "E0229",
-                        "this number is too large to be one",
-                        span,
-                        "plans and state hold finite numbers only",
-                    )
-                ]
-            )
+            raise _too_large(span, "plans and state hold finite numbers only")
         return Literal(span, value)
 
     def _duration(self, node: Tree, span: Span) -> Expr:
         total = sum(
             int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(str(node.children[0]))
         )
+        if total > MAX_INT:
+            raise _too_large(span, "a duration is at most 292 years, 64 bits of nanoseconds")
         return Literal(span, Duration(total))
 
     def _size(self, node: Tree, span: Span) -> Expr:
         found = _SIZE_PART.fullmatch(str(node.children[0]))
         assert found is not None  # the SIZE terminal is this same pattern
         number, unit = found.groups()
-        return Literal(span, Size(int(float(number) * _SIZE_UNITS[unit])))
+        size = float(number) * _SIZE_UNITS[unit]
+        if not size <= MAX_INT:
+            raise _too_large(span, "a size is at most 8 EiB, 64 bits of bytes")
+        return Literal(span, Size(int(size)))
 
     def _true(self, node: Tree, span: Span) -> Expr:
         return Literal(span, True)

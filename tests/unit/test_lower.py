@@ -319,6 +319,7 @@ def test_runaway_strings_are_stopped(tmp_path: Path) -> None:
         "resources {\n    cpus = 0\n  }",
         "resources {\n    pids = 0\n  }",
         "resources {\n    pids = 4\n  }",
+        "resources {\n    pids = 9999999999999\n  }",
         'cap_drop = ["CAP_NOPE"]',
         'tmpfs = ["tmp"]',
         'tmpfs = ["/data"]\n  volumes = { "/data" = volume.v }',

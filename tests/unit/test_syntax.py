@@ -301,6 +301,10 @@ def test_an_expression_at_the_depth_limit_still_evaluates() -> None:
         pytest.param("9" * 400 + ".0", id="literal"),
         pytest.param("9" * 300 + ".0 * " + "9" * 300 + ".0", id="product"),
         pytest.param("64MiB * " + "9" * 300 + ".0 * " + "9" * 300 + ".0", id="a-size"),
+        pytest.param(str(2**63), id="an-integer-past-64-bits"),
+        pytest.param("4294967296 * 4294967296", id="an-integer-product"),
+        pytest.param("99999999999TiB", id="a-size-literal"),
+        pytest.param("9999999999999h", id="a-duration-literal"),
     ],
 )
 def test_a_number_past_the_largest_float_is_e0229(tmp_path: Path, value: str) -> None:
