@@ -1201,9 +1201,7 @@ class Verdict:
             # One per finding let pass, with the resource it was found on (`finding`): an
             # override for a whole rule lets several pass.
             "overrides": [
-                {**f.override.to_json(), "finding": f.address}
-                for f in self.findings
-                if f.override
+                {**f.override.to_json(), "finding": f.address} for f in self.findings if f.override
             ],
             "rego": self.rego,
         }
