@@ -678,9 +678,16 @@ def _allocate(
                 [
                     Diagnostic(
                         "P0003",
-                        f"{net.address} ({net.subnet}) has no free address left for {w.address}",
+                        f"{net.address} ({net.subnet}) has no free address left for {w.address}"
+                        + (" while its old container still runs" if w.address in fresh else ""),
                         w.span_of("networks"),
-                        "use a larger subnet",
+                        "use a larger subnet"
+                        + (
+                            ", or drop create_before_destroy (it needs a spare address for the "
+                            "replacement)"
+                            if w.address in fresh
+                            else ""
+                        ),
                     )
                 ]
             )

@@ -201,6 +201,8 @@ def _build_up(
     entry = state.intend(address, action["kind"], "create", _will_make(host, action, digest))
     try:
         runtime = create(host, address, spec, digest)
+        if replacing is not None and action["kind"] == "service":
+            _still_running(host, address, runtime, delete)
     except ActionFailed as exc:
         result.failed_action = action
         if exc.ran is not None:
@@ -233,6 +235,26 @@ def _build_up(
         state.event(
             "deleted", address, seconds=round(time.monotonic() - started, 3), after_successor=True
         )
+
+
+# How long a create_before_destroy replacement must keep running before the old one is
+# stopped: a command that fails at once must not take the service down with the old one.
+SETTLE = 1.0
+
+
+def _still_running(host: Host, address: str, runtime: dict[str, Any], delete: Any) -> None:
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline:
+        status = container_statuses(host, {address: runtime})[address]
+        if status is not None and status.state == "exited":
+            delete(host, address, runtime)
+            raise ActionFailed(
+                address,
+                f"the replacement exited with code {status.exit_code} within {SETTLE:g}s of "
+                "starting; the one it replaces keeps running",
+                f"see `forge logs {address}`",
+            )
+        time.sleep(0.1)
 
 
 def _will_make(host: Host, action: dict[str, Any], digest: str) -> dict[str, Any]:

@@ -236,3 +236,29 @@ def test_create_before_destroy_starts_the_new_container_before_stopping_the_old(
         left = leftovers(paths)
         force_cleanup(paths)
     assert left == []
+
+
+def test_a_replacement_that_dies_at_once_leaves_the_old_one_running(tmp_path: Path) -> None:
+    """create_before_destroy: a new command that exits at once fails the apply, and the old
+    container of service.b keeps running, still the one state records."""
+    subnet = free_subnet(range(100, 130))
+    only_b = FORGEFILE.split('service "a"')[0] + 'service "b"' + FORGEFILE.split('service "b"')[1]
+    only_b = only_b.split('service "c"')[0]
+    (tmp_path / "Forgefile").write_text(only_b.replace("SUBNET", subnet))
+    paths = ProjectPaths.for_state_dir(tmp_path / ".forge")
+    try:
+        assert forge_in(tmp_path, "key", "generate").returncode == 0
+        assert forge_in(tmp_path, "apply", "--auto-approve").returncode == 0
+        old = {r["address"]: r for r in state(tmp_path)["resources"]}["service.b"]
+        # The word ends the command early: `echo x; exit 7 # b; exec sleep 600`.
+        failed = forge_in(tmp_path, "apply", "--auto-approve", "--var", "word=x; exit 7 #")
+        assert failed.returncode == 4, failed.stdout + failed.stderr
+        assert "the replacement exited with code 7" in failed.stderr
+        now = {r["address"]: r for r in state(tmp_path)["resources"]}["service.b"]
+        assert now["runtime"]["container_id"] == old["runtime"]["container_id"]
+        assert old["runtime"]["container_id"] in runc_containers(paths)
+    finally:
+        forge_in(tmp_path, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert left == []
