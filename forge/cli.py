@@ -131,6 +131,7 @@ EXIT_ACTION_FAILED = 4
 EXIT_DECLINED = 5
 EXIT_AUDIT_BROKEN = 6
 EXIT_INTERNAL = 70
+MAX_INT = 2**63 - 1  # SQLite's integers: a serial or a count past it is a usage error
 
 
 # Where the project is: every command takes these, so `forge apply --var x=1` reads as it should.
@@ -1426,7 +1427,9 @@ def key_list(
 @reports
 def audit_log(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Show the last N entries.")] = 100,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=MAX_INT, help="Show the last N entries.")
+    ] = 100,
     file: FileOption = HERE,
     state_dir: StateOption = None,
 ) -> None:
@@ -1661,7 +1664,10 @@ def state_list(
 @reports
 def state_show(
     serial: Annotated[
-        int | None, typer.Argument(help="A serial from `forge state list` [default: current].")
+        int | None,
+        typer.Argument(
+            min=0, max=MAX_INT, help="A serial from `forge state list` [default: current]."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     file: FileOption = HERE,
@@ -1687,7 +1693,9 @@ def state_show(
 @state_app.command("rollback")
 @reports
 def state_rollback(
-    serial: Annotated[int, typer.Argument(help="A serial from `forge state list`.")],
+    serial: Annotated[
+        int, typer.Argument(min=0, max=MAX_INT, help="A serial from `forge state list`.")
+    ],
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Roll back without asking.")
     ] = False,
@@ -1736,7 +1744,10 @@ def state_rollback(
 @reports
 def state_export(
     serial: Annotated[
-        int | None, typer.Option("--serial", help="Export a kept serial [default: current].")
+        int | None,
+        typer.Option(
+            "--serial", min=0, max=MAX_INT, help="Export a kept serial [default: current]."
+        ),
     ] = None,
     output: JsonOutputOption = None,
     file: FileOption = HERE,
