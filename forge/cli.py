@@ -799,6 +799,10 @@ def destroy(
     document = _planned(project, destroy=True)
     render.plan(out, document)
     if not _has_changes(document):
+        # Nothing in state, but a create that failed may have left its (empty) run folder.
+        from .project import forget_run_dir
+
+        forget_run_dir(project)
         return
     _confirm(auto_approve, "Destroy all of these?")
     _run(project, sign(project, document, key))

@@ -429,8 +429,12 @@ def apply(
         finally:
             state.close()
     if verified.document.get("destroy") and result.failed is None:
-        # Nothing of this project runs any more: drop its run-time folder, and let the host's
-        # monitor go if no other project needs it.
-        shutil.rmtree(project.paths.run_dir, ignore_errors=True)
-        host.monitor.shutdown_if_idle()
+        forget_run_dir(project)
     return verified, result
+
+
+def forget_run_dir(project: Project) -> None:
+    """Nothing of this project runs any more: drop its run-time folder, and let the host's
+    monitor go if no other project needs it."""
+    shutil.rmtree(project.paths.run_dir, ignore_errors=True)
+    project.host().monitor.shutdown_if_idle()
