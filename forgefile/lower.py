@@ -149,6 +149,8 @@ class Lowering:
         inputs: dict[str, tuple[Any, Span]] | None = None,
     ) -> None:
         self.file = parsed
+        # Block spans a per-block diagnostic was given for, so count instances repeat none.
+        self._said_once: set[Span] = set()
         # For an imported module: its import path, the files that imported it (to refuse
         # cycles), and the values its import block gave its variables.
         self.namespace = namespace
@@ -849,6 +851,9 @@ class Lowering:
         name = block.labels[0]
         lifecycle = nested.get("lifecycle", [{}])[0]
         if block.type == "network" and lifecycle.get("create_before_destroy"):
+            if block.span in self._said_once:
+                return None  # said for the block, not again for each of its instances
+            self._said_once.add(block.span)
             self.errors.error(
                 "E0310",
                 f'network "{block.labels[0]}" cannot be created before it is destroyed: its '

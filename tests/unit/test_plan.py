@@ -625,6 +625,11 @@ def test_create_before_destroy_on_a_network_is_refused(tmp_path: Path) -> None:
     assert error.code == "E0310" and "bridge is named by the network" in error.message
     assert error.span is not None and (error.span.line, error.span.column) == (8, 5)
 
+    counted = text.replace('network "net" {', 'network "net" {\n  count = 2')
+    with pytest.raises(DiagnosticError) as caught:
+        lower(tmp_path, counted)
+    assert [d.code for d in caught.value.diagnostics].count("E0310") == 1  # not per instance
+
 
 def test_prevent_destroy_lets_a_dead_workload_restart_and_an_excluded_change_wait(
     tmp_path: Path,
