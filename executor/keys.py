@@ -184,6 +184,10 @@ class KeyStore:
         candidates = sorted(self.root.glob("*.key"))
         if name is not None:
             candidates = [p for p in candidates if p.stem == name]
+        if name is None and len(candidates) > 1:
+            # A revoked key signs nothing: it does not count among the keys to choose from.
+            revoked = self.revoked()
+            candidates = [p for p in candidates if self._keyid_of(p.stem) not in revoked]
         if not candidates:
             raise KeyStoreError(
                 f"no signing key{' named ' + name if name else ''} in {self.root}; "
@@ -214,6 +218,12 @@ class KeyStore:
                 "sign with another key, or generate a new one"
             )
         return key
+
+    def _keyid_of(self, name: str) -> str | None:
+        try:
+            return key_id(_load_public((self.root / f"{name}.pub").read_bytes()))
+        except (OSError, ValueError):
+            return None
 
     def list(self) -> list[KeyInfo]:
         """This project's own keys, then the trusted and revoked keys of other signers."""

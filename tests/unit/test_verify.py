@@ -354,3 +354,10 @@ def test_a_revoked_key_signs_nothing_and_cannot_be_revoked_twice(keys: KeyStore)
         keys.signer("ci")
     with pytest.raises(KeyStoreError, match="already revoked"):
         keys.revoke("ci", "again")
+
+
+def test_a_revoked_key_is_not_one_of_the_keys_to_choose_from(keys: KeyStore) -> None:
+    """With ci revoked and a second key made, signing needs no --key: only one can sign."""
+    keys.generate("next")
+    keys.revoke("ci", "rotated")
+    assert key_id(keys.signer().public_key()) == key_id(keys.signer("next").public_key())
