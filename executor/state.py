@@ -471,6 +471,35 @@ class State:
             prev, expected_id, count = row_hash, entry + 1, count + 1
         return AuditCheck(count, None, "")
 
+    def verify_plans(self) -> list[str]:
+        """What is wrong with the kept plans: each plan the log says was verified must still be
+        kept, and hold the payload it was kept under (its signatures are the auditor's to check
+        against their trust store, as `forge audit export` does)."""
+        problems = []
+        kept: set[str] = set()
+        for digest, envelope in self.db.execute("SELECT payload_digest, envelope FROM plans"):
+            try:
+                payload = base64.b64decode(json.loads(bytes(envelope))["payload"], validate=True)
+                holds = "sha256:" + hashlib.sha256(payload).hexdigest() == digest
+            except (ValueError, KeyError, TypeError):
+                holds = False
+            if holds:
+                kept.add(digest)
+            else:
+                problems.append(
+                    f"the kept plan {digest[:19]}… was changed: it holds another payload"
+                )
+        for entry, detail in self.db.execute(
+            "SELECT id, detail FROM events WHERE kind = 'plan-verified' ORDER BY id"
+        ):
+            verified = str(_detail(detail).get("payload"))
+            if verified not in kept:
+                problems.append(
+                    f"entry {entry} verified the plan {verified[:19]}…, which is no longer "
+                    "kept: plans were removed from the database"
+                )
+        return problems
+
     # -- signed checkpoints ---------------------------------------------------------------------
 
     def checkpoint(self, signer: Ed25519PrivateKey) -> Checkpoint:

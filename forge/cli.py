@@ -1484,6 +1484,7 @@ def audit_verify(
         points = state.checkpoints()
         keys = project.keys()
         problems = state.verify_checkpoints(keys.trusted(), keys.revoked_keys())
+        problems += state.verify_plans()
     finally:
         state.close()
     signed = max((p.event_id for p in points), default=0)

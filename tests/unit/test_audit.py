@@ -6,6 +6,8 @@ sqlite3 module straight on the database file.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -268,5 +270,26 @@ def test_a_checkpoint_by_a_key_revoked_later_still_counts(logged: Path, keys: Ke
         assert state.verify_checkpoints(keys.trusted(), keys.revoked_keys()) == []
         with pytest.raises(KeyStoreError, match="revoked"):
             state.checkpoint(keys.signer("auditor"))
+    finally:
+        state.close()
+
+
+def test_verify_names_a_kept_plan_removed_or_changed(tmp_path: Path) -> None:
+    """The log says which plans were verified: one gone from the plans table, or holding
+    another payload than it was kept under, is a problem `audit verify` names."""
+    state = State.open(tmp_path / "state.db")
+    try:
+        payload = b"the payload"
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        envelope = json.dumps({"payload": base64.b64encode(payload).decode()}).encode()
+        state.event("plan-verified", None, payload=digest)
+        state.keep_plan(digest, envelope)
+        assert state.verify_plans() == []
+        other = json.dumps({"payload": base64.b64encode(b"another").decode()}).encode()
+        state.db.execute("UPDATE plans SET envelope = ?", [other])
+        [changed, gone] = state.verify_plans()
+        assert "was changed" in changed and "no longer kept" in gone
+        state.db.execute("DELETE FROM plans")
+        assert ["no longer kept" in p for p in state.verify_plans()] == [True]
     finally:
         state.close()
