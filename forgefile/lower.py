@@ -887,13 +887,21 @@ class Lowering:
                 return ir.Volume(**common)
             case "service" | "job":
                 limits = nested.get("resources", [{}])[0]
-                for problem in _limit_problems(limits):
+                problems = _limit_problems(limits)
+                spans = {
+                    a.name: a.span
+                    for b in block.blocks
+                    if b.type == "resources"
+                    for a in b.attributes
+                }
+                for problem, attribute in problems:
                     self.errors.error(
                         "E0119",
                         problem,
-                        block.span,
-                        "the value would be refused when the workload starts",
+                        spans.get(attribute, block.span),
+                        "change it to a value in range; runc would refuse this one at apply",
                     )
+                if problems:
                     return None
                 values["resources"] = ir.Limits(**limits)
                 values["hostname"] = values["hostname"] or instance_name(name, key)[:63]
@@ -1421,22 +1429,27 @@ def signal_name(name: str) -> str | None:
     return canonical if canonical in signal.Signals.__members__ else None
 
 
-def _limit_problems(limits: dict[str, Any]) -> list[str]:
+def _limit_problems(limits: dict[str, Any]) -> list[tuple[str, str]]:
+    """Limits no container starts with: (message, attribute)."""
     problems = []
     memory = limits.get("memory")
     if memory is not None and memory.bytes < MIN_MEMORY:
         problems.append(
-            f"memory {memory} is below the smallest limit a container starts with, 4MiB"
+            (f"memory {memory} is below the smallest limit a container starts with, 4MiB", "memory")
         )
     if limits.get("cpus") is not None and limits["cpus"] <= 0:
-        problems.append("cpus must be more than 0")
-    if limits.get("pids") is not None and limits["pids"] > MAX_PIDS:
-        problems.append(f"pids {limits['pids']} is above the kernel's own limit, {MAX_PIDS}")
-    if limits.get("pids") is not None and limits["pids"] < MIN_PIDS:
+        problems.append(("cpus must be more than 0", "cpus"))
+    pids = limits.get("pids")
+    if pids is not None and pids > MAX_PIDS:
+        problems.append((f"pids {pids} is above the kernel's own limit, {MAX_PIDS}", "pids"))
+    if pids is not None and pids < MIN_PIDS:
         problems.append(
-            f"pids {limits['pids']} is below {MIN_PIDS}, too few for runc to start the container "
-            "(its own init makes several threads in the container's cgroup before the workload "
-            "runs)"
+            (
+                f"pids {pids} is below {MIN_PIDS}, too few for runc to start the container (its "
+                "own init makes several threads in the container's cgroup before the workload "
+                "runs)",
+                "pids",
+            )
         )
     return problems
 
