@@ -1739,7 +1739,6 @@ def state_rollback(
         _write_plan(project, document, key, output, as_json)
         return
     if not _has_changes(document):
-        (err if as_json else out).print(f"The host already is as it was at serial {serial}.")
         return
     _confirm(auto_approve, f"Roll back to serial {serial}?")
     _run(project, sign(project, document, key), json_on_stdout=as_json)

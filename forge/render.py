@@ -169,6 +169,9 @@ def plan(console: Console, document: dict[str, Any]) -> None:
     if not changes:
         if document.get("destroy"):
             console.print("[green]Nothing to destroy.[/] State holds no resources.")
+        elif document.get("rollback"):
+            serial = document["rollback"]["serial"]
+            console.print(f"[green]No changes.[/] The host is as it was at serial {serial}.")
         else:
             console.print("[green]No changes.[/] The host matches the Forgefile.")
         return
