@@ -572,7 +572,10 @@ def _run(project: Any, envelope: bytes, json_on_stdout: bool = False) -> None:
         where = ""
         if action and action.get("span"):
             span = action["span"]
-            where = f" (declared at {span['file']}:{span['line']}:{span['column']})"
+            from forgefile.diagnostics import Span
+
+            declared = Span(span["file"], span["line"], span["column"], span["line"], 0)
+            where = f" (declared at {render.shown(declared)})"
         err.print(f"[bold red]{e(result.failed.address)} failed{e(where)}:[/] {e(result.failed)}")
         if result.failed.hint:
             err.print(f"  [green]hint:[/] {e(result.failed.hint)}")

@@ -62,7 +62,8 @@ class Project:
     def locate(
         cls, file: Path, state_dir: Path | None, policy_paths: list[Path], variables: dict[str, str]
     ) -> Project:
-        forgefile = file / FORGEFILE if file.is_dir() else file
+        # Absolute, so that spans and input paths in plans do not depend on where forge ran.
+        forgefile = (file / FORGEFILE if file.is_dir() else file).absolute()
         base = forgefile.parent
         state = state_dir or Path(os.environ.get("FORGE_STATE_DIR", base / ".forge"))
         if not policy_paths and (base / "policy").is_dir():

@@ -83,8 +83,18 @@ def _window(line: str, start: int) -> str:
     return ("…" if start else "") + shown + ("…" if len(line) > start + FRAME_WIDTH else "")
 
 
+def shown(span: Span) -> str:
+    """`file:line:column`, the file relative to the working folder when it lies under it:
+    spans hold absolute paths (so plans do not depend on where forge ran), people read less."""
+    try:
+        file = str(Path(span.file).relative_to(Path.cwd()))
+    except ValueError:
+        file = span.file
+    return f"{file}:{span.line}:{span.column}"
+
+
 def diagnostic(console: Console, d: Diagnostic) -> None:
-    where = f"{d.span}: " if d.span else ""
+    where = f"{shown(d.span)}: " if d.span else ""
     style = _STYLE.get(str(d.severity), "bold")
     console.print(
         f"[bold]{escape(where)}[/][{style}]{d.severity}[/][dim]{escape(f'[{d.code}]')}[/] "
@@ -96,7 +106,7 @@ def diagnostic(console: Console, d: Diagnostic) -> None:
     if d.context:
         console.print(f"  [dim]{escape(d.context)}[/]")
     for related in d.related:
-        console.print(f"  [cyan]note:[/] {escape(str(related.span))}: {escape(related.message)}")
+        console.print(f"  [cyan]note:[/] {escape(shown(related.span))}: {escape(related.message)}")
     if d.hint:
         console.print(f"  [green]hint:[/] {escape(d.hint)}")
 
