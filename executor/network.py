@@ -497,6 +497,7 @@ def _add_port(ipr: Any, inner: Any, project_id: str, workload: str, ns: str, por
             prefixlen=port.address.network.prefixlen,
         )
         inner.link("set", index=peer_index, state="up")
+        _forget_neighbour(ipr, port)
     except Exception as exc:
         raise NetworkError(
             f"attach {workload} of project {project_id} to network {port.network}"
@@ -505,6 +506,16 @@ def _add_port(ipr: Any, inner: Any, project_id: str, workload: str, ns: str, por
             network=port.network,
             workload=workload,
         ) from exc
+
+
+def _forget_neighbour(ipr: Any, port: _Port) -> None:
+    """The host may still map this address to the MAC of a container that had it before (a
+    replacement, a rollback): drop that entry, or the host keeps talking to the old MAC until
+    the entry goes stale, seconds of timeouts."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with suppress(NetlinkError):
+        ipr.neigh("del", dst=str(port.address.ip), ifindex=port.bridge_index)
 
 
 def detach(project_id: str, workload: str) -> None:

@@ -293,3 +293,17 @@ def test_a_link_forge_did_not_make_is_never_touched(project: Project) -> None:
         assert net.list_owned(project.id) == nothing_owned()
     finally:
         ip("link", "del", name, check=False)
+
+
+def test_a_reused_address_does_not_keep_the_old_containers_mac(project: Project) -> None:
+    """The host's neighbour entry for an address (the MAC of whoever had it before) is dropped
+    when a new workload takes the address, so the host does not talk to a MAC that is gone."""
+    (subnet,) = free_subnets(1)
+    bridge = project.network("backend", subnet)
+    reused = str(subnet.network_address + 2)
+    ip("neigh", "replace", reused, "lladdr", "02:00:00:00:00:99", "dev", bridge, "nud", "stale")
+    assert "02:00:00:00:00:99" in ip("neigh", "show", reused, "dev", bridge)
+
+    project.attach("service.web[0]", on("backend", subnet, 2))
+
+    assert "02:00:00:00:00:99" not in ip("neigh", "show", reused, "dev", bridge)
