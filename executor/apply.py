@@ -334,7 +334,9 @@ def live_status(host: Host, state: State) -> dict[str, tuple[bool | None, str]]:
             live[address] = (True, "") if present else (False, "its bridge is gone")
         elif record.kind == "service":
             netns = record.runtime.get("netns")
-            if netns and not os.path.exists(netns):
+            if "stopped" in record.runtime:
+                live[address] = (False, f"stopped by `forge stop` at {record.runtime['stopped']}")
+            elif netns and not os.path.exists(netns):
                 live[address] = (False, "its network namespace is gone")
             else:
                 services[address] = record.runtime

@@ -811,6 +811,154 @@ def destroy(
     _run(project, sign(project, document, key))
 
 
+# -- one workload: stop, start, restart, exec, inspect ---------------------------------------
+
+AddressArgument = Annotated[
+    str, typer.Argument(help="A service's address, e.g. service.web.", show_default=False)
+]
+
+
+def _control(file: Path, state_dir: Path | None, operation: str) -> Any:
+    """The project, its host and its state, under the lock, for a command on one workload."""
+    import contextlib
+
+    from executor.state import locked
+
+    project = _project(file, state_dir)
+    if project.existing_state() is None:
+        from executor.control import ControlError
+
+        raise ControlError("nothing has been applied here", hint="forge apply first")
+    stack = contextlib.ExitStack()
+    stack.enter_context(locked(project.state_dir, operation))
+    state = project.state()
+    stack.callback(state.close)
+    return stack, project.host(), state
+
+
+@app.command()
+@reports
+def stop(address: AddressArgument, file: FileOption = HERE, state_dir: StateOption = None) -> None:
+    """Stop a service: its stop_signal, then KILL after its grace period.
+
+    State keeps the service: `forge plan` shows it stopped, and the next apply (or `forge
+    start`) starts it again.
+    """
+    from executor import control
+
+    stack, host, state = _control(file, state_dir, "stop")
+    with stack:
+        stopped = control.stop(host, state, address)
+    out.print(f"[green]Stopped[/] {e(address)}." if stopped else f"{e(address)} was not running.")
+
+
+@app.command()
+@reports
+def start(address: AddressArgument, file: FileOption = HERE, state_dir: StateOption = None) -> None:
+    """Start a stopped service again, as the last apply left it (same spec, same address)."""
+    from executor import control
+
+    stack, host, state = _control(file, state_dir, "start")
+    with stack:
+        runtime = control.start(host, state, address)
+    if runtime is None:
+        out.print(f"{e(address)} is running already.")
+    else:
+        out.print(f"[green]Started[/] {e(address)} as {e(runtime['container_id'])}.")
+
+
+@app.command()
+@reports
+def restart(
+    address: AddressArgument, file: FileOption = HERE, state_dir: StateOption = None
+) -> None:
+    """Stop a service (stop_signal, then KILL after its grace period) and start it again."""
+    from executor import control
+
+    stack, host, state = _control(file, state_dir, "restart")
+    with stack:
+        control.stop(host, state, address)
+        runtime = control.start(host, state, address)
+    assert runtime is not None
+    out.print(f"[green]Restarted[/] {e(address)} as {e(runtime['container_id'])}.")
+
+
+@app.command(
+    name="exec",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@reports
+def exec_(
+    address: AddressArgument,
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments, after --.")],
+    tty: Annotated[
+        bool | None,
+        typer.Option("--tty/--no-tty", "-t", help="Give it a terminal [default: if stdin is one]."),
+    ] = None,
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Run a command inside a running service, as its own process, with its user, environment,
+    capabilities and seccomp profile; exit with the command's code.
+
+    forge exec service.web -- cat /etc/hostname
+    """
+    from executor import control
+
+    project = _project(file, state_dir)
+    state = _open_state(project, "nothing has been applied here")
+    try:
+        argv = control.exec_argv(
+            project.host(), state, address, command, sys.stdin.isatty() if tty is None else tty
+        )
+    finally:
+        state.close()
+    raise typer.Exit(control.run_exec(argv))
+
+
+@app.command()
+@reports
+def inspect(
+    address: Annotated[str, typer.Argument(help="A workload's address.", show_default=False)],
+    file: FileOption = HERE,
+    state_dir: StateOption = None,
+) -> None:
+    """Print what runs for a workload, as JSON: its spec, its runtime ids, its status, and the
+    OCI config.json runc was given."""
+    from executor import control
+    from executor.drivers import container_statuses
+
+    project = _project(file, state_dir)
+    state = _open_state(project, "nothing has been applied here")
+    try:
+        records = state.records()
+    finally:
+        state.close()
+    record = records.get(address)
+    if record is None:
+        from executor.control import ControlError
+        from forgefile.diagnostics import suggest
+
+        raise ControlError(
+            f"no {address} in this project's state",
+            hint=suggest(address, list(records)) or f"workloads: {', '.join(sorted(records))}",
+        )
+    status = container_statuses(project.host(), {address: record.runtime})[address]
+    # TODO(#9): once secrets exist, their values are redacted here as in state export.
+    out.print_json(
+        data={
+            "version": 1,
+            "address": address,
+            "kind": record.kind,
+            "spec": record.spec,
+            "spec_digest": record.spec_digest,
+            "runtime": record.runtime,
+            "status": status.to_json() if status else None,
+            "config": control.bundle_config(record),
+        }
+    )
+
+
 @app.command("force-unlock")
 @reports
 def force_unlock(
@@ -917,6 +1065,9 @@ def _records(project: Any) -> dict[str, Any]:
 
 
 def _status_of(record: Any, status: Any) -> tuple[str, str]:
+    if record.kind == "service" and "stopped" in record.runtime:
+        # Stopped on request: its exit code is the stop signal's, not a crash.
+        return "stopped", f"by forge stop at {record.runtime['stopped'][:19].replace('T', ' ')}"
     if record.kind == "service":
         if status is None or status.state == "unknown":
             return "gone", ""

@@ -149,3 +149,51 @@ def test_a_job_with_restart_on_failure_runs_again_before_it_fails(tmp_path: Path
     assert failed.returncode == 4 and "exited with code 3" in failed.stderr
     assert log == "try\n" * 3
     assert left == []
+
+
+def test_stop_start_restart_exec_and_inspect_one_service(tmp_path: Path) -> None:
+    """stop leaves the record (plan shows the drift), start brings the same container back,
+    exec runs inside with the command's exit code, inspect shows the config runc was given."""
+    folder, paths = project(
+        tmp_path,
+        'service "web" {\n  image = image.busybox\n  hostname = "webhost"\n'
+        '  stop_grace_period = 0s\n  command = ["sleep", "600"]\n}\n',
+    )
+
+    def ps() -> dict[str, object]:
+        rows = json.loads(forge_in(folder, "ps", "--json").stdout)["workloads"]
+        return {r["address"]: r for r in rows}["service.web"]  # type: ignore[no-any-return]
+
+    try:
+        assert forge_in(folder, "apply", "--auto-approve").returncode == 0
+        first = ps()
+        assert forge_in(folder, "stop", "service.web").returncode == 0
+        assert ps()["status"] == "stopped"  # not a crash, whatever its exit code
+        plan = json.loads(forge_in(folder, "plan", "--json").stdout)
+        [web] = [a for a in plan["actions"] if a["address"] == "service.web"]
+        assert web["action"] == "replace" and "stopped by `forge stop`" in web["reason"]
+        assert "was not running" in forge_in(folder, "stop", "service.web").stdout
+
+        assert forge_in(folder, "start", "service.web").returncode == 0
+        assert ps()["status"] == "running" and ps()["id"] == first["id"]
+        assert forge_in(folder, "plan", "--detailed-exitcode").returncode == 0
+
+        inside = forge_in(folder, "exec", "service.web", "--", "cat", "/proc/sys/kernel/hostname")
+        assert (inside.returncode, inside.stdout) == (0, "webhost\n")
+        failing = forge_in(folder, "exec", "service.web", "--", "sh", "-c", "exit 5")
+        assert failing.returncode == 5
+
+        config = json.loads(forge_in(folder, "inspect", "service.web").stdout)["config"]
+        assert config["process"]["args"] == ["sleep", "600"]
+        assert config["hostname"] == "webhost"
+
+        pid = ps()["detail"]
+        assert forge_in(folder, "restart", "service.web").returncode == 0
+        assert ps()["status"] == "running" and ps()["detail"] != pid
+        missing = forge_in(folder, "stop", "service.wbe")
+        assert missing.returncode == 1 and "service.web" in missing.stderr
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert left == []
