@@ -152,12 +152,48 @@ def unsupported(doc: ir.Document, out: Collector) -> None:
             )
 
 
+def waits_that_cannot_end(doc: ir.Document, out: Collector) -> None:
+    """`condition = "healthy"` needs a service with a healthcheck, `"completed_successfully"` a
+    job or WASM module; a job has no health to check."""
+    by_address = {r.address: r for r in doc.resources}
+    for r in doc.resources:
+        if not isinstance(r, ir.Container):
+            continue
+        if isinstance(r, ir.Job) and r.healthcheck is not None:
+            out.error(
+                "E0313",
+                f"{r.address} is a job: it runs to its end, and has no health to check",
+                r.span_of("healthcheck"),
+                "remove the healthcheck, or make it a service",
+            )
+        for address, condition in r.conditions:
+            target = by_address.get(address)
+            if condition == "healthy" and not (
+                isinstance(target, ir.Service) and target.healthcheck is not None
+            ):
+                out.error(
+                    "E0313",
+                    f"{r.address} waits for {address} to be healthy, and {address} has no "
+                    "healthcheck",
+                    r.span,
+                    f'give {address} a healthcheck block, or wait for condition = "started"',
+                )
+            elif condition == "completed_successfully" and not isinstance(target, ir.Job | ir.Wasm):
+                out.error(
+                    "E0313",
+                    f"{r.address} waits for {address} to complete, and a service never does",
+                    r.span,
+                    'wait for condition = "started" or "healthy"',
+                )
+
+
 PASSES: tuple[Callable[[ir.Document, Collector], None], ...] = (
     dependency_cycles,
     overlapping_subnets,
     missing_inputs,
     unused_resources,
     unsupported,
+    waits_that_cannot_end,
 )
 
 

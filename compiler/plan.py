@@ -580,6 +580,9 @@ def _container_spec(
         "init": r.init,
         "stop_signal": signal_name(r.stop_signal) or "SIGTERM",
         "restart": r.restart,
+        "healthcheck": _healthcheck(r.healthcheck),
+        # What to wait for before this one starts, beyond the dependencies having started.
+        "wait_for": dict(r.conditions),
         "resources": {
             "memory": r.resources.memory.bytes if r.resources.memory else None,
             "cpus": r.resources.cpus,
@@ -590,6 +593,18 @@ def _container_spec(
         spec["success_codes"] = list(r.success_codes)
         spec["timeout"] = r.timeout.seconds
     return spec
+
+
+def _healthcheck(check: ir.Healthcheck | None) -> dict[str, Any] | None:
+    if check is None:
+        return None
+    return {
+        "command": list(check.command),
+        "interval": check.interval.seconds,
+        "timeout": check.timeout.seconds,
+        "retries": check.retries,
+        "start_period": check.start_period.seconds,
+    }
 
 
 def _user(r: ir.Container, image: ImageFacts) -> list[int]:

@@ -196,6 +196,7 @@ def _build_up(
     address, spec = action["address"], action["spec"]
     create, delete = DRIVERS[action["kind"]]
     digest = spec_digest(spec)
+    _wait_for(action, host, state, say)
     say("create", address, action["action"])
     started = time.monotonic()
     entry = state.intend(address, action["kind"], "create", _will_make(host, action, digest))
@@ -235,6 +236,49 @@ def _build_up(
         state.event(
             "deleted", address, seconds=round(time.monotonic() - started, 3), after_successor=True
         )
+
+
+def _wait_for(action: dict[str, Any], host: Host, state: State, say: Progress) -> None:
+    """`depends { condition = ... }`: hold this workload back until each dependency is healthy
+    (its healthcheck passed) or completed successfully (a job that ran to a success code)."""
+    address = action["address"]
+    records = state.records()
+    for dependency, condition in sorted((action["spec"] or {}).get("wait_for", {}).items()):
+        record = records.get(dependency)
+        if record is None:
+            raise ActionFailed(address, f"{dependency}, which it waits for, is not there")
+        if condition == "completed_successfully":
+            if "failure" in record.runtime or record.runtime.get("exit_code") is None:
+                raise ActionFailed(
+                    address, f"{dependency} did not complete successfully, and it waits for that"
+                )
+            continue
+        check = record.spec.get("healthcheck") or {}
+        say("create", address, f"waiting for {dependency} to be healthy")
+        budget = float(check.get("start_period", 0)) + (
+            float(check.get("interval", 30)) + float(check.get("timeout", 30))
+        ) * (int(check.get("retries", 3)) + 1)
+        deadline = time.monotonic() + budget + 5
+        while True:
+            status = container_statuses(host, {dependency: record.runtime})[dependency]
+            health = status.health if status is not None else None
+            if health == "healthy":
+                break
+            if health == "unhealthy" or status is None or status.state in ("exited", "unknown"):
+                why = "is unhealthy" if health == "unhealthy" else "is not running"
+                raise ActionFailed(
+                    address,
+                    f"{dependency} {why}, and {address} waits for it to be healthy",
+                    f"see `forge logs {dependency}` and `forge inspect {dependency}`",
+                )
+            if time.monotonic() > deadline:
+                raise ActionFailed(
+                    address,
+                    f"{dependency} was not healthy within {budget + 5:.0f}s, and {address} "
+                    "waits for it",
+                    f"see `forge logs {dependency}`; its healthcheck may never pass",
+                )
+            time.sleep(0.2)
 
 
 # How long a create_before_destroy replacement must keep running before the old one is

@@ -180,6 +180,7 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
             bundle,
             host.log_file(address),
             RestartPolicy.parse(spec["restart"]),
+            spec["healthcheck"],
         )
     except (ImageError, network.NetworkError, ContainerError, MonitorError, OSError) as exc:
         _remove_container(host, address, runtime)

@@ -55,7 +55,8 @@ KILL_TIMEOUT = 10.0
 KEEP_EXITED = 600.0
 # What requests the monitor answers. 2: `statuses`, and `stop` takes the signal to send.
 # 3: `start` takes a restart policy, and statuses tell restarts.
-PROTOCOL = 3
+# 4: `start` takes a healthcheck, and statuses tell health.
+PROTOCOL = 4
 MAX_REQUEST = 1 << 20
 STOP_SIGNALS = frozenset(s.name for s in signal.Signals)
 STATUS_BATCH = 500  # containers per `statuses` request: ~100 kB asked, ~60 kB answered
@@ -82,6 +83,7 @@ class ContainerStatus:
     exited_at: str | None
     signal: str | None = None
     restarts: int = 0  # how often the restart policy has started it again
+    health: str | None = None  # starting, healthy or unhealthy; None without a healthcheck
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerStatus:
@@ -93,6 +95,7 @@ class ContainerStatus:
             exited_at=data.get("exited_at"),
             signal=data.get("signal"),
             restarts=int(data.get("restarts") or 0),
+            health=data.get("health"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ class ContainerStatus:
             "exited_at": self.exited_at,
             "signal": self.signal,
             "restarts": self.restarts,
+            "health": self.health,
         }
 
 
@@ -220,14 +224,18 @@ class Monitor:
         bundle: Path,
         log: Path,
         restart: RestartPolicy | None = None,
+        health: dict[str, Any] | None = None,
     ) -> int:
         """Create and start a container supervised by the monitor; return its init's pid. With
-        `restart`, the monitor starts it again when it exits, as the policy says."""
+        `restart`, the monitor starts it again when it exits, as the policy says; with `health`
+        (command, interval, timeout, retries, start_period), it runs that check inside."""
         self.ensure_running()
         request = _container_request("start", runc_root, container_id, bundle)
         request["log"] = str(log.absolute())
         if restart is not None:
             request["restart"] = restart.to_json()
+        if health is not None:
+            request["health"] = health
         reply = self._request(request, timeout=4 * RUNC_TIMEOUT + KILL_TIMEOUT)
         return int(reply["pid"])
 
@@ -455,6 +463,9 @@ class _Container:
     started_at: float = 0.0
     stopping: bool = False  # a stop was asked for: no restart follows
     backoff: threading.Timer | None = None  # the restart waiting out its delay
+    check: dict[str, Any] | None = None  # the healthcheck: command, interval, timeout, ...
+    health: str | None = None
+    failing: int = 0  # failed checks in a row, outside the start period
 
     def exit_record(self) -> dict[str, Any]:
         assert self.wait_status is not None
@@ -487,6 +498,7 @@ class _Container:
                 last.get("exited_at"),
                 last.get("signal"),
                 self.restarts,
+                self.health,
             )
         return UNKNOWN
 
@@ -539,10 +551,12 @@ class Supervisor:
         bundle: Path,
         log_path: Path,
         restart: RestartPolicy | None = None,
+        check: dict[str, Any] | None = None,
     ) -> int:
         """Create, start and supervise a container; return its pid or raise MonitorError."""
         container = self._reserve(runc_root, container_id, bundle)
         container.log_path, container.restart = log_path, restart or RestartPolicy()
+        container.check = check
         try:
             pid = self._create_and_start(container, log_path)
         except BaseException:
@@ -652,8 +666,47 @@ class Supervisor:
             container.started = True
             container.started_at = time.monotonic()
             self._finish_if_exited(container)
+            if container.check is not None:
+                container.health, container.failing = "starting", 0
+                run = container.restarts
+                threading.Thread(
+                    target=self._check_health, args=(container, run), daemon=True
+                ).start()
         assert container.pid is not None
         return container.pid
+
+    def _check_health(self, container: _Container, run: int) -> None:
+        """Run the healthcheck every interval while this run of the container lasts."""
+        check = container.check
+        assert check is not None
+        command = [str(part) for part in check["command"]]
+        while True:
+            time.sleep(float(check["interval"]))
+            with self._lock:
+                if (
+                    container.restarts != run
+                    or container.wait_status is not None
+                    or container.finished is not None
+                    or container.stopping
+                ):
+                    return
+            result = self._runc_call(
+                container.runc_root,
+                "exec",
+                container.container_id,
+                *command,
+                timeout=float(check["timeout"]),
+            )
+            with self._lock:
+                if container.restarts != run:
+                    return
+                if result.code == 0:
+                    container.health, container.failing = "healthy", 0
+                elif time.monotonic() - container.started_at >= float(check["start_period"]):
+                    container.failing += 1
+                    if container.failing >= int(check["retries"]):
+                        container.health = "unhealthy"
+                self._changed.notify_all()
 
     def _create(self, container: _Container, log_path: Path) -> None:
         root, cid, bundle = container.runc_root, container.container_id, container.bundle
@@ -830,13 +883,25 @@ class Supervisor:
         return state
 
     def _runc_call(
-        self, runc_root: Path, *args: str, stdout: int | None = None, stderr: int | None = None
+        self,
+        runc_root: Path,
+        *args: str,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        timeout: float = RUNC_TIMEOUT,
     ) -> _Result:
         assert self._runc is not None
         argv = [self._runc, "--root", str(runc_root), *args]
-        return self._run(argv, stdout=stdout, stderr=stderr)
+        return self._run(argv, stdout=stdout, stderr=stderr, timeout=timeout)
 
-    def _run(self, argv: list[str], *, stdout: int | None, stderr: int | None) -> _Result:
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        stdout: int | None,
+        stderr: int | None,
+        timeout: float = RUNC_TIMEOUT,
+    ) -> _Result:
         # posix_spawn, not subprocess: subprocess reaps its own children, and the reaper
         # thread must be the only one calling wait, or it would steal container exits.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -849,17 +914,17 @@ class Supervisor:
                 pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
                 self._runs[pid] = None
             self._children.set()
-            code = self._wait_run(pid, argv)
+            code = self._wait_run(pid, argv, timeout)
             out.seek(0)
             err.seek(0)
             return _Result(
                 code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
             )
 
-    def _wait_run(self, pid: int, argv: list[str]) -> int:
+    def _wait_run(self, pid: int, argv: list[str], timeout: float = RUNC_TIMEOUT) -> int:
         with self._lock:
-            if not self._changed.wait_for(lambda: self._runs[pid] is not None, RUNC_TIMEOUT):
-                log.error("%s took over %g s: killing it", " ".join(argv[3:5]), RUNC_TIMEOUT)
+            if not self._changed.wait_for(lambda: self._runs[pid] is not None, timeout):
+                log.error("%s took over %g s: killing it", " ".join(argv[3:5]), timeout)
                 os.kill(pid, signal.SIGKILL)
                 self._changed.wait_for(lambda: self._runs[pid] is not None)
             wait_status = self._runs.pop(pid)
@@ -953,7 +1018,8 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         root, cid, bundle = Path(request["runc_root"]), str(request["id"]), Path(request["bundle"])
         if op == "start":
             restart = RestartPolicy.from_json(request.get("restart"))
-            return {"pid": supervisor.start(root, cid, bundle, Path(request["log"]), restart)}
+            log_path, check = Path(request["log"]), request.get("health")
+            return {"pid": supervisor.start(root, cid, bundle, log_path, restart, check)}
         if op == "status":
             status = supervisor.status(root, cid, bundle)
         elif op == "wait":

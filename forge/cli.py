@@ -1024,6 +1024,7 @@ def ps(
                 "status": status,
                 "detail": detail,
                 "restarts": found.restarts if found is not None else 0,
+                "health": found.health if found is not None else None,
                 "exit_code": last_exit,
                 "ip": ip,
                 "id": record.runtime.get("container_id", ""),
@@ -1072,7 +1073,8 @@ def _status_of(record: Any, status: Any) -> tuple[str, str]:
         if status is None or status.state == "unknown":
             return "gone", ""
         if status.state == "running":
-            return "running", f"pid {status.pid}" if status.pid else ""
+            parts = [f"pid {status.pid}" if status.pid else "", status.health or ""]
+            return "running", ", ".join(p for p in parts if p)
         if status.state == "restarting":
             return "restarting", f"after exit {status.exit_code}"
         return "exited", f"code {status.exit_code}"

@@ -132,6 +132,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Healthcheck:
+    """A command run inside a service's container to tell whether it is healthy."""
+
+    command: tuple[str, ...]
+    interval: Duration
+    timeout: Duration
+    retries: int
+    start_period: Duration
+
+
+@dataclass(frozen=True)
 class ImageSource:
     """`image = "oci:PATH:TAG"` or `"archive:PATH"`: an image read from outside the store,
     imported (blob by blob, each checked) when the plan is made."""
@@ -170,6 +181,10 @@ class Container(Resource):
     init: bool = False
     stop_signal: str = "TERM"
     restart: str = "no"
+    healthcheck: Healthcheck | None = None
+    # `depends { on = ... condition = ... }`: the address waited for and for what, beyond
+    # "started" (the workload's `on` is in depends_on too, so it orders the graph).
+    conditions: Pairs = ()
     depends_on: tuple[ResourceRef, ...] = ()
     stop_grace_period: Duration = STOP_GRACE
     resources: Limits = field(default_factory=Limits)
@@ -392,6 +407,7 @@ _CONVERT: dict[type, Callable[[Any], Any]] = {
     CopyStep: _step,
     LinkStep: _step,
     Limits: _record,
+    Healthcheck: _record,
     WasmLimits: _record,
     Lifecycle: lambda cycle: {
         "prevent_destroy": cycle.prevent_destroy,

@@ -905,6 +905,7 @@ class Lowering:
                     return None
                 values["resources"] = ir.Limits(**limits)
                 values["hostname"] = values["hostname"] or instance_name(name, key)[:63]
+                values.update(_health_and_conditions(nested, values.get("depends_on", ())))
                 cls = ir.Service if block.type == "service" else ir.Job
                 return cls(**common, **values)
             case "wasm":
@@ -1427,6 +1428,33 @@ def signal_name(name: str) -> str | None:
     canonical = name.strip().upper()
     canonical = canonical if canonical.startswith("SIG") else "SIG" + canonical
     return canonical if canonical in signal.Signals.__members__ else None
+
+
+def _health_and_conditions(
+    nested: dict[str, list[dict[str, Any]]], depends_on: tuple[Any, ...]
+) -> dict[str, Any]:
+    """The healthcheck block, and the `depends` blocks: each one's workload joins depends_on
+    (it orders the graph like any reference), its condition beyond "started" is kept apart."""
+    out: dict[str, Any] = {}
+    health = nested.get("healthcheck")
+    if health:
+        h = health[0]
+        out["healthcheck"] = ir.Healthcheck(  # every attribute has its default filled in
+            command=tuple(h["command"]),
+            interval=h["interval"],
+            timeout=h["timeout"],
+            retries=int(h["retries"]),
+            start_period=h["start_period"],
+        )
+    waits = nested.get("depends", [])
+    if waits:
+        known = {ref.address for ref in depends_on}
+        extra = tuple(w["on"] for w in waits if w["on"].address not in known)
+        out["depends_on"] = (*depends_on, *dict.fromkeys(extra))
+        out["conditions"] = tuple(
+            (w["on"].address, w["condition"]) for w in waits if w["condition"] != "started"
+        )
+    return out
 
 
 def _limit_problems(limits: dict[str, Any]) -> list[tuple[str, str]]:

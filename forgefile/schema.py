@@ -241,15 +241,19 @@ def _pending_block(kind: str, doc: str, pending: str, *attributes: Attr) -> Bloc
     return BlockSpec(kind, doc, labels=(), attributes=attributes, pending=pending)
 
 
-HEALTHCHECK_BLOCK = _pending_block(
+HEALTHCHECK_BLOCK = BlockSpec(
     "healthcheck",
     "A command run inside the container to tell whether it is healthy.",
-    "health checks",
-    Attr("command", ListOf(STRING), REQUIRED, "Exit 0 means healthy."),
-    Attr("interval", DURATION, Duration(30 * 10**9), "Time between checks."),
-    Attr("timeout", DURATION, Duration(30 * 10**9), "How long one check may take."),
-    Attr("retries", INT, 3, "Failures in a row before the container is unhealthy."),
-    Attr("start_period", DURATION, Duration(0), "Grace time after start."),
+    labels=(),
+    attributes=(
+        Attr("command", ListOf(STRING), REQUIRED, "Exit 0 means healthy."),
+        Attr("interval", DURATION, Duration(30 * 10**9), "Time between checks."),
+        Attr("timeout", DURATION, Duration(30 * 10**9), "How long one check may take."),
+        Attr("retries", INT, 3, "Failures in a row before the container is unhealthy."),
+        Attr(
+            "start_period", DURATION, Duration(0), "Grace time after start: failures do not count."
+        ),
+    ),
 )
 PORT_BLOCK = _pending_block(
     "port",
@@ -356,17 +360,19 @@ _CONTAINER_ATTRS = (
     Attr("runtime", STRING, "runc", "The OCI runtime.", ("runc", "crun"), ready=("runc",)),
     Attr("depends_on", ListOf(RefTo(_WORKLOAD_REFS)), (), "Workloads to start first."),
 )
-DEPENDS_BLOCK = _pending_block(
+DEPENDS_BLOCK = BlockSpec(
     "depends",
     "Wait for another workload to reach a condition before starting.",
-    "depends_on conditions",
-    Attr("on", RefTo(_WORKLOAD_REFS), REQUIRED, "The workload, e.g. service.db."),
-    Attr(
-        "condition",
-        STRING,
-        "started",
-        "What to wait for.",
-        ("started", "healthy", "completed_successfully"),
+    labels=(),
+    attributes=(
+        Attr("on", RefTo(_WORKLOAD_REFS), REQUIRED, "The workload, e.g. service.db."),
+        Attr(
+            "condition",
+            STRING,
+            "started",
+            "started; healthy (a service with a healthcheck); completed_successfully (a job).",
+            ("started", "healthy", "completed_successfully"),
+        ),
     ),
 )
 

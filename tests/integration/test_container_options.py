@@ -26,7 +26,8 @@ image "busybox" {
   }
   link {
     target = "busybox"
-    links  = ["/bin/sh", "/bin/cat", "/bin/grep", "/bin/touch", "/bin/echo", "/bin/sleep"]
+    links  = ["/bin/sh", "/bin/cat", "/bin/grep", "/bin/touch", "/bin/echo", "/bin/sleep",
+              "/bin/test", "/bin/false"]
   }
 }
 """
@@ -192,6 +193,61 @@ def test_stop_start_restart_exec_and_inspect_one_service(tmp_path: Path) -> None
         assert ps()["status"] == "running" and ps()["detail"] != pid
         missing = forge_in(folder, "stop", "service.wbe")
         assert missing.returncode == 1 and "service.web" in missing.stderr
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert left == []
+
+
+HEALTH = """
+volume "shared" {}
+
+service "db" {
+  image             = image.busybox
+  stop_grace_period = 0s
+  volumes           = { "/data" = volume.shared }
+  command           = ["sh", "-c", "sleep 1; touch /data/ready; exec sleep 600"]
+  healthcheck {
+    command  = ["test", "-f", "/data/ready"]
+    interval = 200ms
+    retries  = 3
+    start_period = 5s
+  }
+}
+
+service "app" {
+  image             = image.busybox
+  stop_grace_period = 0s
+  volumes           = { "/data" = volume.shared }
+  command = ["sh", "-c", "test -f /data/ready && echo saw-ready || echo too-early; exec sleep 600"]
+  depends {
+    on        = service.db
+    condition = "healthy"
+  }
+}
+"""
+
+
+def test_a_healthcheck_gates_the_service_that_waits_for_it(tmp_path: Path) -> None:
+    """service.app starts only once service.db's healthcheck passes (a second in), and ps shows
+    db healthy; a check that never passes fails the apply, naming the dependency."""
+    folder, paths = project(tmp_path, HEALTH)
+    try:
+        applied = forge_in(folder, "apply", "--auto-approve")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert forge_in(folder, "logs", "service.app").stdout == "saw-ready\n"
+        rows = json.loads(forge_in(folder, "ps", "--json").stdout)["workloads"]
+        assert {r["address"]: r["health"] for r in rows}["service.db"] == "healthy"
+
+        (folder / "Forgefile").write_text(
+            (folder / "Forgefile").read_text().replace('"test", "-f", "/data/ready"', '"false"')
+            .replace("start_period = 5s", "start_period = 0s")
+            .replace("echo saw-ready", "echo saw-it")  # app is replaced, so it waits again
+        )  # fmt: skip
+        failed = forge_in(folder, "apply", "--auto-approve")
+        assert failed.returncode == 4
+        assert "service.db is unhealthy, and service.app waits for it" in failed.stderr
     finally:
         forge_in(folder, "destroy", "--auto-approve")
         left = leftovers(paths)

@@ -246,7 +246,6 @@ def test_variable_validation(tmp_path: Path) -> None:
     ("attribute", "feature"),
     [
         ('ports = ["127.0.0.1:8080:80"]', "published ports"),
-        ('healthcheck {\n    command = ["true"]\n  }', "health checks"),
         ("secrets = [secret.db]", "secrets"),
         ('runtime = "crun"', "runtime"),
     ],
@@ -365,17 +364,42 @@ def test_a_failed_for_each_causes_no_follow_on_errors(tmp_path: Path) -> None:
     assert codes(tmp_path, text) == ["E0132"]
 
 
-def test_depends_conditions_are_parsed_but_refused(tmp_path: Path) -> None:
-    """A `depends` block type-checks, then is E0307 for now."""
+def test_depends_conditions_and_healthchecks_lower_and_are_checked(tmp_path: Path) -> None:
+    """A `depends` block orders like depends_on and keeps its condition; a condition that can
+    never be met (no healthcheck to pass, a service that never completes) is E0313."""
     text = (
         'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
-        'service "db" {\n  image = image.b\n}\n'
-        'service "t" {\n  image = image.b\n  depends {\n    on = service.db\n'
-        '    condition = "healthy"\n  }\n}\n'
+        'service "db" {\n  image = image.b\n  command = ["db"]\n'
+        '  healthcheck {\n    command = ["true"]\n    interval = 2s\n  }\n}\n'
+        'job "seed" {\n  image = image.b\n  command = ["seed"]\n}\n'
+        'service "t" {\n  image = image.b\n  command = ["t"]\n'
+        '  depends {\n    on = service.db\n    condition = "healthy"\n  }\n'
+        '  depends {\n    on = job.seed\n    condition = "completed_successfully"\n  }\n}\n'
     )
-    assert codes(tmp_path, text) == ["E0307"]
+    (tmp_path / "Forgefile").write_text(text)
+    doc = load(tmp_path / "Forgefile", {}, environ={})
+    t = doc.resource("service.t")
+    assert isinstance(t, ir.Service)
+    assert [r.address for r in t.depends_on] == ["service.db", "job.seed"]
+    assert t.conditions == (("service.db", "healthy"), ("job.seed", "completed_successfully"))
+    db = doc.resource("service.db")
+    assert isinstance(db, ir.Service) and db.healthcheck is not None
+    assert (db.healthcheck.command, db.healthcheck.interval.seconds) == (("true",), 2.0)
+    from compiler import checks
+
+    def checked(text: str) -> list[str]:
+        with pytest.raises(DiagnosticError) as caught:
+            checks.check(lower(tmp_path, text))
+        return [d.code for d in caught.value.diagnostics]
+
+    checks.check(doc)  # nothing to say
+    no_check = text.replace('  healthcheck {\n    command = ["true"]\n    interval = 2s\n  }\n', "")
+    assert checked(no_check) == ["E0313"]
+    done = 'on = job.seed\n    condition = "completed_successfully"'
+    never_done = text.replace(done, done.replace("job.seed", "service.db"))
+    assert checked(never_done) == ["E0313"]
     bad = text.replace('"healthy"', '"ready"')
-    assert "E0124" in codes(tmp_path, bad)  # pending, yet still type-checked
+    assert "E0124" in codes(tmp_path, bad)
 
 
 def test_images_by_source_name_a_folder_or_archive_beside_the_forgefile(tmp_path: Path) -> None:
