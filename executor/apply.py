@@ -36,6 +36,7 @@ class ApplyResult:
     failed_action: dict[str, Any] | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     serial: int = 0
+    rolled_back: list[str] = field(default_factory=list)
 
 
 def apply_plan(
@@ -44,9 +45,14 @@ def apply_plan(
     state: State,
     progress: Progress | None = None,
     payload_digest: str | None = None,
+    rollback: bool = True,
 ) -> ApplyResult:
     """Carry out `plan`, which `verify` has accepted; stops at the first failed action. The new
     serial's snapshot names the plan by `payload_digest`, for `forge state rollback`.
+
+    With `rollback`, a failed apply removes again what it created (resources that were not
+    there before it): a first deploy that fails halfway leaves nothing half-started. What it
+    replaced stays replaced; the old one is gone.
 
     Each step is journalled before it runs and settled after, so an apply killed in the middle
     leaves a record that the next one rolls back (see `recover`).
@@ -85,6 +91,8 @@ def apply_plan(
     except ActionFailed as exc:
         result.failed = exc
         state.event("action-failed", exc.address, message=str(exc))
+        if rollback:
+            _roll_back(actions, records, host, state, say, result)
     except Exception as exc:
         # A bug, or a plan whose spec a driver cannot read: still finish the bookkeeping, so
         # state says what was done and the serial moves.
@@ -113,6 +121,33 @@ def apply_plan(
         failed=result.failed.address if result.failed else None,
     )
     return result
+
+
+def _roll_back(
+    actions: list[dict[str, Any]],
+    before: dict[str, Record],
+    host: Host,
+    state: State,
+    say: Progress,
+    result: ApplyResult,
+) -> None:
+    """Remove what this failed apply created, dependents first."""
+    now = state.records()
+    made = [
+        a
+        for a in actions
+        if a["action"] == "create" and a["address"] in now and a["address"] not in before
+    ]
+    for action in reversed(made):
+        address = action["address"]
+        say("delete", address, "rolling back: the apply failed")
+        runtime = now[address].runtime
+        entry = state.intend(address, action["kind"], "delete", runtime)
+        DRIVERS[action["kind"]][1](host, address, runtime)
+        state.remove(address)  # its log stays: `forge logs` tells why the apply failed
+        state.settle(entry, "done")
+        state.event("rolled-back", address)
+        result.rolled_back.append(address)
 
 
 def _preflight(actions: list[dict[str, Any]], host: Host) -> None:

@@ -557,7 +557,9 @@ def _progress(phase: str, address: str, message: str, to: Any = None) -> None:
         console.print(f"  [cyan]…[/] {e(address)}: {e(message)}")
 
 
-def _run(project: Any, envelope: bytes, json_on_stdout: bool = False) -> None:
+def _run(
+    project: Any, envelope: bytes, json_on_stdout: bool = False, rollback: bool = True
+) -> None:
     """Apply a signed plan, telling how it goes; where stdout already holds JSON (`--json`),
     the telling goes to stderr, so that stdout stays one document."""
     from .project import apply as apply_envelope
@@ -565,7 +567,10 @@ def _run(project: Any, envelope: bytes, json_on_stdout: bool = False) -> None:
     to = err if json_on_stdout else out
     started = time.monotonic()
     verified, result = apply_envelope(
-        project, envelope, lambda phase, address, text: _progress(phase, address, text, to)
+        project,
+        envelope,
+        lambda phase, address, text: _progress(phase, address, text, to),
+        rollback,
     )
     if result.failed is not None:
         action = result.failed_action
@@ -579,6 +584,11 @@ def _run(project: Any, envelope: bytes, json_on_stdout: bool = False) -> None:
         err.print(f"[bold red]{e(result.failed.address)} failed{e(where)}:[/] {e(result.failed)}")
         if result.failed.hint:
             err.print(f"  [green]hint:[/] {e(result.failed.hint)}")
+        if result.rolled_back:
+            err.print(
+                f"Rolled back: removed the {len(result.rolled_back)} resource(s) this apply had "
+                "created; what it replaced stays replaced. (--no-rollback keeps them.)"
+            )
         err.print(
             f"{len(set(result.changed))} resource(s) changed before the failure; run "
             "`forge plan` to see where things stand."
@@ -635,6 +645,13 @@ def apply(
             help="Only finish or roll back what an interrupted apply left, then stop.",
         ),
     ] = False,
+    no_rollback: Annotated[
+        bool,
+        typer.Option(
+            "--no-rollback",
+            help="When an action fails, keep what this apply created (by default it is removed).",
+        ),
+    ] = False,
 ) -> None:
     """Carry out a plan: verify its signature, expiry, state and policy, then act.
 
@@ -670,7 +687,7 @@ def apply(
         except OSError as exc:
             err.print(f"[bold red]error:[/] cannot read {e(plan_file)}: {e(exc.strerror)}")
             raise typer.Exit(EXIT_DIAGNOSTIC) from None
-        _run(_project(file, state_dir, policy, var), envelope)
+        _run(_project(file, state_dir, policy, var), envelope, rollback=not no_rollback)
         return
     project = _project(file, state_dir, policy, var, override, identity)
     document = _planned(project, False, target, exclude)
@@ -681,7 +698,7 @@ def apply(
         render.outputs(out, document["outputs"])
         return
     _confirm(auto_approve, "Apply this plan?")
-    _run(project, sign(project, document, key))
+    _run(project, sign(project, document, key), rollback=not no_rollback)
 
 
 def _show_drift(project: Any, as_json: bool, detailed_exitcode: bool) -> None:

@@ -405,7 +405,7 @@ def resume(project: Project, progress: Progress | None = None) -> list[str]:
 
 
 def apply(
-    project: Project, envelope: bytes, progress: Progress | None = None
+    project: Project, envelope: bytes, progress: Progress | None = None, rollback: bool = True
 ) -> tuple[VerifiedPlan, ApplyResult]:
     """Verify a signed plan against the current state and policy, then carry it out."""
     host = project.host()
@@ -425,7 +425,9 @@ def apply(
                 payload=verified.payload_digest,
             )
             state.keep_plan(verified.payload_digest, envelope)
-            result = apply_plan(verified.document, host, state, progress, verified.payload_digest)
+            result = apply_plan(
+                verified.document, host, state, progress, verified.payload_digest, rollback
+            )
             _checkpoint(project, state)
         finally:
             state.close()

@@ -59,7 +59,12 @@ def test_a_failed_job_is_recorded_and_run_again(tmp_path: Path) -> None:
     )
     try:
         forge_in(tmp_path, "key", "generate")
-        failed = forge_in(tmp_path, "apply", "--auto-approve")
+        # By default a failed apply removes what it created: nothing of it is left in state.
+        rolled = forge_in(tmp_path, "apply", "--auto-approve")
+        assert rolled.returncode == 4 and "Rolled back: removed the" in rolled.stderr
+        assert json.loads(forge_in(tmp_path, "ps", "--json").stdout)["workloads"] == []
+
+        failed = forge_in(tmp_path, "apply", "--auto-approve", "--no-rollback")
         assert failed.returncode == 4, failed.stderr
         assert "exited with code 5" in failed.stderr
         assert "Forgefile:" in failed.stderr  # the line that declared it
@@ -74,7 +79,7 @@ def test_a_failed_job_is_recorded_and_run_again(tmp_path: Path) -> None:
 
         fixed = forge_in(tmp_path, "apply", "--auto-approve", "--var", "code=0")
         assert fixed.returncode == 0, fixed.stderr
-        assert forge_in(tmp_path, "logs", "job.flaky").stdout.count("trying") == 2
+        assert forge_in(tmp_path, "logs", "job.flaky").stdout.count("trying") == 3
     finally:
         forge_in(tmp_path, "destroy", "--auto-approve")
         left = leftovers(paths)
