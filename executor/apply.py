@@ -123,6 +123,11 @@ def apply_plan(
     return result
 
 
+def _sysctl_known(name: str) -> bool:
+    # Namespaced sysctls exist in every namespace alike: this host's /proc/sys has the same.
+    return Path("/proc/sys", *name.split(".")).exists() if ".." not in name else False
+
+
 def _roll_back(
     actions: list[dict[str, Any]],
     before: dict[str, Record],
@@ -174,6 +179,13 @@ def _preflight(actions: list[dict[str, Any]], host: Host) -> None:
                     "nothing was changed; plan again",
                 )
         if action["kind"] in ("service", "job"):
+            unknown = [n for n in spec["sysctls"] if not _sysctl_known(n)]
+            if unknown:
+                raise ActionFailed(
+                    action["address"],
+                    f"this kernel has no sysctl {', '.join(unknown)}",
+                    "nothing was changed; check the name (`sysctl -a` lists them)",
+                )
             too_high = ulimit_problems(tuple(spec["ulimits"].items()))
             if too_high:
                 raise ActionFailed(
@@ -325,7 +337,8 @@ def _still_running(host: Host, address: str, runtime: dict[str, Any], delete: An
     deadline = time.monotonic() + SETTLE
     while time.monotonic() < deadline:
         status = container_statuses(host, {address: runtime})[address]
-        if status is not None and status.state == "exited":
+        # A restart policy hides a crash behind a new start: any restart counts as one.
+        if status is not None and (status.state in ("exited", "restarting") or status.restarts):
             delete(host, address, runtime)
             raise ActionFailed(
                 address,

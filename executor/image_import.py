@@ -58,13 +58,17 @@ def import_image(
 
     With `tag`, only the image of that name is imported (or the only image there is, under that
     name); without, every named image under its own name. `need_tag` refuses images that would
-    come in with no name at all (the CLI's case; a Forgefile names images by their source).
+    come in with no name at all (the CLI's case). Without `need_tag` (a Forgefile's source,
+    named by its path), nothing is named in the store, and `tag` must be the image's own name.
     """
+    if not (source.is_dir() or source.is_file()):
+        what = "does not exist" if not source.exists() else "is not a file or a folder"
+        raise ImageError(f"{source} {what}")
     with _open(source) as files:
         if files.has("manifest.json"):
-            imported = _docker(store, files, tag)
+            imported = _docker(store, files, tag, naming=need_tag)
         elif files.has("index.json"):
-            imported = _oci(store, files, tag)
+            imported = _oci(store, files, tag, naming=need_tag)
         else:
             raise ImageError(
                 f"{source} is not an image: an OCI layout or archive has index.json, a docker "
@@ -225,8 +229,8 @@ def _open(source: Path) -> Iterator[_Files]:
         tar = tarfile.open(source, mode="r:*")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
         raise ImageError(f"{source} does not exist") from None
-    except (tarfile.TarError, OSError) as exc:
-        raise ImageError(f"{source} is not a tar archive or an OCI layout folder: {exc}") from None
+    except (tarfile.TarError, OSError):
+        raise ImageError(f"{source} is not a tar archive or an OCI layout folder") from None
     with tar:
         try:
             yield _Archive(tar, source)
@@ -237,7 +241,7 @@ def _open(source: Path) -> Iterator[_Files]:
 # -- OCI layouts and archives ----------------------------------------------------------------
 
 
-def _oci(store: ImageStore, files: _Files, tag: str | None) -> list[Imported]:
+def _oci(store: ImageStore, files: _Files, tag: str | None, naming: bool) -> list[Imported]:
     layout = files.json("oci-layout") if files.has("oci-layout") else {}
     version = str(layout.get("imageLayoutVersion", "")) if isinstance(layout, dict) else ""
     if not version.startswith("1."):
@@ -249,7 +253,7 @@ def _oci(store: ImageStore, files: _Files, tag: str | None) -> list[Imported]:
     named = [(str((e.get("annotations") or {}).get(REF_NAME, "")), e) for e in entries]
     if tag is not None:
         chosen = [(tag, e) for name, e in named if name == tag]
-        if not chosen and len(entries) == 1:
+        if not chosen and len(entries) == 1 and naming:
             chosen = [(tag, entries[0])]
         if not chosen:
             there = ", ".join(sorted(n for n, _ in named if n)) or "no named image"
@@ -259,7 +263,7 @@ def _oci(store: ImageStore, files: _Files, tag: str | None) -> list[Imported]:
     imported = []
     for name, entry in chosen:
         descriptor = _copy_manifest(store, files, entry, 0)
-        if name:
+        if name and naming:
             store.tag(name, descriptor)
         imported.append(Imported(name, descriptor["digest"]))
     return imported
@@ -325,12 +329,12 @@ def _copy_manifest(
 # -- docker archives ----------------------------------------------------------------------------
 
 
-def _docker(store: ImageStore, files: _Files, tag: str | None) -> list[Imported]:
+def _docker(store: ImageStore, files: _Files, tag: str | None, naming: bool) -> list[Imported]:
     """`docker save` output: manifest.json lists each image's config and layer files."""
     items = files.json("manifest.json")
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
         raise ImageError("manifest.json lists no images")
-    if tag is not None and len(items) > 1:
+    if tag is not None and (len(items) > 1 or not naming):
         items = [i for i in items if tag in (i.get("RepoTags") or [])]
         if not items:
             raise ImageError(f"no image is tagged {tag!r} in this docker archive")
@@ -357,7 +361,7 @@ def _docker(store: ImageStore, files: _Files, tag: str | None) -> list[Imported]
         }
         descriptor = store.put_json_bytes(canonical_json(manifest), MANIFEST_MEDIA_TYPE)
         names = [tag] if tag is not None else [str(t) for t in item.get("RepoTags") or []]
-        for name in names:
+        for name in names if naming else []:
             store.tag(name, descriptor)
         imported += [Imported(name, descriptor["digest"]) for name in names or [""]]
     return imported

@@ -477,23 +477,26 @@ class State:
         against their trust store, as `forge audit export` does)."""
         problems = []
         kept: set[str] = set()
+        changed: set[str] = set()
         for digest, envelope in self.db.execute("SELECT payload_digest, envelope FROM plans"):
             try:
-                payload = base64.b64decode(json.loads(bytes(envelope))["payload"], validate=True)
+                outer = json.loads(bytes(envelope))
+                payload = base64.b64decode(outer["payload"], validate=True)
                 holds = "sha256:" + hashlib.sha256(payload).hexdigest() == digest
+                signed = bool(outer["signatures"])
             except (ValueError, KeyError, TypeError):
-                holds = False
-            if holds:
+                holds = signed = False
+            if holds and signed:
                 kept.add(digest)
-            else:
-                problems.append(
-                    f"the kept plan {digest[:19]}… was changed: it holds another payload"
-                )
+                continue
+            changed.add(digest)
+            why = "another payload" if not holds else "its signatures were removed"
+            problems.append(f"the kept plan {digest[:19]}… was changed: {why}")
         for entry, detail in self.db.execute(
             "SELECT id, detail FROM events WHERE kind = 'plan-verified' ORDER BY id"
         ):
             verified = str(_detail(detail).get("payload"))
-            if verified not in kept:
+            if verified not in kept and verified not in changed:
                 problems.append(
                     f"entry {entry} verified the plan {verified[:19]}…, which is no longer "
                     "kept: plans were removed from the database"

@@ -77,46 +77,66 @@ class _LazyConsole:
         return getattr(self._console, name)
 
 
-class _Stdout:
-    """Standard output that outlives its reader: once a pipe's reader has gone (`forge apply |
-    head`), what is printed goes nowhere, and the command carries on to its end. An apply
-    stopped halfway by a closed pipe would leave a service torn down and not yet replaced."""
+class _Stream:
+    """Standard output or error that outlives its reader: once a pipe's reader has gone
+    (`forge apply | head`), what is printed goes nowhere, and the command carries on to its end.
+    An apply stopped halfway by a closed pipe would leave a service torn down and not yet
+    replaced. A stream closed before forge started (`>&-`) takes nothing, from the start."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _file(self) -> Any:
+        return getattr(sys, self.name)
 
     def write(self, text: str) -> int:
+        stream = self._file()
+        if stream is None:
+            return len(text)
         try:
-            return sys.stdout.write(text)
+            return int(stream.write(text))
         except BrokenPipeError:
-            _silence_stdout()
+            _silence(stream)
             return len(text)
 
     def flush(self) -> None:
+        stream = self._file()
         try:
-            sys.stdout.flush()
+            if stream is not None:
+                stream.flush()
         except BrokenPipeError:
-            _silence_stdout()
+            _silence(stream)
 
     def isatty(self) -> bool:
-        return sys.stdout.isatty()
+        stream = self._file()
+        return stream is not None and stream.isatty()
 
     def fileno(self) -> int:
-        return sys.stdout.fileno()
+        return int(self._file().fileno())
+
+
+def _silence(stream: Any) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def _silence_stdout() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    if sys.stdout is not None:
+        _silence(sys.stdout)
 
 
 # Piped output is read by scripts and people's pagers: don't squeeze tables into 80 columns.
 out: Any = _LazyConsole(
-    file=_Stdout(),
+    file=_Stream("stdout"),
     highlight=False,
     soft_wrap=True,
     emoji=False,
-    width=None if sys.stdout.isatty() else 160,
+    width=None if sys.stdout is not None and sys.stdout.isatty() else 160,
 )
-err: Any = _LazyConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+err: Any = _LazyConsole(
+    file=_Stream("stderr"), stderr=True, highlight=False, soft_wrap=True, emoji=False
+)
 
 
 def e(value: object) -> str:

@@ -209,6 +209,7 @@ def make_rollback(
     try:
         kept = state.snapshot_at(serial, sensitive=True)
         made = state.plan_of(serial)
+        outputs_now = state.outputs()
         snapshot = state.snapshot(live_status(project.host(), state))
         anchor = (
             snapshot.digest
@@ -240,7 +241,15 @@ def make_rollback(
             "a rollback reruns what a trusted plan ran, under the signers and threshold "
             "trusted now; apply the Forgefile of that time instead",
         ) from None
+    prior = made_by.get("prior_state", {})
+    if (prior.get("lineage"), prior.get("serial")) != (kept["lineage"], serial - 1):
+        raise StateError(
+            f"the plan state names as the one that made serial {serial} was made against "
+            f"serial {prior.get('serial')}, not {serial - 1}: the state database was changed",
+            hint="do not roll back to it; a backup of state.db restores it",
+        )
     _kept_copy_holds(kept, anchor, serial)
+    kept = _vouched_for(kept, made_by, snapshot, serial, outputs_now)
     _still_judged(project, made_by, serial)
     document = rollback_plan(
         kept, made_by, made_digest, snapshot, created_at or datetime.now(UTC), **_ttl(ttl)
@@ -282,6 +291,41 @@ def _signed_digest_of(state: State, keys: KeyStore, serial: int) -> str | None:
     return None
 
 
+def _vouched_for(
+    kept: dict[str, Any],
+    made_by: dict[str, Any],
+    snapshot: Any,
+    serial: int,
+    outputs_now: dict[str, Any],
+) -> dict[str, Any]:
+    """The kept copy with only what signed records vouch for: the state digest covers each
+    resource's spec, not its kind, dependencies or the outputs. Those are taken from the signed
+    plan that made the serial (its actions, and its outputs when it was a whole plan), else from
+    the current state where the spec is the same; what neither vouches for is refused. Outputs
+    a partial plan left unset stay as they are now."""
+    signed = {a["address"]: a for a in made_by.get("actions", []) if a.get("spec") is not None}
+    resources = []
+    for resource in kept["resources"]:
+        address, digest = resource["address"], spec_digest(resource["spec"])
+        action = signed.get(address)
+        current = snapshot.resources.get(address)
+        if action is not None and spec_digest(action["spec"]) == digest:
+            kind, depends = action["kind"], list(action["depends_on"])
+        elif current is not None and current.spec_digest == digest:
+            kind, depends = current.kind, list(current.depends_on)
+        else:
+            raise StateError(
+                f"nothing signed says what {address} was at serial {serial} (its kind and "
+                "dependencies)",
+                hint="apply the Forgefile of that time instead",
+            )
+        resources.append({**resource, "kind": kind, "depends_on": depends})
+    selection = made_by.get("selection") or {}
+    whole = not (selection.get("targets") or selection.get("excludes"))
+    outputs = dict(made_by.get("outputs", {})) if whole else outputs_now
+    return {**kept, "resources": resources, "outputs": outputs}
+
+
 def _kept_copy_holds(kept: dict[str, Any], anchor: str | None, serial: int) -> None:
     """The kept copy of a serial is what signed plans say it was, or the rollback is refused:
     the state database is not signed, and a rollback reruns its specs unjudged."""
@@ -317,10 +361,13 @@ def _still_judged(project: Project, made_by: dict[str, Any], serial: int) -> Non
         f"the current policy has not judged what serial {serial} ran: check out the Forgefile of "
         "that time and `forge apply` it, so that it is judged now"
     )
-    if now is not None and verdict.get("digest") != now:
-        raise PlanRejected(
-            "policy", f"the policy files changed since serial {serial} was judged", hint
+    if verdict.get("digest") != now:
+        why = (
+            f"the policy files that judged serial {serial} are gone"
+            if now is None
+            else f"the policy files changed since serial {serial} was judged"
         )
+        raise PlanRejected("policy", why, hint)
     today = datetime.now(UTC).date()
     for waiver in verdict.get("waivers", []):
         if waiver.get("expires") and waiver["expires"] < today.isoformat():

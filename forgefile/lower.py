@@ -72,7 +72,9 @@ def load(
     path = path / FORGEFILE if path.is_dir() else path
     data = _read(path)
     text = _decode(data, path)
-    shown = _display_path(path)
+    # Spans name the file by its absolute path, so that what is made of them (plans, policy
+    # findings, digests) does not depend on where forge runs; the terminal shows it shorter.
+    shown = str(path.resolve())
     env = dict(os.environ if environ is None else environ)
     # Without the collector's walks, ~40% less time (docs/performance.md).
     with collector.paused():
@@ -1348,7 +1350,14 @@ MIN_MEMORY = 4 << 20  # below this the kernel and runc refuse to start a contain
 # runc's own init (Go) makes its threads inside the container's cgroup before the workload
 # starts: with fewer pids it fails at random, "pthread_create failed" (opencontainers/runc#1914).
 MIN_PIDS = 16
+MIN_CPUS, MAX_CPUS = 0.01, 65536  # a quota of 1 ms per 100 ms period, and far beyond any host
 MAX_PIDS = 4_194_304  # PID_MAX_LIMIT: runc fails with "pids.max: invalid argument" above it
+
+
+def _hides_runtime_mount(path: str) -> bool:
+    """/proc and /sys in any part, or /dev as a whole; a tmpfs below /dev (/dev/shm) is fine."""
+    parts = [p for p in path.split("/") if p]
+    return parts[0] in ("proc", "sys") or parts == ["dev"]
 
 
 def _value_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
@@ -1381,6 +1390,13 @@ def _value_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
     for path in values.get("tmpfs", ()):
         if not path.startswith("/") or path.rstrip("/") == "":
             problems.append((f"tmpfs `{path}` is not an absolute path below /", "tmpfs"))
+        elif _hides_runtime_mount(path):
+            problems.append(
+                (
+                    f"tmpfs `{path}` would hide what the runtime mounts at /proc, /sys or /dev",
+                    "tmpfs",
+                )
+            )
         elif path in mounted:
             problems.append((f"`{path}` is both a tmpfs and a volume", "tmpfs"))
     for name, _ in values.get("sysctls", ()):
@@ -1465,8 +1481,11 @@ def _limit_problems(limits: dict[str, Any]) -> list[tuple[str, str]]:
         problems.append(
             (f"memory {memory} is below the smallest limit a container starts with, 4MiB", "memory")
         )
-    if limits.get("cpus") is not None and limits["cpus"] <= 0:
-        problems.append(("cpus must be more than 0", "cpus"))
+    cpus = limits.get("cpus")
+    if cpus is not None and not MIN_CPUS <= cpus <= MAX_CPUS:
+        problems.append(
+            (f"cpus {cpus} is outside {MIN_CPUS} to {MAX_CPUS}, what a CFS quota can hold", "cpus")
+        )
     pids = limits.get("pids")
     if pids is not None and pids > MAX_PIDS:
         problems.append((f"pids {pids} is above the kernel's own limit, {MAX_PIDS}", "pids"))

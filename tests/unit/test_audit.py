@@ -275,21 +275,29 @@ def test_a_checkpoint_by_a_key_revoked_later_still_counts(logged: Path, keys: Ke
 
 
 def test_verify_names_a_kept_plan_removed_or_changed(tmp_path: Path) -> None:
-    """The log says which plans were verified: one gone from the plans table, or holding
-    another payload than it was kept under, is a problem `audit verify` names."""
+    """The log says which plans were verified: one gone from the plans table, holding another
+    payload than it was kept under, or stripped of its signatures is a problem `audit verify`
+    names, once."""
+
+    def envelope(payload: bytes, signatures: list[dict[str, str]]) -> bytes:
+        body = {"payload": base64.b64encode(payload).decode(), "signatures": signatures}
+        return json.dumps(body).encode()
+
     state = State.open(tmp_path / "state.db")
     try:
         payload = b"the payload"
         digest = "sha256:" + hashlib.sha256(payload).hexdigest()
-        envelope = json.dumps({"payload": base64.b64encode(payload).decode()}).encode()
         state.event("plan-verified", None, payload=digest)
-        state.keep_plan(digest, envelope)
+        state.keep_plan(digest, envelope(payload, [{"keyid": "k", "sig": "s"}]))
         assert state.verify_plans() == []
-        other = json.dumps({"payload": base64.b64encode(b"another").decode()}).encode()
-        state.db.execute("UPDATE plans SET envelope = ?", [other])
-        [changed, gone] = state.verify_plans()
-        assert "was changed" in changed and "no longer kept" in gone
+        state.db.execute("UPDATE plans SET envelope = ?", [envelope(b"another", [{"k": "s"}])])
+        [changed] = state.verify_plans()
+        assert "was changed: another payload" in changed
+        state.db.execute("UPDATE plans SET envelope = ?", [envelope(payload, [])])
+        [unsigned] = state.verify_plans()
+        assert "its signatures were removed" in unsigned
         state.db.execute("DELETE FROM plans")
-        assert ["no longer kept" in p for p in state.verify_plans()] == [True]
+        [gone] = state.verify_plans()
+        assert "no longer kept" in gone
     finally:
         state.close()

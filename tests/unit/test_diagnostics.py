@@ -55,7 +55,7 @@ def test_every_diagnostic_has_a_location_and_hint(monkeypatch: pytest.MonkeyPatc
         with pytest.raises(DiagnosticError) as caught:
             load(Path(f"{name}.forge"))
         for d in caught.value.diagnostics:
-            assert d.span is not None and d.span.file == f"{name}.forge", d
+            assert d.span is not None and d.span.file == str(GOLDEN / f"{name}.forge"), d
             assert d.hint, d
 
 

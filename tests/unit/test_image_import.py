@@ -196,3 +196,16 @@ def test_an_image_without_a_name_needs_one_from_the_cli(tmp_path: Path) -> None:
     assert "--tag" in caught.value.hint
     [unnamed] = import_image(store, source.root, need_tag=False)
     assert (unnamed.tag, unnamed.digest) == ("", digest)
+
+
+def test_a_forgefile_source_names_nothing_and_its_tag_must_be_there(tmp_path: Path) -> None:
+    """As a Forgefile's `oci:PATH:TAG`: a tag the source does not have is an error (not the
+    only image under a new name), and nothing is named in the store."""
+    source, digest = built(tmp_path)
+    store = ImageStore(tmp_path / "store")
+    with pytest.raises(ImageError, match="no image is tagged 'nope'"):
+        import_image(store, source.root, tag="nope", need_tag=False)
+    [found] = import_image(store, source.root, tag="app", need_tag=False)
+    assert found.digest == digest and store.list() == []
+    with pytest.raises(ImageError, match="is not a file or a folder"):
+        import_image(store, Path("/dev/null"))

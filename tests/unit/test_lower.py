@@ -327,6 +327,11 @@ def test_runaway_strings_are_stopped(tmp_path: Path) -> None:
         "ulimits = { nofile = -1 }",
         'stop_signal = "STOPNOW"',
         'restart = "sometimes"',
+        'tmpfs = ["/proc"]',
+        'tmpfs = ["/sys/fs/cgroup"]',
+        'tmpfs = ["/dev/"]',
+        "resources {\n    cpus = 0.001\n  }",
+        "resources {\n    cpus = 99999999999999999999.5\n  }",
         'restart = "always:3"',
     ],
 )
@@ -337,6 +342,17 @@ def test_values_no_workload_can_start_with_are_refused(tmp_path: Path, attribute
         f'service "s" {{\n  image = image.b\n  command = ["x"]\n  {attribute}\n}}\n'
     )
     assert "E0119" in codes(tmp_path, text)
+
+
+def test_a_tmpfs_below_dev_is_allowed(tmp_path: Path) -> None:
+    """/dev as a whole is the runtime's, but /dev/shm and the like may be a tmpfs."""
+    text = (
+        'image "b" {\n  copy { content = "x"  dst = "/x" }\n}\n'
+        'service "s" {\n  image = image.b\n  command = ["x"]\n  tmpfs = ["/dev/shm", "/run"]\n}\n'
+    )
+    (service,) = [r for r in lower(tmp_path, text).resources if r.address == "service.s"]
+    assert isinstance(service, ir.Service)
+    assert service.tmpfs == ("/dev/shm", "/run")
 
 
 def test_exit_codes_outside_a_byte_are_refused(tmp_path: Path) -> None:
