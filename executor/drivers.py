@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import network
+from . import network, rootfs
 from .containers import INIT_BINARY, ContainerError, ContainerSpec, Mount, write_bundle
 from .errors import ExecutorError
 from .images import ImageError, ImageStore
@@ -136,8 +136,10 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
     }
     cid, bundle = runtime["container_id"], Path(runtime["bundle"])
     try:
-        shutil.rmtree(bundle, ignore_errors=True)
-        host.store.unpack(spec["image"], bundle / "rootfs")
+        _remove_bundle(bundle)
+        runtime["rootfs"] = rootfs.prepare(
+            host.store, spec["image"], host.paths.rootfs_cache, bundle
+        )
         netns_path = None
         if spec["networks"]:
             attachments = [
@@ -182,7 +184,14 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
             RestartPolicy.parse(spec["restart"]),
             spec["healthcheck"],
         )
-    except (ImageError, network.NetworkError, ContainerError, MonitorError, OSError) as exc:
+    except (
+        ImageError,
+        network.NetworkError,
+        ContainerError,
+        MonitorError,
+        rootfs.RootfsError,
+        OSError,
+    ) as exc:
         _remove_container(host, address, runtime)
         raise ActionFailed(address, f"{type(exc).__name__.removesuffix('Error')}: {exc}") from None
     except BaseException:
@@ -222,6 +231,11 @@ def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None
 
 
 def _remove_bundle(bundle: Path) -> None:
+    try:
+        rootfs.release(bundle)
+    except rootfs.RootfsError as exc:
+        log.warning("%s; `forge destroy` tries again", exc)
+        return  # removing the tree through a mounted overlay would only hide its files
     shutil.rmtree(bundle, ignore_errors=True)
     if bundle.exists():
         log.warning("could not remove bundle %s; `forge destroy` tries again", bundle)

@@ -37,6 +37,11 @@ class ProjectPaths:
         return self.state_dir / "images"
 
     @property
+    def rootfs_cache(self) -> Path:
+        """Images unpacked once, the shared lower layer of their containers' overlays."""
+        return self.state_dir / "rootfs"
+
+    @property
     def logs(self) -> Path:
         return self.state_dir / "logs"
 

@@ -28,6 +28,7 @@ from compiler.plan import (
     rollback_plan,
     spec_digest,
 )
+from executor import rootfs
 from executor.apply import ApplyResult, Progress, apply_plan, live_status, recover
 from executor.build import build_images, module_digests
 from executor.drivers import Host
@@ -476,6 +477,8 @@ def apply(
                 verified.document, host, state, progress, verified.payload_digest, rollback
             )
             _checkpoint(project, state)
+            # Images no container runs from any more need not stay unpacked.
+            rootfs.prune(project.paths.rootfs_cache)
         finally:
             state.close()
     if verified.document.get("destroy") and result.failed is None:
@@ -491,5 +494,6 @@ def forget_run_dir(project: Project) -> None:
     if runc_root.is_dir() and any(runc_root.iterdir()):
         log.info("%s still holds containers: the run folder is kept", runc_root)
         return
+    rootfs.release_under(project.paths.run_dir)
     shutil.rmtree(project.paths.run_dir, ignore_errors=True)
     project.host().monitor.shutdown_if_idle()

@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from executor import network
+from executor import network, rootfs
 from executor.paths import ProjectPaths
 from tests.conftest import REPO, free_subnet, needs
 
@@ -107,6 +107,7 @@ def leftovers(paths: ProjectPaths) -> list[str]:
     found += [f"runc container {c}" for c in runc_containers(paths)]
     if paths.bundles.exists():
         found += [f"bundle {b.name}" for b in paths.bundles.iterdir()]
+    found += [f"mount {point}" for point in mounts_under(paths.run_dir)]
     processes = subprocess.run(
         ["ps", "-eo", "args"], capture_output=True, text=True, check=True
     ).stdout
@@ -129,7 +130,15 @@ def force_cleanup(paths: ProjectPaths) -> None:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)
     for bridge in network.list_owned(paths.project_id)["bridges"]:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    rootfs.release_under(paths.run_dir)
     shutil.rmtree(paths.run_dir, ignore_errors=True)
+
+
+def mounts_under(folder: Path) -> list[str]:
+    """The host's mount points below `folder`: a container's rootfs overlay, say."""
+    prefix = str(folder.resolve()) + "/"
+    with open("/proc/self/mountinfo") as info:
+        return [f for f in (line.split()[4] for line in info) if f.startswith(prefix)]
 
 
 @pytest.fixture(scope="module")
