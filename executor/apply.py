@@ -8,13 +8,15 @@ and a journal entry that the next apply rolls back (`recover`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from compiler.plan import spec_digest
 
@@ -46,6 +48,7 @@ def apply_plan(
     progress: Progress | None = None,
     payload_digest: str | None = None,
     rollback: bool = True,
+    workers: int = 1,
 ) -> ApplyResult:
     """Carry out `plan`, which `verify` has accepted; stops at the first failed action. The new
     serial's snapshot names the plan by `payload_digest`, for `forge state rollback`.
@@ -56,6 +59,8 @@ def apply_plan(
 
     Each step is journalled before it runs and settled after, so an apply killed in the middle
     leaves a record that the next one rolls back (see `recover`).
+
+    Up to `workers` actions run at once, each as soon as the actions it depends on are done.
     """
     say = progress or (lambda phase, address, message: None)
     result = ApplyResult()
@@ -71,23 +76,31 @@ def apply_plan(
     for override in judged.get("overrides", []):
         where = override.get("finding") or override.get("resource") or None
         state.event("policy-override", where, override=override)
-    current: dict[str, Any] = {}
+    current: dict[str, Any] = {}  # for an error outside any action (the preflight)
+    shared, say = _serialised(state), _one_at_a_time(say)
+    teardown = [
+        a
+        for a in reversed(actions)
+        if a["action"] in ("delete", "replace")
+        and a["address"] in records
+        and not a.get("create_before_destroy")
+    ]
+    build = [a for a in actions if a["action"] in ("create", "replace", "update")]
+
+    def tear(action: dict[str, Any]) -> None:
+        runtime = records[action["address"]].runtime
+        _teardown(action, runtime, host, shared, say, result)
+
+    def make(action: dict[str, Any]) -> None:
+        old = records.get(action["address"])
+        first = old.runtime if old and action.get("create_before_destroy") else None
+        _build_up(action, host, shared, say, result, replacing=first)
+
     try:
         _preflight(actions, host)
-        for action in reversed(actions):
-            if (
-                action["action"] in ("delete", "replace")
-                and action["address"] in records
-                and not action.get("create_before_destroy")
-            ):
-                current = action
-                _teardown(action, records[action["address"]].runtime, host, state, say, result)
-        for action in actions:
-            if action["action"] in ("create", "replace", "update"):
-                current = action
-                old = records.get(action["address"])
-                first = old.runtime if old and action.get("create_before_destroy") else None
-                _build_up(action, host, state, say, result, replacing=first)
+        # Dependents go before what they depend on; then the reverse.
+        _in_parallel(teardown, tear, _dependents(teardown), workers)
+        _in_parallel(build, make, _dependencies(build), workers)
     except ActionFailed as exc:
         result.failed = exc
         state.event("action-failed", exc.address, message=str(exc))
@@ -96,14 +109,15 @@ def apply_plan(
     except Exception as exc:
         # A bug, or a plan whose spec a driver cannot read: still finish the bookkeeping, so
         # state says what was done and the serial moves.
-        log.exception("apply of %s failed", current.get("address"))
-        address = str(current.get("address", "apply"))
+        broken = exc if isinstance(exc, _Broken) else _Broken(current, exc)
+        log.error("apply of %s failed", broken.action.get("address"), exc_info=broken.error)
+        address = str(broken.action.get("address", "apply"))
         result.failed = ActionFailed(
             address,
-            f"internal error: {type(exc).__name__}: {exc}",
+            f"internal error: {type(broken.error).__name__}: {broken.error}",
             "this is a bug in Forge; the log (-v) has the traceback",
         )
-        result.failed_action = current or None
+        result.failed_action = broken.action or None
         state.event("action-failed", address, message=str(result.failed))
     selection = plan.get("selection") or {}
     # A partial plan leaves other resources as they were: its outputs may name them.
@@ -121,6 +135,114 @@ def apply_plan(
         failed=result.failed.address if result.failed else None,
     )
     return result
+
+
+# -- running actions side by side ----------------------------------------------------------
+
+
+class _Broken(Exception):
+    """An action raised something other than ActionFailed: a bug."""
+
+    def __init__(self, action: dict[str, Any], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.action, self.error = action, error
+
+
+def _dependencies(actions: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """For a build-up: each action waits for those of `actions` it depends on."""
+    here = {a["address"] for a in actions}
+    return {a["address"]: set(a["depends_on"]) & here for a in actions}
+
+
+def _dependents(actions: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """For a teardown: each action waits for those of `actions` that depend on it."""
+    waits: dict[str, set[str]] = {a["address"]: set() for a in actions}
+    for action in actions:
+        for dependency in action["depends_on"]:
+            if dependency in waits:
+                waits[dependency].add(action["address"])
+    return waits
+
+
+def _in_parallel(
+    actions: list[dict[str, Any]],
+    run: Callable[[dict[str, Any]], None],
+    waits: dict[str, set[str]],
+    workers: int,
+) -> None:
+    """Run each action once those it waits for are done, up to `workers` at a time, in the
+    order given where there is a choice. After the first failure nothing new starts; what
+    runs is finished (each step settles its own journal entry), then the failure is raised:
+    the first ActionFailed, else _Broken for an unexpected error."""
+    pending = {a["address"]: a for a in actions}
+    left = {address: set(deps) for address, deps in waits.items()}
+    failures: list[tuple[dict[str, Any], BaseException]] = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers), "forge-apply") as pool:
+        running: dict[concurrent.futures.Future[None], dict[str, Any]] = {}
+        try:
+            while pending or running:
+                if not failures:
+                    for address in [a for a in pending if not left[a]][: workers - len(running)]:
+                        action = pending.pop(address)
+                        running[pool.submit(run, action)] = action
+                if not running:
+                    break  # what is still pending waits on something that failed
+                done, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    action = running.pop(future)
+                    error = future.exception()
+                    if error is not None:
+                        failures.append((action, error))
+                        continue
+                    for deps in left.values():
+                        deps.discard(action["address"])
+        except BaseException:
+            # Ctrl-C: start nothing more, and let what runs finish its bookkeeping.
+            pending.clear()
+            concurrent.futures.wait(running)
+            raise
+    first = next((e for _, e in failures if isinstance(e, ActionFailed)), None)
+    if first is not None:
+        raise first
+    if failures:
+        action, error = failures[0]
+        if not isinstance(error, Exception):
+            raise error  # SystemExit and the like, from a worker
+        raise _Broken(action, error)
+
+
+def _serialised(state: State) -> State:
+    """`state` for the workers: one call at a time on its one connection."""
+    return cast(State, _Serialised(state))
+
+
+class _Serialised:
+    def __init__(self, state: State) -> None:
+        self._state = state
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._state, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+def _one_at_a_time(say: Progress) -> Progress:
+    lock = threading.Lock()
+
+    def said(phase: str, address: str, message: str) -> None:
+        with lock:
+            say(phase, address, message)
+
+    return said
 
 
 def _sysctl_known(name: str) -> bool:

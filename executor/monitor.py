@@ -613,6 +613,15 @@ class Supervisor:
                     container.backoff = None
                     container.finished = time.monotonic()
                     self._changed.notify_all()
+                # A start still under way (its request came first, perhaps from an apply since
+                # killed) ends before the stop goes on: it is refused, or what it made is stopped.
+                asked = container
+                self._changed.wait_for(
+                    lambda: asked.started or asked.finished is not None or not self._known(asked),
+                    2 * RUNC_TIMEOUT,
+                )
+                if not self._known(asked):
+                    container = None
         if container is None or container.finished is not None:
             if (runc_root / container_id).exists():
                 # Not ours (an earlier monitor's, or a leftover): runc can still remove it.
@@ -656,6 +665,8 @@ class Supervisor:
             if state is None or not state.get("pid"):
                 raise MonitorError(f"container {cid}: runc state reports no pid after create")
             self._adopt(container, int(state["pid"]), since)
+            if container.stopping:
+                raise MonitorError(f"container {cid} was stopped before it started")
             started = self._runc_call(root, "start", cid)
             if started.code != 0:
                 raise MonitorError(f"container {cid}: runc start failed: {started.err.strip()}")
@@ -665,6 +676,7 @@ class Supervisor:
         with self._lock:
             container.started = True
             container.started_at = time.monotonic()
+            self._changed.notify_all()
             self._finish_if_exited(container)
             if container.check is not None:
                 container.health, container.failing = "starting", 0
@@ -740,6 +752,9 @@ class Supervisor:
         with self._lock:
             if container.pid is not None:
                 self._changed.wait_for(lambda: container.wait_status is not None, KILL_TIMEOUT)
+
+    def _known(self, container: _Container) -> bool:
+        return self._containers.get(_key(container.runc_root, container.container_id)) is container
 
     def _forget(self, container: _Container) -> None:
         key = _key(container.runc_root, container.container_id)

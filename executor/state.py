@@ -19,6 +19,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,7 +75,8 @@ class State:
     def open(cls, path: Path) -> State:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = sqlite_utils.Database(path)
+            # One connection, which an apply's workers share under a lock (see apply.py).
+            db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=5000")
         except Exception as exc:  # sqlite3.DatabaseError and friends

@@ -195,6 +195,18 @@ HERE = Path(".")
 JsonOutputOption = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write to FILE [default: stdout].")
 ]
+DEFAULT_PARALLELISM = 8
+ParallelismOption = Annotated[
+    int,
+    typer.Option(
+        "--parallelism",
+        min=1,
+        max=64,
+        envvar="FORGE_PARALLELISM",
+        help="How many resources are created or removed at once; each still waits for what it "
+        "depends on. 1 works through the plan in order.",
+    ),
+]
 KeyOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -578,7 +590,11 @@ def _progress(phase: str, address: str, message: str, to: Any = None) -> None:
 
 
 def _run(
-    project: Any, envelope: bytes, json_on_stdout: bool = False, rollback: bool = True
+    project: Any,
+    envelope: bytes,
+    json_on_stdout: bool = False,
+    rollback: bool = True,
+    workers: int = DEFAULT_PARALLELISM,
 ) -> None:
     """Apply a signed plan, telling how it goes; where stdout already holds JSON (`--json`),
     the telling goes to stderr, so that stdout stays one document."""
@@ -591,6 +607,7 @@ def _run(
         envelope,
         lambda phase, address, text: _progress(phase, address, text, to),
         rollback,
+        workers,
     )
     if result.failed is not None:
         action = result.failed_action
@@ -672,6 +689,7 @@ def apply(
             help="When an action fails, keep what this apply created (by default it is removed).",
         ),
     ] = False,
+    parallelism: ParallelismOption = DEFAULT_PARALLELISM,
 ) -> None:
     """Carry out a plan: verify its signature, expiry, state and policy, then act.
 
@@ -707,9 +725,15 @@ def apply(
         except OSError as exc:
             err.print(f"[bold red]error:[/] cannot read {e(plan_file)}: {e(exc.strerror)}")
             raise typer.Exit(EXIT_DIAGNOSTIC) from None
-        _run(_project(file, state_dir, policy, var), envelope, rollback=not no_rollback)
+        _run(
+            _project(file, state_dir, policy, var),
+            envelope,
+            rollback=not no_rollback,
+            workers=parallelism,
+        )
         return
     project = _project(file, state_dir, policy, var, override, identity)
+    _finish_interrupted(project)
     document = _planned(project, False, target, exclude)
     render.plan(out, document)
     if not _has_changes(document):
@@ -718,7 +742,16 @@ def apply(
         render.outputs(out, document["outputs"])
         return
     _confirm(auto_approve, "Apply this plan?")
-    _run(project, sign(project, document, key), rollback=not no_rollback)
+    _run(project, sign(project, document, key), rollback=not no_rollback, workers=parallelism)
+
+
+def _finish_interrupted(project: Any) -> None:
+    """Finish what an interrupted apply left before planning: its last steps (a replaced
+    container's removal, say) leave state as the Forgefile wants it, so a plan would find
+    nothing to do and the leftover would stay."""
+    from .project import resume as resume_apply
+
+    resume_apply(project, _progress)
 
 
 def _show_drift(project: Any, as_json: bool, detailed_exitcode: bool) -> None:
@@ -828,6 +861,7 @@ def destroy(
     state_dir: StateOption = None,
     policy: PolicyOption = None,
     var: VarOption = None,
+    parallelism: ParallelismOption = DEFAULT_PARALLELISM,
 ) -> None:
     """Remove everything this project created: containers, bundles, netns, veths, bridges."""
     from .project import sign
@@ -836,6 +870,7 @@ def destroy(
     if not project.paths.database.is_file():
         out.print(f"[green]Nothing to destroy.[/] Nothing was applied with {e(project.state_dir)}.")
         return
+    _finish_interrupted(project)
     document = _planned(project, destroy=True)
     render.plan(out, document)
     if not _has_changes(document):
@@ -845,7 +880,7 @@ def destroy(
         forget_run_dir(project)
         return
     _confirm(auto_approve, "Destroy all of these?")
-    _run(project, sign(project, document, key))
+    _run(project, sign(project, document, key), workers=parallelism)
 
 
 # -- one workload: stop, start, restart, exec, inspect ---------------------------------------

@@ -453,9 +453,14 @@ def resume(project: Project, progress: Progress | None = None) -> list[str]:
 
 
 def apply(
-    project: Project, envelope: bytes, progress: Progress | None = None, rollback: bool = True
+    project: Project,
+    envelope: bytes,
+    progress: Progress | None = None,
+    rollback: bool = True,
+    workers: int = 1,
 ) -> tuple[VerifiedPlan, ApplyResult]:
-    """Verify a signed plan against the current state and policy, then carry it out."""
+    """Verify a signed plan against the current state and policy, then carry it out, up to
+    `workers` actions at once."""
     host = project.host()
     project.paths.ensure_run()
     with locked(project.state_dir):
@@ -474,7 +479,7 @@ def apply(
             )
             state.keep_plan(verified.payload_digest, envelope)
             result = apply_plan(
-                verified.document, host, state, progress, verified.payload_digest, rollback
+                verified.document, host, state, progress, verified.payload_digest, rollback, workers
             )
             _checkpoint(project, state)
             # Images no container runs from any more need not stay unpacked.
