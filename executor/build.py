@@ -50,7 +50,8 @@ def build_images(
     epoch = source_date_epoch()
 
     # TODO(#10): a step cache keyed by the parent's digest and the step's inputs, so that an
-    # unchanged image costs nothing; today every build re-hashes its context (reproducibly).
+    # unchanged image costs nothing; today every build re-reads and hashes its context (only
+    # the compression of a layer the store holds already is skipped).
     def build(image: ir.Image) -> ImageFacts:
         if image.address in facts:
             return facts[image.address]

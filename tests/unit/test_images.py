@@ -231,6 +231,33 @@ def test_same_inputs_give_the_same_manifest_digest(tmp_path: Path) -> None:
     )
 
 
+def test_a_layer_the_store_holds_is_not_compressed_again(tmp_path: Path) -> None:
+    """A rebuild finds its layer by diff_id and leaves the blob as it is; a changed input, or
+    a blob that has gone, compresses again."""
+    store = ImageStore(tmp_path / "store")
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "page").write_text("one")
+    steps = [CopyStep(dst="/page", src="page")]
+
+    def layer(digest: str) -> Path:
+        manifest = json.loads(blob(tmp_path / "store", digest))
+        return tmp_path / "store" / "blobs" / "sha256" / str(manifest["layers"][0]["digest"])[7:]
+
+    first = store.build("site", context, steps, ImageConfig())
+    written = layer(first).stat().st_mtime_ns
+    assert store.build("site", context, steps, ImageConfig()) == first
+    assert layer(first).stat().st_mtime_ns == written
+
+    layer(first).unlink()
+    assert store.build("site", context, steps, ImageConfig()) == first
+    assert layer(first).is_file()
+
+    (context / "page").write_text("two")
+    changed = store.build("site", context, steps, ImageConfig())
+    assert changed != first and layer(changed) != layer(first)
+
+
 def test_layer_is_sorted_owned_by_root_and_clamped(store: ImageStore, tmp_path: Path) -> None:
     """Layer entries are sorted PAX members, uid/gid 0 without names, mtimes at most the epoch."""
     context = tmp_path / "context"
