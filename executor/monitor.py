@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SOCKET_ENV = "FORGE_MONITOR_SOCKET"
 EXIT_FILE = "exit.json"
 RUNC_LOG = "runc.log"
+PID_FILE = "init.pid"  # runc create writes the container's init pid here: no `runc state` call
 IDLE_SECONDS = 60.0
 READY_TIMEOUT = 5.0
 RUNC_TIMEOUT = 30.0
@@ -661,10 +662,7 @@ class Supervisor:
         since = time.monotonic()
         self._create(container, log_path)
         try:
-            state = self._state(root, cid)
-            if state is None or not state.get("pid"):
-                raise MonitorError(f"container {cid}: runc state reports no pid after create")
-            self._adopt(container, int(state["pid"]), since)
+            self._adopt(container, _read_pid(bundle / PID_FILE, cid), since)
             if container.stopping:
                 raise MonitorError(f"container {cid} was stopped before it started")
             started = self._runc_call(root, "start", cid)
@@ -728,7 +726,10 @@ class Supervisor:
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             args = ["--log", str(runc_log), "--log-format", "json", "create", "--bundle"]
-            created = self._runc_call(root, *args, str(bundle), cid, stdout=fd, stderr=fd)
+            pid_file = ["--pid-file", str(bundle / PID_FILE)]
+            created = self._runc_call(
+                root, *args, str(bundle), *pid_file, cid, stdout=fd, stderr=fd
+            )
         finally:
             os.close(fd)
         if created.code != 0:
@@ -1112,6 +1113,13 @@ def _become_subreaper() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
+
+
+def _read_pid(path: Path, container_id: str) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        raise MonitorError(f"container {container_id}: runc create wrote no pid") from None
 
 
 def _check_id(container_id: str) -> None:
