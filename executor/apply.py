@@ -275,6 +275,7 @@ def _roll_back(
         state.settle(entry, "done")
         state.event("rolled-back", address)
         result.rolled_back.append(address)
+        say("rolled back", address, "removed, as the apply failed")
 
 
 def _preflight(actions: list[dict[str, Any]], host: Host) -> None:
@@ -350,6 +351,7 @@ def _teardown(
     state.event("deleted", address, seconds=round(time.monotonic() - started, 3))
     log.info("deleted %s in %.2fs", address, time.monotonic() - started)
     result.changed.append(address)
+    say("deleted", address, "removed" if action["action"] == "delete" else "removed, to replace")
 
 
 def _build_up(
@@ -374,6 +376,7 @@ def _build_up(
         if replacing is not None and action["kind"] == "service":
             _still_running(host, address, runtime, delete)
     except ActionFailed as exc:
+        say("failed", address, str(exc))
         result.failed_action = action
         if exc.ran is not None:
             # It ran and failed: state remembers that, so ps shows it and plan runs it again.
@@ -405,6 +408,7 @@ def _build_up(
         state.event(
             "deleted", address, seconds=round(time.monotonic() - started, 3), after_successor=True
         )
+        say("done", address, f"{_describe(action['kind'], runtime)}; the one it replaced is gone")
 
 
 def _wait_for(action: dict[str, Any], host: Host, state: State, say: Progress) -> None:

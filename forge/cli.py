@@ -577,16 +577,9 @@ def _write_plan(
 # -- apply, destroy ---------------------------------------------------------------------------
 
 
-def _progress(phase: str, address: str, message: str, to: Any = None) -> None:
-    console = to or out
-    if phase == "done":
-        console.print(f"  [green]✓[/] {e(address)}: {e(message)}")
-    elif phase == "delete":
-        console.print(f"  [red]-[/] {e(address)}: {e(message)}")
-    elif phase == "recover":
-        console.print(f"  [yellow]↺[/] {e(message)}")
-    else:
-        console.print(f"  [cyan]…[/] {e(address)}: {e(message)}")
+def _progress(phase: str, address: str, message: str) -> None:
+    """Steps told one per line (recovery, which has no live table)."""
+    render.ApplyProgress(out)(phase, address, message)
 
 
 def _run(
@@ -602,13 +595,8 @@ def _run(
 
     to = err if json_on_stdout else out
     started = time.monotonic()
-    verified, result = apply_envelope(
-        project,
-        envelope,
-        lambda phase, address, text: _progress(phase, address, text, to),
-        rollback,
-        workers,
-    )
+    with render.ApplyProgress(to) as progress:
+        verified, result = apply_envelope(project, envelope, progress, rollback, workers)
     if result.failed is not None:
         action = result.failed_action
         where = ""

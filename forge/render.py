@@ -285,3 +285,93 @@ def _byte(file: str, line: int, column: int) -> int | None:
     if line == 1 and text.startswith("\ufeff"):
         text, start = text[1:], start + 3
     return start + len(text[: column - 1].encode())
+
+
+_PROGRESS_MARK = {
+    "done": "[green]✓[/]",
+    "delete": "[red]-[/]",
+    "deleted": "[red]✓[/]",
+    "failed": "[bold red]✗[/]",
+    "rolled back": "[yellow]↩[/]",
+}
+
+
+class ApplyProgress:
+    """How an apply goes, told as it goes. On a terminal, a live table: what is being worked on
+    now, with its step and how long it has taken, above a count of what is done; it ends as one
+    line per resource. Elsewhere (a pipe, a file, CI), one line per step as it happens, so that
+    a log of the apply reads in order. Called from the apply's workers, one call at a time."""
+
+    LIVE_DONE_SHOWN = 5  # finished rows kept in view under those still at work
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.rows: dict[str, list[Any]] = {}  # address: [phase, message, started, ended]
+        self.finished: list[str] = []
+        self.live: Any = None
+
+    def __enter__(self) -> ApplyProgress:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(
+                self._view(), console=self.console, refresh_per_second=8, transient=True
+            )
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is None:
+            return
+        self.live.stop()
+        for address in self.finished + [a for a in self.rows if a not in self.finished]:
+            self.console.print(self._line(address))
+
+    FINAL = ("done", "deleted", "failed", "rolled back")
+
+    def __call__(self, phase: str, address: str, message: str) -> None:
+        import time
+
+        if phase == "recover":
+            (self.live.console if self.live else self.console).print(
+                f"  [yellow]↺[/] {escape(message)}"
+            )
+            return
+        now = time.monotonic()
+        row = self.rows.get(address)
+        if row is None or (row[0] in self.FINAL and phase not in self.FINAL):
+            row = self.rows[address] = [phase, message, now, None]  # a replacement's second half
+        row[0], row[1] = phase, message
+        if address in self.finished:
+            self.finished.remove(address)
+        if phase in self.FINAL:
+            row[3] = now
+            self.finished.append(address)
+        if self.live is None:
+            self.console.print(self._line(address))
+        else:
+            self.live.update(self._view())
+
+    def _line(self, address: str) -> str:
+        phase, message, _, _ = self.rows[address]
+        return f"  {_PROGRESS_MARK.get(phase, '[cyan]…[/]')} {escape(address)}: {escape(message)}"
+
+    def _view(self) -> Any:
+        import time
+
+        from rich.table import Table
+
+        view = Table.grid(padding=(0, 1))
+        now = time.monotonic()
+        working = [a for a in self.rows if a not in self.finished]
+        for address in self.finished[-self.LIVE_DONE_SHOWN :] + working:
+            phase, message, started, ended = self.rows[address]
+            took = (ended or now) - started
+            view.add_row(
+                _PROGRESS_MARK.get(phase, "[cyan]⠿[/]"),
+                escape(address),
+                f"[dim]{took:4.1f}s[/]",
+                escape(message),
+            )
+        view.add_row("", f"[bold]{len(self.finished)} done, {len(working)} at work[/]", "", "")
+        return view
