@@ -151,6 +151,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     """A private runc root and monitor; afterwards nothing of either may be left running."""
+    yield from private_host(tmp_path, monkeypatch)
+
+
+def private_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+    """The `host` fixture's body, for other test modules' fixtures."""
     socket_path = tmp_path / "monitor.sock"
     monkeypatch.setenv("FORGE_MONITOR_SOCKET", str(socket_path))
     host = Host(tmp_path, tmp_path / "runc", Monitor(socket_path))
