@@ -587,7 +587,6 @@ class _Container:
 
     def registry_record(self) -> dict[str, Any]:
         """What a monitor after this one needs to take the container over."""
-        running = self.started and not self.exited and self.backoff is None
         return {
             "runc_root": str(self.runc_root),
             "id": self.container_id,
@@ -600,8 +599,9 @@ class _Container:
             "restart": self.restart.to_json(),
             "check": self.check,
             "restarts": self.restarts,
-            "pid": self.pid if running else None,
-            "pid_start": self.pid_start if running else None,
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+            "backoff": self.backoff is not None,  # waiting to be started again
             "started_at": self.started_wall,
             "last_exit": self.last_exit,
             "health": self.health,
@@ -823,8 +823,11 @@ class Supervisor:
                 return None
             self._containers[_key(root, cid)] = container
         pid, pid_start = record.get("pid"), record.get("pid_start")
-        if pid is None:
-            # It was waiting out a restart's backoff: that exit is recorded, so start it again.
+        if record.get("backoff"):
+            # It was waiting out a restart's backoff: that exit is recorded, so start it again,
+            # from scratch if the monitor died while it was starting it.
+            if (root / cid).exists():
+                self._runc_call(root, "delete", "--force", cid)
             with self._lock:
                 container.backoff = threading.Timer(BACKOFF_FIRST, self._restart, [container])
                 container.backoff.daemon = True
@@ -834,12 +837,12 @@ class Supervisor:
         container.started_wall = float(record.get("started_at") or time.time())
         ran = max(0.0, time.time() - container.started_wall)
         container.started_at = time.monotonic() - ran
-        container.pid, container.pid_start, container.started = int(pid), pid_start, True
+        container.pid, container.pid_start, container.started = pid, pid_start, True
         container.health = record.get("health") if container.check else None
-        container.pidfd = _open_pidfd(container.pid, pid_start)
+        container.pidfd = None if pid is None else _open_pidfd(pid, pid_start)
         if container.pidfd is None:
             # It ended while no monitor ran: a zombie still tells its code, else nothing does.
-            wait_status = _zombie_status(container.pid, pid_start)
+            wait_status = None if pid is None else _zombie_status(pid, pid_start)
             with self._lock:
                 if wait_status is None:
                     container.unknown_exit = UNSUPERVISED_EXIT
@@ -910,6 +913,8 @@ class Supervisor:
             if state is None or not state.get("pid"):
                 raise MonitorError(f"container {cid}: runc state reports no pid after create")
             self._adopt(container, int(state["pid"]), since)
+            # Read before it can exit: `runc init` becomes the command, same pid, same start.
+            pid_start = _start_time(int(state["pid"]))
             started = self._runc_call(root, "start", cid)
             if started.code != 0:
                 raise MonitorError(f"container {cid}: runc start failed: {started.err.strip()}")
@@ -919,7 +924,7 @@ class Supervisor:
         with self._lock:
             container.started = True
             container.started_at, container.started_wall = time.monotonic(), time.time()
-            container.pid_start = _start_time(container.pid) if container.pid else None
+            container.pid_start = pid_start
             if container.check is not None:
                 container.health, container.failing = "starting", 0
                 self._watch_health(container)
