@@ -176,6 +176,8 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
             ),
         )
         host.log_file(address).parent.mkdir(parents=True, exist_ok=True)
+        # TODO(#6): Forgefile attributes log_max_size and log_max_files, passed as log_limits;
+        # until then every log rotates at logfile.MAX_SIZE and keeps logfile.MAX_FILES.
         runtime["pid"] = host.monitor.start(
             host.paths.runc_root,
             cid,
@@ -254,6 +256,13 @@ def create_job(host: Host, address: str, spec: dict[str, Any], digest: str) -> d
     _remove_container(host, address, runtime)
     result = _exit_record(status)
     record = {**result, "log": runtime["log"]}
+    if not timed_out and result["exit_code"] is None:
+        raise ActionFailed(
+            address,
+            f"the job's exit code is unknown: {status.reason}",
+            f"see `forge logs {address}`, and run it again",
+            ran={**record, "failure": "exit code unknown"},
+        )
     if timed_out:
         raise ActionFailed(
             address,

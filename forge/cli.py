@@ -1063,6 +1063,8 @@ def ps(
                 "restarts": found.restarts if found is not None else 0,
                 "health": found.health if found is not None else None,
                 "exit_code": last_exit,
+                # Why exit_code is null after an exit: it could not be known.
+                "exit_reason": found.reason if found is not None else None,
                 "ip": ip,
                 "id": record.runtime.get("container_id", ""),
                 "updated": record.updated_at[:19].replace("T", " "),
@@ -1112,9 +1114,10 @@ def _status_of(record: Any, status: Any) -> tuple[str, str]:
         if status.state == "running":
             parts = [f"pid {status.pid}" if status.pid else "", status.health or ""]
             return "running", ", ".join(p for p in parts if p)
+        code = "unknown" if status.exit_code is None else status.exit_code
         if status.state == "restarting":
-            return "restarting", f"after exit {status.exit_code}"
-        return "exited", f"code {status.exit_code}"
+            return "restarting", f"after exit {code}"
+        return "exited", f"code {code}"
     if "failure" in record.runtime:
         return "failed", record.runtime["failure"]
     code = record.runtime.get("exit_code")
