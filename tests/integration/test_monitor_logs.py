@@ -153,6 +153,24 @@ def test_a_killed_monitor_is_followed_by_one_that_adopts_its_container(host: Hos
     assert not any(host.monitor.registry.iterdir()), "the registry forgets what finished"
 
 
+def test_an_exit_while_no_monitor_ran_is_recorded_honestly(host: Host) -> None:
+    """A container that ends while no monitor runs is found ended by the next one: its code if
+    a zombie still tells it, else none, with the reason; and runc forgets it."""
+    container_id = host.prepare(ContainerSpec(command=("sh", "-c", "sleep 0.5; exit 5")))
+    pid = host.start(container_id)
+    kill_monitor(host)
+    assert wait_until(lambda: dead(pid), timeout=10)
+
+    status = host.wait(container_id, timeout=10)
+
+    assert status.state == "exited"
+    if status.exit_code is None:
+        assert "no monitor supervised it" in str(status.reason)
+    else:
+        assert status.exit_code == 5
+    assert host.runc_list() == []
+
+
 def test_an_adopted_container_can_be_stopped(host: Host) -> None:
     """stop reaches a container adopted from a killed monitor: KILL after the grace period."""
     container_id = host.prepare(ContainerSpec(command=("sleep", "1000")))
@@ -283,3 +301,35 @@ def ps_row(folder: Path) -> dict[str, Any]:
     assert [r["address"] for r in rows] == ["service.ticker"]
     row: dict[str, Any] = rows[0]
     return row
+
+
+def test_finished_containers_leave_no_fd_or_thread_in_the_monitor(host: Host) -> None:
+    """Twenty containers run and exit under one monitor: its open fds and threads are as many
+    as before, and a running one costs it its two FIFOs and its log, no thread."""
+    warm = host.prepare(ContainerSpec(command=("true",)))
+    host.start(warm)
+    host.wait(warm)
+    pid = monitor_pid(host.monitor)
+    assert pid is not None
+    before = (fds(pid), threads(pid))
+
+    for _ in range(20):
+        container_id = host.prepare(ContainerSpec(command=("sh", "-c", "echo hi; echo ho >&2")))
+        host.start(container_id)
+        assert host.wait(container_id).exit_code == 0
+        assert host.text(container_id) in ("hi\nho\n", "ho\nhi\n")
+    sleeper = host.prepare(ContainerSpec(command=("sleep", "1000")))
+    host.start(sleeper)
+    running = (fds(pid), threads(pid))
+    host.stop(sleeper, grace=0)
+
+    assert (fds(pid), threads(pid)) == before
+    assert running == (before[0] + 3, before[1])
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
