@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from compiler.plan import spec_digest
 
+from . import logfile
 from .containers import ulimit_problems
 from .drivers import DRIVERS, ActionFailed, Host, container_statuses
 from .images import ImageError
@@ -345,7 +346,7 @@ def _teardown(
     delete(host, address, runtime)
     if action["action"] == "delete":
         # A workload that is gone takes its log with it; a replaced one keeps appending.
-        host.log_file(address).unlink(missing_ok=True)
+        logfile.remove(host.log_file(address))
     state.remove(address)
     state.settle(entry, "done")
     state.event("deleted", address, seconds=round(time.monotonic() - started, 3))

@@ -7,16 +7,18 @@ a crash finishes the job.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import network, rootfs
+from . import logfile, network, rootfs
 from .containers import INIT_BINARY, ContainerError, ContainerSpec, Mount, write_bundle
 from .errors import ExecutorError
 from .images import ImageError, ImageStore
@@ -176,6 +178,8 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
             ),
         )
         host.log_file(address).parent.mkdir(parents=True, exist_ok=True)
+        # TODO(#6): Forgefile attributes log_max_size and log_max_files, passed as log_limits;
+        # until then every log rotates at logfile.MAX_SIZE and keeps logfile.MAX_FILES.
         runtime["pid"] = host.monitor.start(
             host.paths.runc_root,
             cid,
@@ -266,6 +270,13 @@ def create_job(host: Host, address: str, spec: dict[str, Any], digest: str) -> d
     _remove_container(host, address, runtime)
     result = _exit_record(status)
     record = {**result, "log": runtime["log"]}
+    if not timed_out and result["exit_code"] is None:
+        raise ActionFailed(
+            address,
+            f"the job's exit code is unknown: {status.reason}",
+            f"see `forge logs {address}`, and run it again",
+            ran={**record, "failure": "exit code unknown"},
+        )
     if timed_out:
         raise ActionFailed(
             address,
@@ -309,24 +320,32 @@ def create_wasm(host: Host, address: str, spec: dict[str, Any], digest: str) -> 
     log_path = host.log_file(address)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     limits = spec["limits"]
-    run = wasm.WasmRun(
-        module=str(module),
-        args=tuple(spec["args"]),
-        env=tuple(sorted(spec["env"].items())),
-        preopens=tuple(
-            wasm.Preopen(str(host.volume_dir(m["volume"])), m["guest"], m["writable"])
-            for m in spec["mounts"]
-        ),
-        stdout=str(log_path),
-        stderr=str(log_path),
-        memory=limits["memory"],
-        fuel=limits["fuel"],
-        timeout=limits["timeout"],
-    )
-    try:
-        result = wasm.run(run)
-    except wasm.WasmError as exc:
-        raise ActionFailed(address, str(exc)) from None
+    with tempfile.TemporaryDirectory(dir=log_path.parent, prefix=".wasm-") as scratch:
+        outputs = {stream: Path(scratch) / stream for stream in logfile.STREAMS}
+        run = wasm.WasmRun(
+            module=str(module),
+            args=tuple(spec["args"]),
+            env=tuple(sorted(spec["env"].items())),
+            preopens=tuple(
+                wasm.Preopen(str(host.volume_dir(m["volume"])), m["guest"], m["writable"])
+                for m in spec["mounts"]
+            ),
+            stdout=str(outputs["stdout"]),
+            stderr=str(outputs["stderr"]),
+            memory=limits["memory"],
+            fuel=limits["fuel"],
+            timeout=limits["timeout"],
+        )
+        try:
+            result = wasm.run(run)
+        except wasm.WasmError as exc:
+            raise ActionFailed(address, str(exc)) from None
+        finally:
+            # A module's output is read once it has run: its records carry the time it ended,
+            # and its stdout comes before its stderr.
+            for stream, path in outputs.items():
+                with contextlib.suppress(FileNotFoundError):
+                    logfile.append_output(log_path, stream, path.read_bytes())
     record = {
         "exit_code": result.exit_code,
         "outcome": result.outcome,

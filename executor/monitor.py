@@ -2,10 +2,20 @@
 
 `runc run -d` hands a container's init to PID 1 and its exit status is lost. So one small
 daemon makes itself a child subreaper, creates each container with `runc create` (stdout and
-stderr appended to the container's log), reads its pid from `runc state`, starts it, and reaps
-that pid with waitid/waitpid. On exit it writes `BUNDLE/exit.json` and deletes the container
-from runc. It is not one Python process per container: a reaper thread, a finisher thread and
-a thread per open request serve all of them.
+stderr the write ends of FIFOs in its bundle, which the log pump drains into the container's
+log, see `executor.logpipe`), reads its pid from `runc state`, starts it, and reaps that pid
+with waitid/waitpid. On exit it writes `BUNDLE/exit.json` and deletes the container from runc.
+It is not one Python process per container: a reaper thread, a finisher thread, the log pump
+and a thread per open request serve all of them (and a thread per healthcheck).
+
+The monitor keeps a registry of what it supervises (a JSON file per container in the folder
+beside its socket, `monitor-PROTOCOL.containers/`): its runc root, bundle, log, init's pid and
+start time, restart policy and healthcheck. A monitor killed or gone leaves its containers
+running; the next one (which a client starts on demand) reads the registry and adopts those
+still running: it answers for them, drains their logs again, keeps their restart policy and
+healthcheck, and learns of their end through a pidfd. An adopted init is no child of the new
+monitor, so its exit code is read from /proc while it is a zombie if it still is one, and is
+otherwise recorded as unknown, with the reason, not made up.
 
 Clients speak one JSON request and one JSON reply per connection on a unix socket (mode 0600,
 `/run/forge/monitor-PROTOCOL.sock` unless FORGE_MONITOR_SOCKET says otherwise).
@@ -20,11 +30,13 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
@@ -35,11 +47,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from executor import logfile, logpipe
 from executor.errors import ExecutorError
 from executor.paths import RUN_ROOT
 
@@ -57,11 +70,19 @@ KEEP_EXITED = 600.0
 # What requests the monitor answers. 2: `statuses`, and `stop` takes the signal to send.
 # 3: `start` takes a restart policy, and statuses tell restarts.
 # 4: `start` takes a healthcheck, and statuses tell health.
-PROTOCOL = 4
+# 5: `start` takes log_max_size and log_max_files; logs are timestamped records through FIFOs;
+#    a monitor adopts what the one before it left running; an exit may have no code (reason).
+PROTOCOL = 5
 MAX_REQUEST = 1 << 20
 STOP_SIGNALS = frozenset(s.name for s in signal.Signals)
 STATUS_BATCH = 500  # containers per `statuses` request: ~100 kB asked, ~60 kB answered
 PR_SET_CHILD_SUBREAPER = 36
+DRAIN_TIMEOUT = 5.0  # seconds an exited container's output may take to reach its log
+UNSUPERVISED_EXIT = "it exited while no monitor supervised it: its exit code and time are unknown"
+ADOPTED_EXIT = (
+    "it was adopted from a monitor that is gone, so it is no child of this one: "
+    "its exit code is unknown"
+)
 # runc's own id syntax, minus a leading dot: "." and ".." would name folders outside the root.
 CONTAINER_ID = re.compile(r"[A-Za-z0-9_][\w+.-]*", re.ASCII)
 
@@ -85,6 +106,7 @@ class ContainerStatus:
     signal: str | None = None
     restarts: int = 0  # how often the restart policy has started it again
     health: str | None = None  # starting, healthy or unhealthy; None without a healthcheck
+    reason: str | None = None  # why exit_code is None after an exit: it could not be known
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerStatus:
@@ -97,6 +119,7 @@ class ContainerStatus:
             signal=data.get("signal"),
             restarts=int(data.get("restarts") or 0),
             health=data.get("health"),
+            reason=data.get("reason"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -109,6 +132,7 @@ class ContainerStatus:
             "signal": self.signal,
             "restarts": self.restarts,
             "health": self.health,
+            "reason": self.reason,
         }
 
 
@@ -150,13 +174,20 @@ class RestartPolicy:
     def to_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "max_restarts": self.max_restarts}
 
-    def restarts_after(self, exit_code: int, restarts: int) -> bool:
-        """Whether an exit with `exit_code`, after `restarts` restarts, is started again."""
+    def restarts_after(self, exit_code: int | None, restarts: int) -> bool:
+        """Whether an exit with `exit_code`, after `restarts` restarts, is started again. An
+        unknown code (None) counts as a failure: nothing says the run succeeded."""
         if self.policy in ("always", "unless-stopped"):
             return True
         if self.policy == "on-failure" and exit_code != 0:
             return self.max_restarts is None or restarts < self.max_restarts
         return False
+
+
+def registry_folder(socket_path: Path) -> Path:
+    """Where the monitor on `socket_path` keeps its registry: monitor-5.containers/ for
+    monitor-5.sock."""
+    return socket_path.with_name(socket_path.name.removesuffix(".sock") + ".containers")
 
 
 def default_socket() -> Path:
@@ -177,7 +208,12 @@ def status_from_exit_file(bundle: Path) -> ContainerStatus | None:
         log.warning("unreadable exit record in %s: %s", bundle, error)
         return None
     return ContainerStatus(
-        "exited", None, record.get("exit_code"), record.get("exited_at"), record.get("signal")
+        "exited",
+        None,
+        record.get("exit_code"),
+        record.get("exited_at"),
+        record.get("signal"),
+        reason=record.get("reason"),
     )
 
 
@@ -195,6 +231,18 @@ class Monitor:
     def log_path(self) -> Path:
         """Where the daemon's own stdout and stderr go."""
         return self.socket_path.parent / "monitor.log"
+
+    @property
+    def registry(self) -> Path:
+        """The folder where the monitor on this socket records what it supervises."""
+        return registry_folder(self.socket_path)
+
+    def orphans(self) -> bool:
+        """Whether a monitor that is gone left containers behind for the next one to adopt."""
+        try:
+            return any(self.registry.glob("*.json"))
+        except OSError:
+            return False
 
     def ensure_running(self) -> None:
         """Start the monitor unless it answers already, and wait until it does."""
@@ -226,13 +274,18 @@ class Monitor:
         log: Path,
         restart: RestartPolicy | None = None,
         health: dict[str, Any] | None = None,
+        log_limits: logfile.Limits | None = None,
     ) -> int:
         """Create and start a container supervised by the monitor; return its init's pid. With
         `restart`, the monitor starts it again when it exits, as the policy says; with `health`
-        (command, interval, timeout, retries, start_period), it runs that check inside."""
+        (command, interval, timeout, retries, start_period), it runs that check inside; its
+        log is rotated at `log_limits` (logfile.MAX_SIZE and MAX_FILES unless given)."""
         self.ensure_running()
         request = _container_request("start", runc_root, container_id, bundle)
         request["log"] = str(log.absolute())
+        if log_limits is not None:
+            request["log_max_size"] = log_limits.max_size
+            request["log_max_files"] = log_limits.max_files
         if restart is not None:
             request["restart"] = restart.to_json()
         if health is not None:
@@ -243,12 +296,22 @@ class Monitor:
     def status(self, runc_root: Path, container_id: str, bundle: Path) -> ContainerStatus:
         """Return the container's status from the monitor, else from its exit.json."""
         request = _container_request("status", runc_root, container_id, bundle)
-        try:
-            reply = self._request(request, timeout=RUNC_TIMEOUT + 5)
-        except MonitorUnreachable:
+        reply = self._ask(request, timeout=RUNC_TIMEOUT + 5)
+        if reply is None:
             # No monitor means nothing is supervised: what is left is the exit record, if any.
             return status_from_exit_file(bundle) or UNKNOWN
         return ContainerStatus.from_json(reply)
+
+    def _ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """A question that needs no monitor: None when none runs and none needs to. A monitor
+        that died and left containers is followed by a new one, which adopts them."""
+        try:
+            return self._request(request, timeout=timeout)
+        except MonitorUnreachable:
+            if not self.orphans():
+                return None
+        self.ensure_running()
+        return self._request(request, timeout=timeout)
 
     def statuses(
         self, runc_root: Path, containers: Sequence[tuple[str, Path]]
@@ -265,17 +328,19 @@ class Monitor:
             }
             try:
                 # A container the monitor does not supervise costs it a `runc state`.
-                reply = self._request(request, timeout=RUNC_TIMEOUT + 0.5 * len(batch))
+                answer = self._ask(request, timeout=RUNC_TIMEOUT + 0.5 * len(batch))
             except MonitorUnreachable:
-                found += [status_from_exit_file(bundle) or UNKNOWN for _, bundle in batch]
-                continue
+                answer = None
             except MonitorError as exc:
                 if "unknown request" not in str(exc):
                     raise
                 # A monitor from an older Forge, still serving this host: one at a time.
                 found += [self.status(runc_root, cid, bundle) for cid, bundle in batch]
                 continue
-            found += [ContainerStatus.from_json(status) for status in reply["statuses"]]
+            if answer is None:
+                found += [status_from_exit_file(bundle) or UNKNOWN for _, bundle in batch]
+                continue
+            found += [ContainerStatus.from_json(status) for status in answer["statuses"]]
         return found
 
     def wait(
@@ -467,8 +532,25 @@ class _Container:
     check: dict[str, Any] | None = None  # the healthcheck: command, interval, timeout, ...
     health: str | None = None
     failing: int = 0  # failed checks in a row, outside the start period
+    log_limits: logfile.Limits = field(default_factory=logfile.Limits)
+    started_wall: float = 0.0  # time.time() at the run's start, for a monitor after this one
+    pid_start: int | None = None  # the init's start time in clock ticks: tells a reused pid
+    unknown_exit: str | None = None  # why the last run's exit code is not known
+    adopted: bool = False  # left running by a monitor before this one
+    pidfd: int | None = None  # an adopted init's, polled for its end
+
+    @property
+    def exited(self) -> bool:
+        return self.wait_status is not None or self.unknown_exit is not None
 
     def exit_record(self) -> dict[str, Any]:
+        if self.unknown_exit is not None:
+            return {
+                "exit_code": None,
+                "exited_at": self.exited_at,
+                "signal": None,
+                "reason": self.unknown_exit,
+            }
         assert self.wait_status is not None
         if os.WIFSIGNALED(self.wait_status):
             number = os.WTERMSIG(self.wait_status)
@@ -500,8 +582,73 @@ class _Container:
                 last.get("signal"),
                 self.restarts,
                 self.health,
+                last.get("reason"),
             )
         return UNKNOWN
+
+    def registry_record(self) -> dict[str, Any]:
+        """What a monitor after this one needs to take the container over."""
+        return {
+            "runc_root": str(self.runc_root),
+            "id": self.container_id,
+            "bundle": str(self.bundle),
+            "log": str(self.log_path),
+            "log_limits": {
+                "max_size": self.log_limits.max_size,
+                "max_files": self.log_limits.max_files,
+            },
+            "restart": self.restart.to_json(),
+            "check": self.check,
+            "restarts": self.restarts,
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+            "backoff": self.backoff is not None,  # waiting to be started again
+            "started_at": self.started_wall,
+            "last_exit": self.last_exit,
+            "health": self.health,
+        }
+
+
+class _Registry:
+    """The containers a monitor supervises, a JSON file each, for the monitor after it."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def _path(self, container: _Container) -> Path:
+        assert self.folder is not None
+        key = f"{container.runc_root}\0{container.container_id}".encode()
+        return self.folder / f"{hashlib.sha256(key).hexdigest()[:24]}.json"
+
+    def save(self, container: _Container) -> None:
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self._path(container)
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_text(json.dumps(container.registry_record()))
+            os.replace(partial, path)
+        except OSError as error:
+            log.error("cannot record %s in the registry: %s", container.container_id, error)
+
+    def drop(self, container: _Container) -> None:
+        if self.folder is not None:
+            self._path(container).unlink(missing_ok=True)
+
+    def load(self) -> list[dict[str, Any]]:
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        records = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as error:
+                log.warning("unreadable registry entry %s: %s", path, error)
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
 
 @dataclass(frozen=True)
@@ -514,7 +661,9 @@ class _Result:
 class Supervisor:
     """Starts containers with runc, reaps their inits, records exits; the daemon's core."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Path | None = None) -> None:
+        self._registry = _Registry(registry)
+        self._pump = logpipe.LogPump()
         self._runc = shutil.which("runc")
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -526,9 +675,10 @@ class Supervisor:
         self._to_finish: queue.Queue[_Container] = queue.Queue()
 
     def run_threads(self) -> None:
-        """Start the reaper and finisher threads."""
+        """Start the reaper and finisher threads and the log pump."""
         threading.Thread(target=self._reap_forever, name="reaper", daemon=True).start()
         threading.Thread(target=self._finish_forever, name="finisher", daemon=True).start()
+        self._pump.start()
 
     def supervised(self) -> int:
         """Return how many containers are starting or running."""
@@ -553,14 +703,16 @@ class Supervisor:
         log_path: Path,
         restart: RestartPolicy | None = None,
         check: dict[str, Any] | None = None,
+        log_limits: logfile.Limits | None = None,
     ) -> int:
         """Create, start and supervise a container; return its pid or raise MonitorError."""
         container = self._reserve(runc_root, container_id, bundle)
         container.log_path, container.restart = log_path, restart or RestartPolicy()
-        container.check = check
+        container.check, container.log_limits = check, log_limits or logfile.Limits()
         try:
             pid = self._create_and_start(container, log_path)
         except BaseException:
+            self._pump.detach(_key(runc_root, container_id), timeout=1.0)
             with self._lock:
                 self._forget(container)
             raise
@@ -613,6 +765,7 @@ class Supervisor:
                     container.backoff.cancel()
                     container.backoff = None
                     container.finished = time.monotonic()
+                    self._registry.drop(container)
                     self._changed.notify_all()
                 # A start still under way (its request came first, perhaps from an apply since
                 # killed) ends before the stop goes on: it is refused, or what it made is stopped.
@@ -635,6 +788,110 @@ class Supervisor:
             if not self._wait_done(container, KILL_TIMEOUT):
                 raise MonitorError(f"container {container_id} did not exit after SIGKILL")
         return self.status(runc_root, container_id, bundle)
+
+    # ----- taking over from a monitor that is gone
+
+    def adopt(self) -> int:
+        """Take over what the registry says an earlier monitor supervised; return how many
+        containers were taken over. Call before serving, so that every answer knows them."""
+        watched: dict[int, _Container] = {}
+        for record in self._registry.load():
+            try:
+                container = self._adopt_one(record)
+            except (KeyError, TypeError, ValueError, MonitorError) as error:
+                log.error("cannot adopt registry entry %s: %s", record.get("id"), error)
+                continue
+            if container is not None and container.pidfd is not None:
+                watched[container.pidfd] = container
+        if watched:
+            threading.Thread(
+                target=self._watch_exits, args=(watched,), name="adopted-exits", daemon=True
+            ).start()
+        return self.supervised()
+
+    def _adopt_one(self, record: dict[str, Any]) -> _Container | None:
+        root, cid, bundle = Path(record["runc_root"]), str(record["id"]), Path(record["bundle"])
+        _check_id(cid)
+        limits = record.get("log_limits") or {}
+        container = _Container(
+            root,
+            cid,
+            bundle,
+            log_path=Path(record["log"]),
+            restart=RestartPolicy.from_json(record.get("restart")),
+            restarts=int(record.get("restarts") or 0),
+            check=record.get("check"),
+            last_exit=record.get("last_exit"),
+            log_limits=logfile.Limits(
+                int(limits.get("max_size", logfile.MAX_SIZE)),
+                int(limits.get("max_files", logfile.MAX_FILES)),
+            ),
+            adopted=True,
+        )
+        with self._lock:
+            if _key(root, cid) in self._containers:
+                return None
+            self._containers[_key(root, cid)] = container
+        pid, pid_start = record.get("pid"), record.get("pid_start")
+        if record.get("backoff"):
+            # It was waiting out a restart's backoff: that exit is recorded, so start it again,
+            # from scratch if the monitor died while it was starting it.
+            if (root / cid).exists():
+                self._runc_call(root, "delete", "--force", cid)
+            with self._lock:
+                container.backoff = threading.Timer(BACKOFF_FIRST, self._restart, [container])
+                container.backoff.daemon = True
+                container.backoff.start()
+            log.info("adopted container %s, restarting it", cid)
+            return container
+        container.started_wall = float(record.get("started_at") or time.time())
+        ran = max(0.0, time.time() - container.started_wall)
+        container.started_at = time.monotonic() - ran
+        container.pid, container.pid_start, container.started = pid, pid_start, True
+        container.health = record.get("health") if container.check else None
+        container.pidfd = None if pid is None else _open_pidfd(pid, pid_start)
+        if container.pidfd is None:
+            # It ended while no monitor ran: a zombie still tells its code, else nothing does.
+            wait_status = None if pid is None else _zombie_status(pid, pid_start)
+            with self._lock:
+                if wait_status is None:
+                    container.unknown_exit = UNSUPERVISED_EXIT
+                else:
+                    container.wait_status, container.exited_at = wait_status, _utc_now()
+                self._finish_if_exited(container)
+            log.info("container %s ended while no monitor ran", cid)
+            return container
+        try:
+            pipes = logpipe.open_pipes(bundle)
+            self._pump.attach(_key(root, cid), pipes, Path(record["log"]), container.log_limits)
+        except OSError as error:
+            log.error("cannot drain the output of %s again: %s", cid, error)
+        if container.check is not None:
+            self._watch_health(container)
+        log.info("adopted container %s (pid %d) in %s", cid, container.pid, root)
+        return container
+
+    def _watch_exits(self, watched: dict[int, _Container]) -> None:
+        """Learn of the end of adopted containers, whose inits this monitor cannot reap."""
+        poller = select.poll()
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        while watched:
+            for fd, _ in poller.poll():
+                container = watched.pop(fd)
+                poller.unregister(fd)
+                assert container.pid is not None
+                wait_status = _zombie_status(container.pid, container.pid_start)
+                os.close(fd)
+                with self._lock:
+                    container.pidfd, container.exited_at = None, _utc_now()
+                    if wait_status is None:
+                        container.unknown_exit = ADOPTED_EXIT
+                    else:
+                        container.wait_status = wait_status
+                    log.info("adopted container %s exited", container.container_id)
+                    self._finish_if_exited(container)
+                    self._changed.notify_all()
 
     # ----- starting
 
@@ -662,7 +919,10 @@ class Supervisor:
         since = time.monotonic()
         self._create(container, log_path)
         try:
-            self._adopt(container, _read_pid(bundle / PID_FILE, cid), since)
+            pid = _read_pid(bundle / PID_FILE, cid)
+            self._adopt(container, pid, since)
+            # Read before it can exit: `runc init` becomes the command, same pid, same start.
+            pid_start = _start_time(pid)
             if container.stopping:
                 raise MonitorError(f"container {cid} was stopped before it started")
             started = self._runc_call(root, "start", cid)
@@ -673,17 +933,21 @@ class Supervisor:
             raise
         with self._lock:
             container.started = True
-            container.started_at = time.monotonic()
+            container.started_at, container.started_wall = time.monotonic(), time.time()
+            container.pid_start = pid_start
             self._changed.notify_all()
-            self._finish_if_exited(container)
             if container.check is not None:
                 container.health, container.failing = "starting", 0
-                run = container.restarts
-                threading.Thread(
-                    target=self._check_health, args=(container, run), daemon=True
-                ).start()
+                self._watch_health(container)
+            self._registry.save(container)
+            self._finish_if_exited(container)
         assert container.pid is not None
         return container.pid
+
+    def _watch_health(self, container: _Container) -> None:
+        threading.Thread(
+            target=self._check_health, args=(container, container.restarts), daemon=True
+        ).start()
 
     def _check_health(self, container: _Container, run: int) -> None:
         """Run the healthcheck every interval while this run of the container lasts."""
@@ -695,7 +959,7 @@ class Supervisor:
             with self._lock:
                 if (
                     container.restarts != run
-                    or container.wait_status is not None
+                    or container.exited
                     or container.finished is not None
                     or container.stopping
                 ):
@@ -710,28 +974,39 @@ class Supervisor:
             with self._lock:
                 if container.restarts != run:
                     return
+                was = container.health
                 if result.code == 0:
                     container.health, container.failing = "healthy", 0
                 elif time.monotonic() - container.started_at >= float(check["start_period"]):
                     container.failing += 1
                     if container.failing >= int(check["retries"]):
                         container.health = "unhealthy"
+                if container.health != was and not container.exited:
+                    self._registry.save(container)
                 self._changed.notify_all()
 
     def _create(self, container: _Container, log_path: Path) -> None:
         root, cid, bundle = container.runc_root, container.container_id, container.bundle
         runc_log = bundle / RUNC_LOG
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        # runc create hands its own stdout and stderr to the container: they are its log.
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # runc create hands its own stdout and stderr to the container: the FIFOs' write ends.
+        pipes = logpipe.open_pipes(bundle)
+        try:
+            writers = logpipe.open_writers(pipes)
+        except BaseException:
+            pipes.close()
+            raise
         try:
             args = ["--log", str(runc_log), "--log-format", "json", "create", "--bundle"]
+            out, err = writers["stdout"], writers["stderr"]
             pid_file = ["--pid-file", str(bundle / PID_FILE)]
             created = self._runc_call(
-                root, *args, str(bundle), *pid_file, cid, stdout=fd, stderr=fd
+                root, *args, str(bundle), *pid_file, cid, stdout=out, stderr=err
             )
         finally:
-            os.close(fd)
+            for fd in writers.values():
+                os.close(fd)
+            self._pump.attach(_key(root, cid), pipes, log_path, container.log_limits)
         if created.code != 0:
             self._runc_call(root, "delete", "--force", cid)
             reason = _runc_log_error(runc_log) or f"exit code {created.code}, see {log_path}"
@@ -752,7 +1027,7 @@ class Supervisor:
         self._runc_call(container.runc_root, "delete", "--force", container.container_id)
         with self._lock:
             if container.pid is not None:
-                self._changed.wait_for(lambda: container.wait_status is not None, KILL_TIMEOUT)
+                self._changed.wait_for(lambda: container.exited, KILL_TIMEOUT)
 
     def _known(self, container: _Container) -> bool:
         return self._containers.get(_key(container.runc_root, container.container_id)) is container
@@ -763,6 +1038,7 @@ class Supervisor:
             del self._containers[key]
         if container.pid is not None and self._by_pid.get(container.pid) is container:
             del self._by_pid[container.pid]
+        self._registry.drop(container)
         self._changed.notify_all()
 
     # ----- reaping and finishing
@@ -803,7 +1079,7 @@ class Supervisor:
         self._changed.notify_all()
 
     def _finish_if_exited(self, container: _Container) -> None:
-        if container.started and container.wait_status is not None and not container.finishing:
+        if container.started and container.exited and not container.finishing:
             container.finishing = True
             self._to_finish.put(container)
 
@@ -817,6 +1093,7 @@ class Supervisor:
             with self._lock:
                 if not self._schedule_restart(container):
                     container.finished = time.monotonic()
+                    self._registry.drop(container)
                 self._changed.notify_all()
 
     def _schedule_restart(self, container: _Container) -> bool:
@@ -833,6 +1110,7 @@ class Supervisor:
         container.backoff = threading.Timer(delay, self._restart, [container])
         container.backoff.daemon = True
         container.backoff.start()
+        self._registry.save(container)
         log.info(
             "container %s exited %s: restarting in %.1f s (%s, restart %d)",
             container.container_id,
@@ -851,6 +1129,7 @@ class Supervisor:
             container.restarts += 1
             container.pid, container.started, container.finishing = None, False, False
             container.wait_status, container.exited_at = None, None
+            container.unknown_exit, container.adopted = None, False
         assert container.log_path is not None
         try:
             self._create_and_start(container, container.log_path)
@@ -859,13 +1138,19 @@ class Supervisor:
             log.error("restarting %s failed: %s", container.container_id, error)
             with self._lock:
                 last = container.last_exit or {}
-                code = int(last.get("exit_code") or 0)
-                container.wait_status = code << 8 if code < 128 else code - 128
+                code = last.get("exit_code")
+                if code is None:
+                    container.unknown_exit = last.get("reason") or UNSUPERVISED_EXIT
+                else:
+                    container.wait_status = code << 8 if code < 128 else code - 128
                 container.exited_at = last.get("exited_at")
                 container.finished = time.monotonic()
+                self._registry.drop(container)
                 self._changed.notify_all()
 
     def _finish(self, container: _Container) -> None:
+        # What it wrote last reaches its log before its exit is told.
+        self._pump.detach(_key(container.runc_root, container.container_id), DRAIN_TIMEOUT)
         record = container.exit_record()
         try:
             _write_json(container.bundle / EXIT_FILE, record)
@@ -1035,7 +1320,14 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         if op == "start":
             restart = RestartPolicy.from_json(request.get("restart"))
             log_path, check = Path(request["log"]), request.get("health")
-            return {"pid": supervisor.start(root, cid, bundle, log_path, restart, check)}
+            limits = logfile.Limits(
+                int(request.get("log_max_size", logfile.MAX_SIZE)),
+                int(request.get("log_max_files", logfile.MAX_FILES)),
+            )
+            if limits.max_size < 1 or limits.max_files < 0:
+                raise MonitorError(f"log limits must be positive, not {limits}")
+            pid = supervisor.start(root, cid, bundle, log_path, restart, check, limits)
+            return {"pid": pid}
         if op == "status":
             status = supervisor.status(root, cid, bundle)
         elif op == "wait":
@@ -1096,8 +1388,11 @@ def serve(socket_path: Path, idle_seconds: float = IDLE_SECONDS) -> None:
     if Monitor(socket_path)._answers():
         raise MonitorError(f"another monitor already listens on {socket_path}")
     socket_path.unlink(missing_ok=True)
-    supervisor = Supervisor()
+    supervisor = Supervisor(registry_folder(socket_path))
     supervisor.run_threads()
+    adopted = supervisor.adopt()
+    if adopted:
+        log.info("adopted %d containers from the monitor before this one", adopted)
     with _Server(socket_path, supervisor, idle_seconds) as server:
         threading.Thread(target=server.watch_idle, name="idle", daemon=True).start()
         log.info("monitor %d listening on %s", os.getpid(), socket_path)
@@ -1120,6 +1415,43 @@ def _read_pid(path: Path, container_id: str) -> int:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         raise MonitorError(f"container {container_id}: runc create wrote no pid") from None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command: [0] is the state, [19] the start time
+    in clock ticks, [49] the exit status (as waitpid tells it, once a zombie)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _open_pidfd(pid: int, start_time: int | None) -> int | None:
+    """A pidfd for the process `pid` started at `start_time`, if it still runs."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    fields = _proc_stat(pid)
+    if fields is None or fields[0] in ("Z", "X") or int(fields[19]) != start_time:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _zombie_status(pid: int, start_time: int | None) -> int | None:
+    """The wait status of `pid` while it is a zombie its parent has not reaped yet; None once
+    it is gone (or the pid is another process's by now)."""
+    fields = _proc_stat(pid)
+    if fields is None or fields[0] != "Z" or int(fields[19]) != start_time or len(fields) < 50:
+        return None
+    return int(fields[49])
 
 
 def _check_id(container_id: str) -> None:

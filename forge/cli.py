@@ -1086,6 +1086,8 @@ def ps(
                 "restarts": found.restarts if found is not None else 0,
                 "health": found.health if found is not None else None,
                 "exit_code": last_exit,
+                # Why exit_code is null after an exit: it could not be known.
+                "exit_reason": found.reason if found is not None else None,
                 "ip": ip,
                 "id": record.runtime.get("container_id", ""),
                 "updated": record.updated_at[:19].replace("T", " "),
@@ -1135,9 +1137,10 @@ def _status_of(record: Any, status: Any) -> tuple[str, str]:
         if status.state == "running":
             parts = [f"pid {status.pid}" if status.pid else "", status.health or ""]
             return "running", ", ".join(p for p in parts if p)
+        code = "unknown" if status.exit_code is None else status.exit_code
         if status.state == "restarting":
-            return "restarting", f"after exit {status.exit_code}"
-        return "exited", f"code {status.exit_code}"
+            return "restarting", f"after exit {code}"
+        return "exited", f"code {code}"
     if "failure" in record.runtime:
         return "failed", record.runtime["failure"]
     code = record.runtime.get("exit_code")
@@ -1148,14 +1151,49 @@ def _status_of(record: Any, status: Any) -> tuple[str, str]:
 @reports
 def logs(
     address: Annotated[str, typer.Argument(help="A workload address, e.g. service.web.")],
-    follow: Annotated[bool, typer.Option("--follow", help="Keep printing new lines.")] = False,
-    file: FileOption = HERE,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing new lines, across rotations, until Ctrl-C."
+        ),
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="Only lines from WHEN on: a duration before now (10m, 1h30m, 45s, 2d) or an "
+            "RFC 3339 time (2026-12-04T10:00:00Z, or with an offset such as +01:00).",
+        ),
+    ] = None,
+    timestamps: Annotated[
+        bool,
+        typer.Option("--timestamps", "-t", help="Print each line's time (RFC 3339, UTC) first."),
+    ] = False,
+    # -f is --follow here, as in `docker logs` and `tail`: --file has no short form.
+    file: Annotated[Path, typer.Option("--file", help="The Forgefile, or its folder.")] = HERE,
     state_dir: StateOption = None,
 ) -> None:
-    """Print a workload's stdout and stderr."""
+    """Print a workload's stdout and stderr, oldest first, rotated files included.
+
+    Each line is stored with the time the monitor read it and its stream, in the CRI log
+    format (TIME STREAM F|P TEXT) in .forge/logs/ADDRESS.log; ADDRESS.log.1 and up are the
+    older, rotated files. This prints the text alone unless --timestamps is given.
+    """
+    from executor import logfile
+
+    since_time = None
+    if since is not None:
+        try:
+            since_time = logfile.timestamp(logfile.parse_since(since, time.time_ns()))
+        except ValueError as exc:
+            message, _, hint = str(exc).partition(": ")
+            err.print(f"[bold red]error:[/] --since {e(message)}")
+            err.print(f"  [green]hint:[/] {e(hint)}")
+            raise typer.Exit(EXIT_DIAGNOSTIC) from None
     project = _project(file, state_dir)
     path = project.paths.logs / f"{address}.log"
-    if not path.exists():
+    if not logfile.files(path):
         known = [a for a, r in _records(project).items() if r.kind in ("service", "job", "wasm")]
         from forgefile.diagnostics import suggest
 
@@ -1164,16 +1202,19 @@ def logs(
         )
         err.print(f"[bold red]error:[/] no logs for {e(address)}; {e(hint)}")
         raise typer.Exit(EXIT_DIAGNOSTIC)
-    with path.open("rb") as stream:
-        while True:
-            chunk = stream.read(65536)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-            elif follow:
-                time.sleep(0.5)
-            else:
-                break
+    if follow:
+        # A monitor that died left its containers' output waiting in their pipes: a new one
+        # takes them over and drains them again.
+        monitor = project.host().monitor
+        if monitor.orphans():
+            monitor.ensure_running()
+    records = logfile.read(path, since=since_time, follow=follow)
+    sink = sys.stdout.buffer
+    for text in logfile.render(records, timestamps):
+        sink.write(text)
+        if follow:
+            sink.flush()
+    sink.flush()
 
 
 @app.command()

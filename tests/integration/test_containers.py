@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from executor import logfile
 from executor import monitor as monitor_module
 from executor.containers import ContainerSpec, Mount, write_bundle
 from executor.monitor import ContainerStatus, Monitor, MonitorError, RestartPolicy
@@ -49,6 +50,10 @@ class Host:
 
     def log(self, container_id: str) -> Path:
         return self.tmp / "logs" / f"{container_id}.log"
+
+    def text(self, container_id: str) -> str:
+        """What the container wrote, as `forge logs` prints it (without timestamps)."""
+        return log_text(self.log(container_id))
 
     def prepare(self, spec: ContainerSpec, *, rootfs: bool = True) -> str:
         """Write a bundle with a busybox rootfs for `spec`; return a fresh container id."""
@@ -81,6 +86,11 @@ class Host:
             check=True,
         )
         return result.stdout.split()
+
+
+def log_text(path: Path) -> str:
+    """The text of a log's records, rotated files included, as `forge logs` prints it."""
+    return b"".join(logfile.render(logfile.read(path), timestamps=False)).decode()
 
 
 def make_busybox_rootfs(rootfs: Path) -> None:
@@ -141,6 +151,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     """A private runc root and monitor; afterwards nothing of either may be left running."""
+    yield from private_host(tmp_path, monkeypatch)
+
+
+def private_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+    """The `host` fixture's body, for other test modules' fixtures."""
     socket_path = tmp_path / "monitor.sock"
     monkeypatch.setenv("FORGE_MONITOR_SOCKET", str(socket_path))
     host = Host(tmp_path, tmp_path / "runc", Monitor(socket_path))
@@ -201,7 +216,7 @@ def test_job_output_and_exit_code_are_recorded(host: Host, tmp_path: Path) -> No
     assert status.signal is None
     assert status.exited_at is not None and status.exited_at.endswith("Z")
     assert datetime.fromisoformat(status.exited_at).tzinfo is not None
-    assert host.log(container_id).read_text() == "forge-job-line\n"
+    assert host.text(container_id) == "forge-job-line\n"
     assert (volume / "out").read_text() == "kept\n"
     record = json.loads((host.bundle(container_id) / "exit.json").read_text())
     assert record == {"exit_code": 3, "exited_at": status.exited_at, "signal": None}
@@ -232,7 +247,7 @@ def test_log_is_appended_across_runs(host: Host) -> None:
     host.start(container_id)
 
     assert host.wait(container_id).exit_code == 0
-    assert host.log(container_id).read_text() == "run\nrun\n"
+    assert host.text(container_id) == "run\nrun\n"
 
 
 @needs("runc")
@@ -262,14 +277,14 @@ def test_stop_with_a_term_handler_is_quick(host: Host) -> None:
     script = "trap 'echo bye; exit 7' TERM; echo ready; while true; do sleep 0.1; done"
     container_id = host.prepare(ContainerSpec(command=("sh", "-c", script)))
     host.start(container_id)
-    assert wait_until(lambda: "ready" in host.log(container_id).read_text())
+    assert wait_until(lambda: "ready" in host.text(container_id))
 
     began = time.monotonic()
     stopped = host.stop(container_id, grace=10)
 
     assert (stopped.state, stopped.exit_code) == ("exited", 7)
     assert time.monotonic() - began < 5
-    assert host.log(container_id).read_text() == "ready\nbye\n"
+    assert host.text(container_id) == "ready\nbye\n"
 
 
 @needs("runc")
@@ -339,8 +354,8 @@ def test_hardened_defaults_hold_and_busybox_still_works(host: Host) -> None:
 
     status = host.wait(container_id)
 
-    assert status.exit_code == 0, host.log(container_id).read_text()
-    lines = host.log(container_id).read_text().split("\n")
+    assert status.exit_code == 0, host.text(container_id)
+    lines = host.text(container_id).split("\n")
     assert lines[:4] == ["NoNewPrivs:\t1", "Seccomp:\t2", "unshare-refused", "forge-httpd-page"]
 
 
@@ -469,7 +484,7 @@ def test_on_failure_3_restarts_exactly_three_times(host: Host) -> None:
     status = host.wait(container_id, timeout=30)
 
     assert (status.state, status.exit_code, status.restarts) == ("exited", 7, 3)
-    assert host.log(container_id).read_text() == "run\n" * 4
+    assert host.text(container_id) == "run\n" * 4
     assert host.runc_list() == []
 
 

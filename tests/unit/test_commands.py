@@ -1,4 +1,5 @@
-"""Commands that read a Forgefile and print something about it: graph, schema, init, show."""
+"""Commands that read a Forgefile or state and print something about it: graph, schema, init,
+show, logs."""
 
 from __future__ import annotations
 
@@ -158,3 +159,36 @@ def test_flags_that_do_not_go_together_are_refused(tmp_path: Path) -> None:
         app, ["audit", "export", "--since", "2026-12-05", "--until", "2026-12-01", *base]
     )
     assert audit.exit_code == 1 and "is after --until" in audit.output
+
+
+def test_logs_prints_rotated_files_in_order_and_filters_by_since(tmp_path: Path) -> None:
+    """forge logs reads ADDRESS.log.1 before ADDRESS.log, prints text (or time and text with
+    -t), keeps lines from --since on, and refuses a --since it cannot read, saying why."""
+    from executor import logfile
+
+    (tmp_path / "Forgefile").write_text('volume "data" {}\n')
+    logs = tmp_path / ".forge" / "logs"
+    logs.mkdir(parents=True)
+    early, late = "2026-12-04T09:00:00.000000000Z", "2026-12-04T10:00:00.000000000Z"
+    (logs / "service.x.log.1").write_bytes(logfile.encode(early, "stdout", False, b"first"))
+    (logs / "service.x.log").write_bytes(
+        logfile.encode(late, "stderr", True, b"sec") + logfile.encode(late, "stderr", False, b"ond")
+    )
+    base = ["--file", str(tmp_path)]
+
+    def forge(*args: str) -> str:
+        result = runner.invoke(app, ["logs", *args, "service.x", *base])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert forge() == "first\nsecond\n"
+    assert forge("-t") == f"{early} first\n{late} second\n"
+    assert forge("--since", "2026-12-04T09:30:00Z") == "second\n"
+    assert forge("--since", "2026-12-04T09:30:00+01:00") == "first\nsecond\n"
+    assert forge("--since", "1m") == ""
+    bad = runner.invoke(app, ["logs", "--since", "10 minutes", "service.x", *base])
+    assert bad.exit_code == 1
+    assert "--since '10 minutes' is neither a duration nor a time" in bad.output
+    assert "1h30m" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(app, ["logs", "service.y", *base])
+    assert missing.exit_code == 1 and "no logs for service.y" in missing.output
