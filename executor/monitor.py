@@ -25,7 +25,6 @@ import logging
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import socketserver
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from executor import runtimes
 from executor.errors import ExecutorError
 from executor.paths import RUN_ROOT
 
@@ -56,7 +56,8 @@ KEEP_EXITED = 600.0
 # What requests the monitor answers. 2: `statuses`, and `stop` takes the signal to send.
 # 3: `start` takes a restart policy, and statuses tell restarts.
 # 4: `start` takes a healthcheck, and statuses tell health.
-PROTOCOL = 4
+# 6: container requests and `statuses` take the OCI runtime (`runtime`: runc or crun).
+PROTOCOL = 6
 MAX_REQUEST = 1 << 20
 STOP_SIGNALS = frozenset(s.name for s in signal.Signals)
 STATUS_BATCH = 500  # containers per `statuses` request: ~100 kB asked, ~60 kB answered
@@ -225,12 +226,14 @@ class Monitor:
         log: Path,
         restart: RestartPolicy | None = None,
         health: dict[str, Any] | None = None,
+        runtime: str = "runc",
     ) -> int:
         """Create and start a container supervised by the monitor; return its init's pid. With
         `restart`, the monitor starts it again when it exits, as the policy says; with `health`
-        (command, interval, timeout, retries, start_period), it runs that check inside."""
+        (command, interval, timeout, retries, start_period), it runs that check inside.
+        `runtime` (runc or crun) runs it, and every later call about it."""
         self.ensure_running()
-        request = _container_request("start", runc_root, container_id, bundle)
+        request = _container_request("start", runc_root, container_id, bundle, runtime)
         request["log"] = str(log.absolute())
         if restart is not None:
             request["restart"] = restart.to_json()
@@ -239,9 +242,11 @@ class Monitor:
         reply = self._request(request, timeout=4 * RUNC_TIMEOUT + KILL_TIMEOUT)
         return int(reply["pid"])
 
-    def status(self, runc_root: Path, container_id: str, bundle: Path) -> ContainerStatus:
+    def status(
+        self, runc_root: Path, container_id: str, bundle: Path, runtime: str = "runc"
+    ) -> ContainerStatus:
         """Return the container's status from the monitor, else from its exit.json."""
-        request = _container_request("status", runc_root, container_id, bundle)
+        request = _container_request("status", runc_root, container_id, bundle, runtime)
         try:
             reply = self._request(request, timeout=RUNC_TIMEOUT + 5)
         except MonitorUnreachable:
@@ -250,7 +255,7 @@ class Monitor:
         return ContainerStatus.from_json(reply)
 
     def statuses(
-        self, runc_root: Path, containers: Sequence[tuple[str, Path]]
+        self, runc_root: Path, containers: Sequence[tuple[str, Path]], runtime: str = "runc"
     ) -> list[ContainerStatus]:
         """`status` of many containers (id, bundle), a few hundred to a request: a refresh of a
         thousand containers is a handful of round trips, not a thousand."""
@@ -261,6 +266,7 @@ class Monitor:
                 "op": "statuses",
                 "runc_root": str(runc_root.absolute()),
                 "containers": [{"id": cid, "bundle": str(b.absolute())} for cid, b in batch],
+                "runtime": runtime,
             }
             try:
                 # A container the monitor does not supervise costs it a `runc state`.
@@ -272,17 +278,22 @@ class Monitor:
                 if "unknown request" not in str(exc):
                     raise
                 # A monitor from an older Forge, still serving this host: one at a time.
-                found += [self.status(runc_root, cid, bundle) for cid, bundle in batch]
+                found += [self.status(runc_root, cid, b, runtime) for cid, b in batch]
                 continue
             found += [ContainerStatus.from_json(status) for status in reply["statuses"]]
         return found
 
     def wait(
-        self, runc_root: Path, container_id: str, bundle: Path, timeout: float
+        self,
+        runc_root: Path,
+        container_id: str,
+        bundle: Path,
+        timeout: float,
+        runtime: str = "runc",
     ) -> ContainerStatus:
         """Wait up to `timeout` seconds for the container to exit; return its status."""
         self.ensure_running()
-        request = _container_request("wait", runc_root, container_id, bundle)
+        request = _container_request("wait", runc_root, container_id, bundle, runtime)
         request["timeout"] = timeout
         reply = self._request(request, timeout=timeout + RUNC_TIMEOUT + 5)
         return ContainerStatus.from_json(reply)
@@ -294,10 +305,11 @@ class Monitor:
         bundle: Path,
         grace: float = 10.0,
         signal: str = "SIGTERM",
+        runtime: str = "runc",
     ) -> ContainerStatus:
         """Send `signal`, then KILL after `grace` seconds, and delete the container; idempotent."""
         self.ensure_running()
-        request = _container_request("stop", runc_root, container_id, bundle)
+        request = _container_request("stop", runc_root, container_id, bundle, runtime)
         request["grace"] = grace
         request["signal"] = signal
         reply = self._request(request, timeout=grace + KILL_TIMEOUT + 4 * RUNC_TIMEOUT)
@@ -389,13 +401,17 @@ class Monitor:
         return reply
 
 
-def _container_request(op: str, runc_root: Path, container_id: str, bundle: Path) -> dict[str, Any]:
-    # The daemon runs in /, so relative paths would mean something else there.
+def _container_request(
+    op: str, runc_root: Path, container_id: str, bundle: Path, runtime: str
+) -> dict[str, Any]:
+    # The daemon runs in /, so relative paths would mean something else there. `runc_root` is
+    # the runtime's state root, whichever runtime that is.
     return {
         "op": op,
         "runc_root": str(runc_root.absolute()),
         "id": container_id,
         "bundle": str(bundle.absolute()),
+        "runtime": runtime,
     }
 
 
@@ -450,6 +466,7 @@ class _Container:
     runc_root: Path
     container_id: str
     bundle: Path
+    runtime: str = "runc"  # the OCI runtime every call about it goes to
     pid: int | None = None
     started: bool = False
     wait_status: int | None = None
@@ -514,7 +531,6 @@ class Supervisor:
     """Starts containers with runc, reaps their inits, records exits; the daemon's core."""
 
     def __init__(self) -> None:
-        self._runc = shutil.which("runc")
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._children = threading.Event()
@@ -552,9 +568,10 @@ class Supervisor:
         log_path: Path,
         restart: RestartPolicy | None = None,
         check: dict[str, Any] | None = None,
+        runtime: str = "runc",
     ) -> int:
         """Create, start and supervise a container; return its pid or raise MonitorError."""
-        container = self._reserve(runc_root, container_id, bundle)
+        container = self._reserve(runc_root, container_id, bundle, runtime)
         container.log_path, container.restart = log_path, restart or RestartPolicy()
         container.check = check
         try:
@@ -566,7 +583,9 @@ class Supervisor:
         log.info("started container %s (pid %d) in %s", container_id, pid, runc_root)
         return pid
 
-    def status(self, runc_root: Path, container_id: str, bundle: Path) -> ContainerStatus:
+    def status(
+        self, runc_root: Path, container_id: str, bundle: Path, runtime: str = "runc"
+    ) -> ContainerStatus:
         """Return the container's status: ours, else its exit.json, else what runc says."""
         with self._lock:
             container = self._containers.get(_key(runc_root, container_id))
@@ -576,20 +595,25 @@ class Supervisor:
         if recorded is not None:
             return recorded
         # A container left by an earlier monitor still runs, but its exit code is lost.
-        state = self._state(runc_root, container_id)
+        state = self._state(runc_root, container_id, runtime)
         if state is not None and state.get("status") == "running":
             return ContainerStatus("running", state.get("pid"), None, None)
         return UNKNOWN
 
     def wait(
-        self, runc_root: Path, container_id: str, bundle: Path, timeout: float
+        self,
+        runc_root: Path,
+        container_id: str,
+        bundle: Path,
+        timeout: float,
+        runtime: str = "runc",
     ) -> ContainerStatus:
         """Wait up to `timeout` seconds for the container to be reaped and deleted."""
         with self._lock:
             container = self._containers.get(_key(runc_root, container_id))
             if container is not None:
                 self._changed.wait_for(lambda: self._done(container), timeout)
-        return self.status(runc_root, container_id, bundle)
+        return self.status(runc_root, container_id, bundle, runtime)
 
     def stop(
         self,
@@ -598,6 +622,7 @@ class Supervisor:
         bundle: Path,
         grace: float,
         signal: str = "SIGTERM",
+        runtime: str = "runc",
     ) -> ContainerStatus:
         """`signal`, then KILL after `grace`; wait for the reap and the delete. Unknown is fine."""
         _check_id(container_id)
@@ -616,22 +641,24 @@ class Supervisor:
         if container is None or container.finished is not None:
             if (runc_root / container_id).exists():
                 # Not ours (an earlier monitor's, or a leftover): runc can still remove it.
-                self._runc_call(runc_root, "delete", "--force", container_id)
-            return self.status(runc_root, container_id, bundle)
-        self._runc_call(runc_root, "kill", container_id, signal)
+                self._runc_call(runc_root, "delete", "--force", container_id, runtime=runtime)
+            return self.status(runc_root, container_id, bundle, runtime)
+        runtime = container.runtime
+        self._runc_call(runc_root, "kill", container_id, signal, runtime=runtime)
         if not self._wait_done(container, grace):
             log.info("container %s ignored %s for %g s: killing it", container_id, signal, grace)
-            self._runc_call(runc_root, "kill", container_id, "KILL")
+            self._runc_call(runc_root, "kill", container_id, "KILL", runtime=runtime)
             if not self._wait_done(container, KILL_TIMEOUT):
                 raise MonitorError(f"container {container_id} did not exit after SIGKILL")
-        return self.status(runc_root, container_id, bundle)
+        return self.status(runc_root, container_id, bundle, runtime)
 
     # ----- starting
 
-    def _reserve(self, runc_root: Path, container_id: str, bundle: Path) -> _Container:
+    def _reserve(
+        self, runc_root: Path, container_id: str, bundle: Path, runtime: str
+    ) -> _Container:
         _check_id(container_id)
-        if self._runc is None:
-            raise MonitorError("runc is not installed on this host")
+        _runtime(runtime)  # installed, and works here: else say so before anything is made
         key = _key(runc_root, container_id)
         with self._lock:
             known = self._containers.get(key)
@@ -641,7 +668,7 @@ class Supervisor:
                 raise MonitorError(
                     f"container {container_id} already exists in {runc_root}; stop it first"
                 )
-            container = _Container(runc_root, container_id, bundle)
+            container = _Container(runc_root, container_id, bundle, runtime)
             self._containers[key] = container
             return container
 
@@ -652,11 +679,11 @@ class Supervisor:
         since = time.monotonic()
         self._create(container, log_path)
         try:
-            state = self._state(root, cid)
+            state = self._state(root, cid, container.runtime)
             if state is None or not state.get("pid"):
                 raise MonitorError(f"container {cid}: runc state reports no pid after create")
             self._adopt(container, int(state["pid"]), since)
-            started = self._runc_call(root, "start", cid)
+            started = self._runc_call(root, "start", cid, runtime=container.runtime)
             if started.code != 0:
                 raise MonitorError(f"container {cid}: runc start failed: {started.err.strip()}")
         except BaseException:
@@ -696,6 +723,7 @@ class Supervisor:
                 container.container_id,
                 *command,
                 timeout=float(check["timeout"]),
+                runtime=container.runtime,
             )
             with self._lock:
                 if container.restarts != run:
@@ -716,11 +744,13 @@ class Supervisor:
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             args = ["--log", str(runc_log), "--log-format", "json", "create", "--bundle"]
-            created = self._runc_call(root, *args, str(bundle), cid, stdout=fd, stderr=fd)
+            created = self._runc_call(
+                root, *args, str(bundle), cid, stdout=fd, stderr=fd, runtime=container.runtime
+            )
         finally:
             os.close(fd)
         if created.code != 0:
-            self._runc_call(root, "delete", "--force", cid)
+            self._runc_call(root, "delete", "--force", cid, runtime=container.runtime)
             reason = _runc_log_error(runc_log) or f"exit code {created.code}, see {log_path}"
             raise MonitorError(f"container {cid}: {reason}")
 
@@ -736,7 +766,13 @@ class Supervisor:
 
     def _discard(self, container: _Container) -> None:
         # Leave nothing behind: delete --force kills the init, which we then reap.
-        self._runc_call(container.runc_root, "delete", "--force", container.container_id)
+        self._runc_call(
+            container.runc_root,
+            "delete",
+            "--force",
+            container.container_id,
+            runtime=container.runtime,
+        )
         with self._lock:
             if container.pid is not None:
                 self._changed.wait_for(lambda: container.wait_status is not None, KILL_TIMEOUT)
@@ -855,7 +891,13 @@ class Supervisor:
             _write_json(container.bundle / EXIT_FILE, record)
         except OSError as error:
             log.error("cannot record the exit of %s: %s", container.container_id, error)
-        deleted = self._runc_call(container.runc_root, "delete", "--force", container.container_id)
+        deleted = self._runc_call(
+            container.runc_root,
+            "delete",
+            "--force",
+            container.container_id,
+            runtime=container.runtime,
+        )
         if deleted.code != 0:
             log.warning("runc delete %s: %s", container.container_id, deleted.err.strip())
         log.info("container %s finished: %s", container.container_id, record)
@@ -870,10 +912,10 @@ class Supervisor:
 
     # ----- running runc
 
-    def _state(self, runc_root: Path, container_id: str) -> dict[str, Any] | None:
+    def _state(self, runc_root: Path, container_id: str, runtime: str) -> dict[str, Any] | None:
         if not (runc_root / container_id).exists():
             return None
-        result = self._runc_call(runc_root, "state", container_id)
+        result = self._runc_call(runc_root, "state", container_id, runtime=runtime)
         if result.code != 0:
             return None
         try:
@@ -889,9 +931,10 @@ class Supervisor:
         stdout: int | None = None,
         stderr: int | None = None,
         timeout: float = RUNC_TIMEOUT,
+        runtime: str = "runc",
     ) -> _Result:
-        assert self._runc is not None
-        argv = [self._runc, "--root", str(runc_root), *args]
+        """One call of the container's OCI runtime (runc, or crun as this host needs it run)."""
+        argv = _runtime(runtime).command(runc_root, *args)
         return self._run(argv, stdout=stdout, stderr=stderr, timeout=timeout)
 
     def _run(
@@ -924,7 +967,8 @@ class Supervisor:
     def _wait_run(self, pid: int, argv: list[str], timeout: float = RUNC_TIMEOUT) -> int:
         with self._lock:
             if not self._changed.wait_for(lambda: self._runs[pid] is not None, timeout):
-                log.error("%s took over %g s: killing it", " ".join(argv[3:5]), timeout)
+                call = argv[argv.index("--root") + 2 :][:2] if "--root" in argv else argv[:2]
+                log.error("%s took over %g s: killing it", " ".join(call), timeout)
                 os.kill(pid, signal.SIGKILL)
                 self._changed.wait_for(lambda: self._runs[pid] is not None)
             wait_status = self._runs.pop(pid)
@@ -1004,11 +1048,14 @@ class _Server(socketserver.ThreadingUnixStreamServer):
             }
         if op == "shutdown":
             return {"pid": os.getpid(), "stopped": self.close_if_idle(own_requests=1, idle_for=0)}
+        runtime = str(request.get("runtime", "runc"))
+        if runtime not in runtimes.RUNTIMES:
+            raise MonitorError(f"unknown OCI runtime {runtime!r}: {', '.join(runtimes.RUNTIMES)}")
         if op == "statuses":
             root = Path(request["runc_root"])
             return {
                 "statuses": [
-                    self.supervisor.status(root, str(c["id"]), Path(c["bundle"])).to_json()
+                    self.supervisor.status(root, str(c["id"]), Path(c["bundle"]), runtime).to_json()
                     for c in request["containers"]
                 ]
             }
@@ -1019,14 +1066,16 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         if op == "start":
             restart = RestartPolicy.from_json(request.get("restart"))
             log_path, check = Path(request["log"]), request.get("health")
-            return {"pid": supervisor.start(root, cid, bundle, log_path, restart, check)}
+            pid = supervisor.start(root, cid, bundle, log_path, restart, check, runtime)
+            return {"pid": pid}
         if op == "status":
-            status = supervisor.status(root, cid, bundle)
+            status = supervisor.status(root, cid, bundle, runtime)
         elif op == "wait":
-            status = supervisor.wait(root, cid, bundle, float(request["timeout"]))
+            status = supervisor.wait(root, cid, bundle, float(request["timeout"]), runtime)
         else:
             signal_ = str(request.get("signal", "SIGTERM"))
-            status = supervisor.stop(root, cid, bundle, float(request["grace"]), signal_)
+            grace = float(request["grace"])
+            status = supervisor.stop(root, cid, bundle, grace, signal_, runtime)
         return status.to_json()
 
 
@@ -1097,6 +1146,14 @@ def _become_subreaper() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
+
+
+def _runtime(name: str) -> runtimes.Runtime:
+    """How to run `name` here (probed once); MonitorError when it is missing or cannot work."""
+    try:
+        return runtimes.runtime(name)
+    except runtimes.RuntimeUnavailable as error:
+        raise MonitorError(f"{error} ({error.hint})" if error.hint else str(error)) from None
 
 
 def _check_id(container_id: str) -> None:
