@@ -658,7 +658,7 @@ class Supervisor:
         self, runc_root: Path, container_id: str, bundle: Path, runtime: str
     ) -> _Container:
         _check_id(container_id)
-        _runtime(runtime)  # installed, and works here: else say so before anything is made
+        self._runtime(runtime)  # installed, and works here: else say so before anything is made
         key = _key(runc_root, container_id)
         with self._lock:
             known = self._containers.get(key)
@@ -934,8 +934,20 @@ class Supervisor:
         runtime: str = "runc",
     ) -> _Result:
         """One call of the container's OCI runtime (runc, or crun as this host needs it run)."""
-        argv = _runtime(runtime).command(runc_root, *args)
+        argv = self._runtime(runtime).command(runc_root, *args)
         return self._run(argv, stdout=stdout, stderr=stderr, timeout=timeout)
+
+    def _runtime(self, name: str) -> runtimes.Runtime:
+        """How to run `name` here (probed once, with this process's own way of running
+        commands); MonitorError when it is missing or cannot work."""
+        try:
+            return runtimes.runtime(name, self._probe_run)
+        except runtimes.RuntimeUnavailable as error:
+            raise MonitorError(f"{error} ({error.hint})" if error.hint else str(error)) from None
+
+    def _probe_run(self, argv: list[str]) -> tuple[int, str]:
+        result = self._run(argv, stdout=None, stderr=None, timeout=runtimes.PROBE_TIMEOUT)
+        return result.code, result.err or result.out
 
     def _run(
         self,
@@ -1146,14 +1158,6 @@ def _become_subreaper() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
-
-
-def _runtime(name: str) -> runtimes.Runtime:
-    """How to run `name` here (probed once); MonitorError when it is missing or cannot work."""
-    try:
-        return runtimes.runtime(name)
-    except runtimes.RuntimeUnavailable as error:
-        raise MonitorError(f"{error} ({error.hint})" if error.hint else str(error)) from None
 
 
 def _check_id(container_id: str) -> None:

@@ -11,7 +11,6 @@ the boot (a file under the run root) and for the process.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -97,18 +96,28 @@ def choose(name: str, binary: str | None, probe: Probe, hybrid: bool) -> Runtime
     )
 
 
-@functools.cache
-def runtime(name: str) -> Runtime:
+# Runs one command to its end: (exit code, what it wrote). The monitor passes its own, since
+# only its reaper thread may wait for its children.
+Runner = Callable[[list[str]], tuple[int, str]]
+_FOUND: dict[str, Runtime] = {}
+
+
+def runtime(name: str, run: Runner | None = None) -> Runtime:
     """How `name` runs here, probed once per boot and process; RuntimeUnavailable if it cannot."""
+    if name in _FOUND:
+        return _FOUND[name]
     binary = shutil.which(name)
     if name != "crun" or binary is None:
-        return choose(name, binary, _no_probe, False)
-    key = _cache_key(binary)
-    cached = _read_cache(key)
-    if cached is not None:
-        return cached
-    found = choose(name, binary, run_probe, UNIFIED.is_mount())
-    _write_cache(key, found)
+        found = choose(name, binary, _no_probe, False)
+    else:
+        key = _cache_key(binary)
+        cached = _read_cache(key)
+        found = cached or choose(
+            name, binary, functools.partial(run_probe, run=run or _run), UNIFIED.is_mount()
+        )
+        if cached is None:
+            _write_cache(key, found)
+    _FOUND[name] = found
     return found
 
 
@@ -116,7 +125,22 @@ def _no_probe(argv: tuple[str, ...]) -> str | None:
     return None
 
 
-def run_probe(argv: tuple[str, ...]) -> str | None:
+def _run(command: list[str]) -> tuple[int, str]:
+    try:
+        ran = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return -1, str(exc)
+    return ran.returncode, ran.stderr or ran.stdout
+
+
+def run_probe(argv: tuple[str, ...], run: Runner = _run) -> str | None:
     """Start and reap one tiny container with the runtime `argv`; None if it ran, else why."""
     binary = next((b for b in _PROBE_BINARIES if os.path.isfile(b[0])), None)
     if binary is None:
@@ -131,30 +155,15 @@ def run_probe(argv: tuple[str, ...]) -> str | None:
         shutil.copy2(path, bundle / "rootfs" / name)
         (bundle / "config.json").write_text(json.dumps(_probe_config([f"/{name}", *args])))
         cid = f"forge-probe-{os.getpid()}"
-        command = Runtime("probe", argv).command(root, "run", "--bundle", str(bundle), cid)
+        probe = Runtime("probe", argv)
         try:
-            ran = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=PROBE_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return str(exc)
+            code, said = run(probe.command(root, "run", "--bundle", str(bundle), cid))
         finally:
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                subprocess.run(
-                    Runtime("probe", argv).command(root, "delete", "--force", cid),
-                    capture_output=True,
-                    timeout=PROBE_TIMEOUT,
-                    check=False,
-                )
-    if ran.returncode == 0:
+            run(probe.command(root, "delete", "--force", cid))
+    if code == 0:
         return None
-    said = (ran.stderr or ran.stdout).strip().splitlines()
-    return said[-1] if said else f"exit code {ran.returncode}"
+    lines = said.strip().splitlines()
+    return lines[-1] if lines else f"exit code {code}"
 
 
 def _probe_config(args: list[str]) -> dict[str, object]:

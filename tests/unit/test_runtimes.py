@@ -103,3 +103,23 @@ def test_what_worked_is_cached_for_the_boot(
 
     assert runtimes._read_cache("key-1") == found
     assert runtimes._read_cache("key-2") is None
+
+
+@pytest.mark.skipif(not Path("/bin/busybox").is_file(), reason="needs busybox-static")
+def test_the_probe_runs_a_container_then_deletes_it_with_the_runner_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor hands in its own runner (only its reaper may wait): the probe uses it for
+    `run` and, whatever happened, `delete`; a failure is the runtime's last line."""
+    monkeypatch.setattr(runtimes, "RUN_ROOT", tmp_path)
+    calls: list[list[str]] = []
+
+    def runner(command: list[str]) -> tuple[int, str]:
+        calls.append(command)
+        return (1, "starting\n" + HYBRID + "\n") if "run" in command else (0, "")
+
+    said = runtimes.run_probe(("/usr/bin/crun",), run=runner)
+
+    assert said == HYBRID
+    assert [c[c.index("--root") + 2] for c in calls] == ["run", "delete"]
+    assert list(tmp_path.iterdir()) == []  # the bundle and state root are gone
