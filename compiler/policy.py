@@ -1850,20 +1850,25 @@ def _first_field(expr: Expr) -> str | None:
 def explain_bindings(
     rule: Rule, doc: ir.Document, address: str, params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The values a rule read for one resource: each `resource.X` it names, and its `let`s."""
+    """The values a rule read for one resource: each `resource.X` and `param.X` it names, and
+    its `let`s."""
     resource = doc.resource(address)
     document = resource.to_document() if resource else {}
     read = sorted(
         {
-            node.name
+            (node.target.name, node.name)
             for expr in (rule.condition, rule.message, *(e for _, e in rule.bindings))
             for node in subexpressions(expr)
             if isinstance(node, GetAttr)
             and isinstance(node.target, Variable)
-            and node.target.name == "resource"
+            and node.target.name in ("resource", _PARAM)
         }
     )
-    values: dict[str, Any] = {f"resource.{name}": document.get(name) for name in read}
+    given = params or {}
+    values: dict[str, Any] = {
+        f"{where}.{name}": (document if where == "resource" else given).get(name)
+        for where, name in read
+    }
     try:
         bound = _bindings(rule, doc.to_document(), params or {})
         values.update({name: bound[name] for name, _ in rule.bindings})

@@ -361,3 +361,16 @@ def test_a_good_source_is_recorded_down_to_its_inode(tmp_path: Path) -> None:
         "device": source.stat().st_dev,
         "inode": source.stat().st_ino,
     }
+
+
+def test_policy_explain_shows_the_allow_list_a_rule_read(tmp_path: Path) -> None:
+    """`forge policy explain FRG-C036@...` lists param.bind_allow beside the binds."""
+    doc = lower(tmp_path, forgefile('source = "/srv/app/conf"\ntarget = "/etc/app"'))
+    loaded = policy.load_policy([REPO / "stdlib" / "policy" / "baseline"])
+    rule = loaded.rule("FRG-C036")
+    assert rule is not None
+
+    values = policy.explain_bindings(rule, doc, "service.web", {"bind_allow": ["/srv/app"]})
+
+    assert values["param.bind_allow"] == ["/srv/app"]
+    assert values["resource.binds"][0]["source"] == "/srv/app/conf"
