@@ -146,20 +146,23 @@ def run_probe(argv: tuple[str, ...], run: Runner = _run) -> str | None:
     if binary is None:
         paths = " or ".join(path for path, _, _ in _PROBE_BINARIES)
         return f"no static binary ({paths}) to probe it with; apt-get install busybox-static"
-    RUN_ROOT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="runtime-probe-", dir=RUN_ROOT) as folder:
-        bundle, root = Path(folder) / "bundle", Path(folder) / "state"
-        for folder_in_root in ("proc", "dev"):
-            (bundle / "rootfs" / folder_in_root).mkdir(parents=True)
-        path, name, args = binary
-        shutil.copy2(path, bundle / "rootfs" / name)
-        (bundle / "config.json").write_text(json.dumps(_probe_config([f"/{name}", *args])))
-        cid = f"forge-probe-{os.getpid()}"
-        probe = Runtime("probe", argv)
-        try:
-            code, said = run(probe.command(root, "run", "--bundle", str(bundle), cid))
-        finally:
-            run(probe.command(root, "delete", "--force", cid))
+    try:
+        RUN_ROOT.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="runtime-probe-", dir=RUN_ROOT) as folder:
+            bundle, root = Path(folder) / "bundle", Path(folder) / "state"
+            for folder_in_root in ("proc", "dev"):
+                (bundle / "rootfs" / folder_in_root).mkdir(parents=True)
+            path, name, args = binary
+            shutil.copy2(path, bundle / "rootfs" / name)
+            (bundle / "config.json").write_text(json.dumps(_probe_config([f"/{name}", *args])))
+            cid = f"forge-probe-{os.getpid()}"
+            probe = Runtime("probe", argv)
+            try:
+                code, said = run(probe.command(root, "run", "--bundle", str(bundle), cid))
+            finally:
+                run(probe.command(root, "delete", "--force", cid))
+    except OSError as exc:
+        return f"cannot make a probe bundle under {RUN_ROOT}: {exc.strerror or exc}"
     if code == 0:
         return None
     lines = said.strip().splitlines()

@@ -123,3 +123,22 @@ def test_the_probe_runs_a_container_then_deletes_it_with_the_runner_given(
     assert said == HYBRID
     assert [c[c.index("--root") + 2] for c in calls] == ["run", "delete"]
     assert list(tmp_path.iterdir()) == []  # the bundle and state root are gone
+
+
+def test_apply_refuses_crun_it_cannot_run_before_changing_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Preflight: ActionFailed naming the workload, what is missing and what to do."""
+    from executor import apply
+    from executor.drivers import ActionFailed
+
+    monkeypatch.setattr(runtimes, "_FOUND", {})
+    monkeypatch.setattr("executor.runtimes.shutil.which", lambda name: None)
+    action = {"action": "create", "kind": "job", "address": "job.once", "spec": {"runtime": "crun"}}
+
+    with pytest.raises(ActionFailed) as caught:
+        apply._preflight([action], host=None)  # type: ignore[arg-type]
+
+    assert caught.value.address == "job.once"
+    assert str(caught.value) == "crun is not installed on this host"
+    assert caught.value.hint.startswith("nothing was changed; install it (apt-get install crun")
