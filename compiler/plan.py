@@ -589,6 +589,14 @@ def _container_spec(
             "pids": r.resources.pids,
         },
     }
+    # Written only when used, so that the spec digest of every container made before binds and
+    # runtimes existed stays the same and no upgrade replaces it.
+    if r.binds:
+        spec["binds"] = [
+            {"source": b.source, "target": b.target, "read_only": b.read_only} for b in r.binds
+        ]
+    if r.runtime != "runc":
+        spec["runtime"] = r.runtime
     if isinstance(r, ir.Job):
         spec["success_codes"] = list(r.success_codes)
         spec["timeout"] = r.timeout.seconds

@@ -72,13 +72,15 @@ _RULE_ATTRIBUTES = (
 # Top-level blocks besides `rule`, and the attributes each takes (required ones first).
 _BLOCKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pack": ((), ("title", "enforcement")),
-    "policy": ((), ("packs",)),
+    "param": (("default",), ("description",)),
+    "policy": ((), ("packs", "params")),
     "enforce": (("level",), ("warn_until",)),
     "waiver": (("rule", "resource", "reason", "owner", "expires"), ()),
-    "test": (("forgefile",), ("fires", "passes")),
+    "test": (("forgefile",), ("fires", "passes", "params")),
     "rego": (("path",), ("namespace", "engine", "enforcement", "timeout", "memory")),
 }
 _WHOLE = "document"  # `applies_to = document`: one evaluation for the whole Forgefile
+_PARAM = "param"  # `param.NAME`: a value a pack declares and the project may set
 
 
 # -- the loaded policy --------------------------------------------------------------------------
@@ -127,6 +129,18 @@ class Pack:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "digest": self.digest, "enforcement": self.enforcement}
+
+
+@dataclass(frozen=True)
+class Param:
+    """`param "NAME" { default = ... }`: a value rules read as `param.NAME`, which the project
+    sets with `policy { params = { NAME = ... } }` (a list of allowed folders, say)."""
+
+    name: str
+    default: Any
+    description: str
+    pack: str
+    span: Span
 
 
 @dataclass(frozen=True)
@@ -199,6 +213,7 @@ class PolicyTest:
     fires: tuple[str, ...]
     passes: tuple[str, ...]
     span: Span
+    params: tuple[tuple[str, Any], ...] = ()  # param values the case judges with
 
 
 @dataclass(frozen=True)
@@ -210,6 +225,9 @@ class Policy:
     tests: tuple[PolicyTest, ...] = ()
     digest: str = ""
     rego: RegoSource | None = None
+    # Every declared param, and the values rules read: defaults, then the project's settings.
+    declared: tuple[Param, ...] = ()
+    params: tuple[tuple[str, Any], ...] = ()
 
     def rule(self, rule_id: str) -> Rule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
@@ -276,6 +294,9 @@ class _Loader:
         self.seen: set[Path] = set()
         self.listed: dict[str, Span] = {}  # pack name -> where a `packs` list names it
         self.policy_block: Span | None = None
+        self.declared: dict[str, Param] = {}
+        # Values set by the project's `policy` block and by test cases: (name, value, span, by).
+        self.settings: list[tuple[str, Any, Span, str]] = []
 
     def source(self, path: Path) -> None:
         """A file or folder given by the user: a pack if it has a header, else project files.
@@ -414,7 +435,10 @@ class _Loader:
             return
         if kind == "pack":
             return  # read by folder()
-        if pack and kind != "test":
+        if kind == "param":
+            self.param(node, shown, pack)
+            return
+        if pack and kind not in ("test", "param"):
             self.out.error(
                 "R0013",
                 f"a `{kind}` block belongs to a project's policy, not to pack `{pack}`",
@@ -462,6 +486,8 @@ class _Loader:
         else:
             self.policy_block = span_of(node, shown)
         attrs = self.attributes(node, shown, "policy")
+        if "params" in attrs:
+            self.settings += self.values(attrs["params"], "the policy block")
         packs = attrs.get("packs")
         if packs is None:
             return
@@ -480,6 +506,52 @@ class _Loader:
             pack = self.folder(folder, policy_files([folder]))
             if pack is not None:
                 self.listed.setdefault(pack.name, span)
+
+    def values(self, expr: Expr, by: str) -> list[tuple[str, Any, Span, str]]:
+        """`params = { NAME = VALUE }`: each value, with where it was set (for R0024)."""
+        try:
+            value = evaluate(expr, Scope())
+        except DiagnosticError as exc:
+            self.out.items.extend(exc.diagnostics)
+            return []
+        if not isinstance(value, dict):
+            self.out.error(
+                "R0024",
+                f"`params` is a map of param names to values, not {a_type(value)}",
+                expr.span,
+                'write params = { bind_allow = ["/srv/app"] }',
+            )
+            return []
+        return [(str(name), v, expr.span, by) for name, v in value.items()]
+
+    def param(self, node: Any, shown: str, pack: str) -> None:
+        attrs = self.attributes(node, shown, "param")
+        name, span = _label(node, shown), span_of(node, shown)
+        if "default" not in attrs:
+            return
+        if not _valid_param(name):
+            self.out.error(
+                "R0024",
+                f"`{name}` is not a param name",
+                span,
+                "write letters, digits and `_`, starting with a letter, such as bind_allow",
+            )
+            return
+        try:
+            default = evaluate(attrs["default"], Scope())
+        except DiagnosticError as exc:
+            self.out.items.extend(exc.diagnostics)
+            return
+        param = Param(name, default, _string(attrs.get("description"), ""), pack, span)
+        first = self.declared.setdefault(name, param)
+        if first is not param and first.default != default:
+            # Two packs may declare one knob (baseline and restricted do), alike.
+            self.second(
+                f'`param "{name}"` with another default',
+                span,
+                first.span,
+                "declare a param once, or with the same default wherever it is declared",
+            )
 
     def second(self, what: str, span: Span, first: Span, hint: str) -> None:
         """R0011: something there may be one of, written again."""
@@ -577,6 +649,8 @@ class _Loader:
                 span_of(node, shown),
                 'list the rules it must make fire (`fires = ["ID"]`) or pass (`passes = [...]`)',
             )
+        params = self.values(attrs["params"], "a test") if "params" in attrs else []
+        self.settings += params
         self.tests.append(
             PolicyTest(
                 _label(node, shown),
@@ -584,6 +658,7 @@ class _Loader:
                 lists.get("fires", ()),
                 lists.get("passes", ()),
                 span_of(node, shown),
+                tuple((name, value) for name, value, _, _ in params),
             )
         )
 
@@ -722,7 +797,68 @@ class _Loader:
             tuple(self.tests),
             digest_of(self.contents),
             self.rego,
+            tuple(self.declared.values()),
+            self.check_params(),
         )
+
+    def check_params(self) -> tuple[tuple[str, Any], ...]:
+        """R0024 for a param read or set that no file declares, or set to a value of another
+        type than its default; the values rules read: each default, then the project's."""
+        declared = self.declared
+        for rule in self.rules:
+            for expr in (rule.condition, rule.message, *(e for _, e in rule.bindings)):
+                for node in subexpressions(expr):
+                    if (
+                        isinstance(node, GetAttr)
+                        and isinstance(node.target, Variable)
+                        and node.target.name == _PARAM
+                        and node.name not in declared
+                    ):
+                        self.out.error(
+                            "R0024",
+                            f"rule `{rule.id}` reads `param.{node.name}`, which no loaded file "
+                            "declares",
+                            node.span,
+                            suggest(node.name, declared)
+                            or f'declare it: param "{node.name}" {{ default = ... }}',
+                        )
+        values = {name: param.default for name, param in declared.items()}
+        for name, value, span, by in self.settings:
+            param = declared.get(name)
+            if param is None:
+                self.out.error(
+                    "R0024",
+                    f"{by} sets param `{name}`, which no loaded pack or file declares",
+                    span,
+                    suggest(name, declared)
+                    or (
+                        f"declared params: {', '.join(declared)}"
+                        if declared
+                        else "no pack has params"
+                    ),
+                )
+            elif a_type(value) != a_type(param.default):
+                self.out.error(
+                    "R0024",
+                    f"param `{name}` is {a_type(param.default)} (its default is "
+                    f"{jsonable(param.default)}), not {a_type(value)}",
+                    span,
+                    param.description or f"give {a_type(param.default)}",
+                )
+            elif by == "the policy block":
+                values[name] = value
+        return tuple(sorted(values.items()))
+
+
+def _valid_param(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name))
+
+
+def jsonable(value: Any) -> str:
+    """A param value as the policy language writes it, for messages."""
+    import json
+
+    return json.dumps(value)
 
 
 def _is_block(node: Any, kind: str) -> bool:
@@ -845,7 +981,7 @@ def _rule(node: Any, path: str, out: Collector, pack: str) -> Rule | None:
     enforcement = _choice(attrs.get("enforcement"), LEVELS, scope, out) or None
     if "message" in attrs:
         _check_message(attrs["message"][0], out)
-    lets: set[str] = {_WHOLE}
+    lets: set[str] = {_WHOLE, _PARAM}
     for name, expr in bindings:
         _check_names(expr, lets, out, rule_id, in_let=True)
         lets.add(name)
@@ -1087,6 +1223,8 @@ def _fields(kind: str) -> set[str]:
     fields = {"address", "kind", "name"} | {a.name for a in spec.attributes} | set(spec.blocks)
     if kind == "image":  # its copy and link blocks appear as one ordered `steps` list
         fields = (fields - {"copy", "link", "run"}) | {"steps"}
+    if "bind" in fields:  # `bind` blocks appear as the `binds` list
+        fields = (fields - {"bind"}) | {"binds"}
     return fields
 
 
@@ -1158,6 +1296,7 @@ class Verdict:
     packs: tuple[Pack, ...] = ()
     rules: tuple[Rule, ...] = field(default=(), repr=False)
     rego: dict[str, Any] | None = None  # the Rego engine's run: engine, version, digest, files
+    params: tuple[tuple[str, Any], ...] = ()  # the param values the rules read
 
     @property
     def blocked(self) -> bool:
@@ -1204,6 +1343,7 @@ class Verdict:
                 {**f.override.to_json(), "finding": f.address} for f in self.findings if f.override
             ],
             "rego": self.rego,
+            "params": dict(self.params),
         }
         if compact:
             document["rules"] = {f.rule.id: _rule_facts(f.rule) for f in self.findings}
@@ -1256,7 +1396,7 @@ def judge(
     # A rule's level today, worked out once per rule; findings are made with it already applied.
     levels = {rule.id: level_of(rule, policy, packs, today) for rule in policy.rules}
     with collector.paused():  # the documents and findings live until the verdict is made
-        raw, evaluated = _evaluate(policy.rules, doc, levels)
+        raw, evaluated = _evaluate(policy.rules, doc, levels, dict(policy.params))
     rules = policy.rules
     run: dict[str, Any] | None = None
     if policy.rego is not None and rego:
@@ -1324,7 +1464,14 @@ def judge(
             )
         )
     return Verdict(
-        tuple(findings), evaluated, policy.digest, tuple(problems), policy.packs, rules, run
+        tuple(findings),
+        evaluated,
+        policy.digest,
+        tuple(problems),
+        policy.packs,
+        rules,
+        run,
+        policy.params,
     )
 
 
@@ -1431,9 +1578,13 @@ def _named_address(message: str, spans: dict[str, Span]) -> str:
 _ADDRESS = re.compile(r"[a-z]+\.[A-Za-z0-9_-]+(?:\[[^\]]*\])?")
 
 
-def evaluate_rules(rules: list[Rule], doc: ir.Document, digest: str) -> Verdict:
-    """Judge with the rules alone: their own levels, no waivers or overrides (for tests)."""
-    policy = Policy(rules=tuple(rules), digest=digest)
+def evaluate_rules(
+    rules: list[Rule], doc: ir.Document, digest: str, params: dict[str, Any] | None = None
+) -> Verdict:
+    """Judge with the rules alone: their own levels, no waivers or overrides (for tests); the
+    rules read `params` (their defaults, as the caller gives them)."""
+    given = tuple(sorted((params or {}).items()))
+    policy = Policy(rules=tuple(rules), digest=digest, params=given)
     return judge(policy, doc, dt.date.min)
 
 
@@ -1552,7 +1703,10 @@ def _override_for(found: Finding, overrides: Sequence[Override]) -> Override | N
 
 
 def _evaluate(
-    rules: Sequence[Rule], doc: ir.Document, levels: dict[str, tuple[str, str]]
+    rules: Sequence[Rule],
+    doc: ir.Document,
+    levels: dict[str, tuple[str, str]],
+    params: dict[str, Any],
 ) -> tuple[list[Finding], int]:
     """Every rule over every resource it applies to: linear in rules times resources.
 
@@ -1565,7 +1719,7 @@ def _evaluate(
     for rule in rules:
         level, rollout = levels[rule.id]
         try:
-            base = _bindings(rule, whole)
+            base = _bindings(rule, whole, params)
         except (DiagnosticError, TypeError) as exc:
             why = f"its `let` bindings failed: {exc}"
             findings.append(_failed(rule, "", why, rule.span, level))
@@ -1666,8 +1820,8 @@ def _status(rule: Rule, level: str) -> str:
     return "blocking"
 
 
-def _bindings(rule: Rule, whole: dict[str, Any]) -> dict[str, Any]:
-    bound: dict[str, Any] = {_WHOLE: whole}
+def _bindings(rule: Rule, whole: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    bound: dict[str, Any] = {_WHOLE: whole, _PARAM: params}
     for name, expr in rule.bindings:
         bound[name] = compiled(expr)(Scope(bindings=bound))
     return bound
@@ -1693,23 +1847,30 @@ def _first_field(expr: Expr) -> str | None:
     return None
 
 
-def explain_bindings(rule: Rule, doc: ir.Document, address: str) -> dict[str, Any]:
-    """The values a rule read for one resource: each `resource.X` it names, and its `let`s."""
+def explain_bindings(
+    rule: Rule, doc: ir.Document, address: str, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The values a rule read for one resource: each `resource.X` and `param.X` it names, and
+    its `let`s."""
     resource = doc.resource(address)
     document = resource.to_document() if resource else {}
     read = sorted(
         {
-            node.name
+            (node.target.name, node.name)
             for expr in (rule.condition, rule.message, *(e for _, e in rule.bindings))
             for node in subexpressions(expr)
             if isinstance(node, GetAttr)
             and isinstance(node.target, Variable)
-            and node.target.name == "resource"
+            and node.target.name in ("resource", _PARAM)
         }
     )
-    values: dict[str, Any] = {f"resource.{name}": document.get(name) for name in read}
+    given = params or {}
+    values: dict[str, Any] = {
+        f"{where}.{name}": (document if where == "resource" else given).get(name)
+        for where, name in read
+    }
     try:
-        bound = _bindings(rule, doc.to_document())
+        bound = _bindings(rule, doc.to_document(), params or {})
         values.update({name: bound[name] for name, _ in rule.bindings})
     except (DiagnosticError, TypeError) as exc:
         values["(let bindings)"] = f"failed: {exc}"
@@ -1733,4 +1894,11 @@ def pack_reference() -> str:
                 f"| {rule.id} | {rule.title} | {kinds} | {rule.severity} | {level} | {controls} |"
             )
         parts.append("")
+        if loaded.declared:
+            parts.append("| param | default | what it is |")
+            parts.append("|---|---|---|")
+            for param in loaded.declared:
+                default = jsonable(param.default)
+                parts.append(f"| `{param.name}` | `{default}` | {param.description} |")
+            parts.append("")
     return "\n".join(parts)

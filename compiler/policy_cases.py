@@ -92,7 +92,9 @@ def _run(case: PolicyTest, policy: Policy) -> CaseResult:
             return CaseResult(
                 case, (), (f"the fixture does not compile: {first.code} {first.message}",)
             )
-        verdict = evaluate_rules(list(policy.rules), doc, policy.digest)
+        # Each param at its default, unless the case sets it: the project's values do not count.
+        params = {p.name: p.default for p in policy.declared} | dict(case.params)
+        verdict = evaluate_rules(list(policy.rules), doc, policy.digest, params)
     fired = tuple(sorted({f.rule.id for f in verdict.findings}))
     errors = [f.message for f in verdict.findings if f.error]
     problems = [f"expected {rule} to fire; it did not" for rule in case.fires if rule not in fired]

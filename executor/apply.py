@@ -22,7 +22,14 @@ from compiler.plan import spec_digest
 
 from . import logfile
 from .containers import ulimit_problems
-from .drivers import DRIVERS, ActionFailed, Host, container_statuses
+from .drivers import (
+    DRIVERS,
+    ActionFailed,
+    Host,
+    checked_binds,
+    container_statuses,
+    runtime_of,
+)
 from .images import ImageError
 from .monitor import ContainerStatus
 from .state import JournalEntry, Record, State
@@ -303,6 +310,13 @@ def _preflight(actions: list[dict[str, Any]], host: Host) -> None:
                     "nothing was changed; plan again",
                 )
         if action["kind"] in ("service", "job"):
+            try:
+                # The runtime works here, and each bind source exists and is no symbolic link.
+                runtime_of(action["address"], spec)
+                checked_binds(action["address"], spec)
+            except ActionFailed as exc:
+                hint = f"nothing was changed; {exc.hint}"
+                raise ActionFailed(exc.address, str(exc), hint) from None
             unknown = [n for n in spec["sysctls"] if not _sysctl_known(n)]
             if unknown:
                 raise ActionFailed(
@@ -484,11 +498,14 @@ def _will_make(host: Host, action: dict[str, Any], digest: str) -> dict[str, Any
     """
     kind, address, spec = action["kind"], action["address"], action["spec"]
     if kind in ("service", "job"):
-        return {
+        made = {
             **host.container_names(address, digest),
             "stop_grace": spec["stop_grace_period"],
             "stop_signal": spec["stop_signal"],
         }
+        if spec.get("runtime", "runc") != "runc":
+            made["runtime"] = spec["runtime"]  # whose state root the rollback looks in
+        return made
     if kind == "network":
         return {"name": spec["name"]}
     return {}

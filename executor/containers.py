@@ -154,6 +154,9 @@ class Mount:
     source: str
     destination: str
     readonly: bool = False
+    # A host path the Forgefile named (a `bind` block) rather than one Forge manages: mounted
+    # without what is mounted below it on the host, nosuid and nodev.
+    host: bool = False
 
 
 @dataclass(frozen=True)
@@ -401,11 +404,16 @@ def _tmpfs(path: str) -> dict[str, Any]:
 
 def _bind(mount: Mount) -> dict[str, Any]:
     # rprivate: a mount made later under a volume on the host must not leak into the container.
+    options = ["rbind", "rprivate"]
+    if mount.host:
+        # `bind`, not `rbind`: a file system mounted below the source on the host stays out (it
+        # would not be read-only, and policy judged the source, not what lies under it).
+        options = ["bind", "rprivate", "nosuid", "nodev"]
     return {
         "destination": mount.destination,
         "type": "bind",
         "source": mount.source,
-        "options": ["rbind", "rprivate", "ro" if mount.readonly else "rw"],
+        "options": [*options, "ro" if mount.readonly else "rw"],
     }
 
 

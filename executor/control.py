@@ -8,11 +8,11 @@ killed halfway is finished or undone by the next apply.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from . import runtimes
 from .drivers import ActionFailed, Host, container_statuses, create_service, delete_container
 from .errors import ExecutorError
 from .state import Record, State, now
@@ -68,6 +68,8 @@ def start(host: Host, state: State, address: str) -> dict[str, Any] | None:
         **host.container_names(address, record.spec_digest),
         "stop_grace": record.spec["stop_grace_period"],
     }
+    if record.spec.get("runtime", "runc") != "runc":
+        made["runtime"] = record.spec["runtime"]
     entry = state.intend(address, record.kind, "create", made)
     try:
         runtime = create_service(host, address, record.spec, record.spec_digest)
@@ -81,24 +83,19 @@ def start(host: Host, state: State, address: str) -> dict[str, Any] | None:
 
 
 def exec_argv(host: Host, state: State, address: str, command: list[str], tty: bool) -> list[str]:
-    """The runc command that runs `command` inside the service's container, as its own
+    """The runc (or crun) command that runs `command` inside the service's container, as its own
     process: same user, environment, working directory, capabilities and seccomp profile."""
     record = service(state, address)
     if not running(host, record):
         raise ControlError(f"{address} is not running", hint=f"start it: forge start {address}")
-    runc = shutil.which("runc")
-    if runc is None:
-        raise ControlError("runc is not installed on this host")
+    engine = record.runtime.get("runtime", "runc")
+    try:
+        runtime = runtimes.runtime(engine)
+    except runtimes.RuntimeUnavailable as exc:
+        raise ControlError(str(exc), hint=exc.hint) from None
     flags = ["--tty"] if tty else []
-    return [
-        runc,
-        "--root",
-        str(host.paths.runc_root),
-        "exec",
-        *flags,
-        str(record.runtime["container_id"]),
-        *command,
-    ]
+    root = host.paths.runtime_root(engine)
+    return runtime.command(root, "exec", *flags, str(record.runtime["container_id"]), *command)
 
 
 def run_exec(argv: list[str]) -> int:

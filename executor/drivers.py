@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import logfile, network, rootfs
+from . import logfile, network, rootfs, runtimes
 from .containers import INIT_BINARY, ContainerError, ContainerSpec, Mount, write_bundle
 from .errors import ExecutorError
 from .images import ImageError, ImageStore
@@ -127,8 +128,49 @@ def delete_volume(host: Host, address: str, runtime: dict[str, Any]) -> None:
 # -- containers -------------------------------------------------------------------------------
 
 
+def runtime_of(address: str, spec: dict[str, Any]) -> str:
+    """The OCI runtime a container spec asks for, checked to work here (ActionFailed if not)."""
+    name = str(spec.get("runtime", "runc"))
+    try:
+        runtimes.runtime(name)
+    except runtimes.RuntimeUnavailable as exc:
+        raise ActionFailed(address, str(exc), exc.hint) from None
+    return name
+
+
+def checked_binds(address: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The spec's binds as they will be mounted: each source must exist, and be the path that
+    was judged. A symbolic link anywhere in it is refused rather than followed, since policy
+    allowed the path as written and a link can lead anywhere (/etc, a runtime socket)."""
+    found = []
+    for bind in spec.get("binds", []):
+        source = bind["source"]
+        try:
+            stat = os.stat(source)
+        except OSError as exc:
+            raise ActionFailed(
+                address,
+                f"the bind source {source} cannot be mounted: {exc.strerror}",
+                "create it, or fix `source` in the Forgefile's bind block",
+            ) from None
+        real = os.path.realpath(source)
+        if real != source:
+            raise ActionFailed(
+                address,
+                f"the bind source {source} is reached through a symbolic link: it leads to "
+                f"{real}, and policy judged {source}",
+                "bind the real path instead (policy then judges that), or replace the link",
+            )
+        # Recorded in state: what was mounted, down to the inode, for whoever audits it later.
+        found.append({**bind, "device": stat.st_dev, "inode": stat.st_ino})
+    return found
+
+
 def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:
     """Unpack, attach, write config.json and start under the monitor; undo all on failure."""
+    # Checked before anything is made: a refusal leaves nothing to clean up.
+    engine = runtime_of(address, spec)
+    binds = checked_binds(address, spec)
     runtime: dict[str, Any] = {
         **host.container_names(address, digest),
         "log": str(host.log_file(address)),
@@ -136,6 +178,10 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
         "stop_grace": spec["stop_grace_period"],
         "stop_signal": spec["stop_signal"],
     }
+    if engine != "runc":
+        runtime["runtime"] = engine
+    if binds:
+        runtime["binds"] = binds
     cid, bundle = runtime["container_id"], Path(runtime["bundle"])
     try:
         _remove_bundle(bundle)
@@ -152,7 +198,7 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
             runtime["netns"] = netns_path
         mounts = tuple(
             Mount(str(host.volume_dir(v["volume"])), v["target"]) for v in spec["volumes"]
-        )
+        ) + tuple(Mount(b["source"], b["target"], b["read_only"], host=True) for b in binds)
         limits = spec["resources"]
         write_bundle(
             bundle,
@@ -181,12 +227,13 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
         # TODO(#6): Forgefile attributes log_max_size and log_max_files, passed as log_limits;
         # until then every log rotates at logfile.MAX_SIZE and keeps logfile.MAX_FILES.
         runtime["pid"] = host.monitor.start(
-            host.paths.runc_root,
+            host.paths.runtime_root(engine),
             cid,
             bundle,
             host.log_file(address),
             RestartPolicy.parse(spec["restart"]),
             spec["healthcheck"],
+            engine,
         )
     except (
         ImageError,
@@ -218,13 +265,15 @@ def _init_binary(address: str) -> str:
 def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None:
     cid, bundle = runtime.get("container_id"), runtime.get("bundle")
     if cid and bundle:
+        engine = runtime.get("runtime", "runc")
         try:
             host.monitor.stop(
-                host.paths.runc_root,
+                host.paths.runtime_root(engine),
                 cid,
                 Path(bundle),
                 grace=runtime["stop_grace"],
                 signal=runtime.get("stop_signal", "SIGTERM"),
+                runtime=engine,
             )
         except MonitorError as exc:
             log.warning("stopping %s (%s): %s", address, cid, exc)
@@ -257,16 +306,18 @@ def create_job(host: Host, address: str, spec: dict[str, Any], digest: str) -> d
     """Run the job to completion; a code outside success_codes fails the action."""
     runtime = _start_container(host, address, spec, digest)
     bundle = Path(runtime["bundle"])
+    engine = runtime.get("runtime", "runc")
+    root = host.paths.runtime_root(engine)
     try:
         status = host.monitor.wait(
-            host.paths.runc_root, runtime["container_id"], bundle, spec["timeout"]
+            root, runtime["container_id"], bundle, spec["timeout"], runtime=engine
         )
         timed_out = status.state != "exited"
     except MonitorError as exc:
         _remove_container(host, address, runtime)
         raise ActionFailed(address, f"waiting for the job failed: {exc}") from None
     if timed_out:
-        status = host.monitor.stop(host.paths.runc_root, runtime["container_id"], bundle, 0.0)
+        status = host.monitor.stop(root, runtime["container_id"], bundle, 0.0, runtime=engine)
     _remove_container(host, address, runtime)
     result = _exit_record(status)
     record = {**result, "log": runtime["log"]}
@@ -386,20 +437,22 @@ DRIVERS: dict[str, tuple[Create, Delete]] = {
 
 
 def container_statuses(
-    host: Host, runtimes: dict[str, dict[str, Any]]
+    host: Host, records: dict[str, dict[str, Any]]
 ) -> dict[str, ContainerStatus | None]:
     """The monitor's word on each container (by address) in a few requests; None where state
     knows no container (a finished job) or the monitor could not say."""
-    asked = {
-        address: (runtime["container_id"], Path(runtime["bundle"]))
-        for address, runtime in runtimes.items()
-        if runtime.get("container_id") and runtime.get("bundle")
-    }
-    try:
-        answers = host.monitor.statuses(host.paths.runc_root, list(asked.values()))
-    except MonitorError as exc:
-        log.warning("status of %d containers: %s", len(asked), exc)
-        return dict.fromkeys(runtimes)
-    found: dict[str, ContainerStatus | None] = dict.fromkeys(runtimes)
-    found.update(zip(asked, answers, strict=True))
+    found: dict[str, ContainerStatus | None] = dict.fromkeys(records)
+    by_engine: dict[str, dict[str, tuple[str, Path]]] = {}
+    for address, runtime in records.items():
+        if runtime.get("container_id") and runtime.get("bundle"):
+            asked = by_engine.setdefault(runtime.get("runtime", "runc"), {})
+            asked[address] = (runtime["container_id"], Path(runtime["bundle"]))
+    for engine, asked in by_engine.items():
+        root = host.paths.runtime_root(engine)
+        try:
+            answers = host.monitor.statuses(root, list(asked.values()), engine)
+        except MonitorError as exc:
+            log.warning("status of %d %s containers: %s", len(asked), engine, exc)
+            continue
+        found.update(zip(asked, answers, strict=True))
     return found

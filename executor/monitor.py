@@ -37,7 +37,6 @@ import os
 import queue
 import re
 import select
-import shutil
 import signal
 import socket
 import socketserver
@@ -52,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from executor import logfile, logpipe
+from executor import logfile, logpipe, runtimes
 from executor.errors import ExecutorError
 from executor.paths import RUN_ROOT
 
@@ -72,7 +71,8 @@ KEEP_EXITED = 600.0
 # 4: `start` takes a healthcheck, and statuses tell health.
 # 5: `start` takes log_max_size and log_max_files; logs are timestamped records through FIFOs;
 #    a monitor adopts what the one before it left running; an exit may have no code (reason).
-PROTOCOL = 5
+# 6: container requests and `statuses` take the OCI runtime (`runtime`: runc or crun).
+PROTOCOL = 6
 MAX_REQUEST = 1 << 20
 STOP_SIGNALS = frozenset(s.name for s in signal.Signals)
 STATUS_BATCH = 500  # containers per `statuses` request: ~100 kB asked, ~60 kB answered
@@ -185,8 +185,8 @@ class RestartPolicy:
 
 
 def registry_folder(socket_path: Path) -> Path:
-    """Where the monitor on `socket_path` keeps its registry: monitor-5.containers/ for
-    monitor-5.sock."""
+    """Where the monitor on `socket_path` keeps its registry: monitor-6.containers/ for
+    monitor-6.sock."""
     return socket_path.with_name(socket_path.name.removesuffix(".sock") + ".containers")
 
 
@@ -274,14 +274,16 @@ class Monitor:
         log: Path,
         restart: RestartPolicy | None = None,
         health: dict[str, Any] | None = None,
+        runtime: str = "runc",
         log_limits: logfile.Limits | None = None,
     ) -> int:
         """Create and start a container supervised by the monitor; return its init's pid. With
         `restart`, the monitor starts it again when it exits, as the policy says; with `health`
-        (command, interval, timeout, retries, start_period), it runs that check inside; its
-        log is rotated at `log_limits` (logfile.MAX_SIZE and MAX_FILES unless given)."""
+        (command, interval, timeout, retries, start_period), it runs that check inside.
+        `runtime` (runc or crun) runs it, and every later call about it; its log is rotated at
+        `log_limits` (logfile.MAX_SIZE and MAX_FILES unless given)."""
         self.ensure_running()
-        request = _container_request("start", runc_root, container_id, bundle)
+        request = _container_request("start", runc_root, container_id, bundle, runtime)
         request["log"] = str(log.absolute())
         if log_limits is not None:
             request["log_max_size"] = log_limits.max_size
@@ -293,9 +295,11 @@ class Monitor:
         reply = self._request(request, timeout=4 * RUNC_TIMEOUT + KILL_TIMEOUT)
         return int(reply["pid"])
 
-    def status(self, runc_root: Path, container_id: str, bundle: Path) -> ContainerStatus:
+    def status(
+        self, runc_root: Path, container_id: str, bundle: Path, runtime: str = "runc"
+    ) -> ContainerStatus:
         """Return the container's status from the monitor, else from its exit.json."""
-        request = _container_request("status", runc_root, container_id, bundle)
+        request = _container_request("status", runc_root, container_id, bundle, runtime)
         reply = self._ask(request, timeout=RUNC_TIMEOUT + 5)
         if reply is None:
             # No monitor means nothing is supervised: what is left is the exit record, if any.
@@ -314,7 +318,7 @@ class Monitor:
         return self._request(request, timeout=timeout)
 
     def statuses(
-        self, runc_root: Path, containers: Sequence[tuple[str, Path]]
+        self, runc_root: Path, containers: Sequence[tuple[str, Path]], runtime: str = "runc"
     ) -> list[ContainerStatus]:
         """`status` of many containers (id, bundle), a few hundred to a request: a refresh of a
         thousand containers is a handful of round trips, not a thousand."""
@@ -325,6 +329,7 @@ class Monitor:
                 "op": "statuses",
                 "runc_root": str(runc_root.absolute()),
                 "containers": [{"id": cid, "bundle": str(b.absolute())} for cid, b in batch],
+                "runtime": runtime,
             }
             try:
                 # A container the monitor does not supervise costs it a `runc state`.
@@ -335,7 +340,7 @@ class Monitor:
                 if "unknown request" not in str(exc):
                     raise
                 # A monitor from an older Forge, still serving this host: one at a time.
-                found += [self.status(runc_root, cid, bundle) for cid, bundle in batch]
+                found += [self.status(runc_root, cid, b, runtime) for cid, b in batch]
                 continue
             if answer is None:
                 found += [status_from_exit_file(bundle) or UNKNOWN for _, bundle in batch]
@@ -344,11 +349,16 @@ class Monitor:
         return found
 
     def wait(
-        self, runc_root: Path, container_id: str, bundle: Path, timeout: float
+        self,
+        runc_root: Path,
+        container_id: str,
+        bundle: Path,
+        timeout: float,
+        runtime: str = "runc",
     ) -> ContainerStatus:
         """Wait up to `timeout` seconds for the container to exit; return its status."""
         self.ensure_running()
-        request = _container_request("wait", runc_root, container_id, bundle)
+        request = _container_request("wait", runc_root, container_id, bundle, runtime)
         request["timeout"] = timeout
         reply = self._request(request, timeout=timeout + RUNC_TIMEOUT + 5)
         return ContainerStatus.from_json(reply)
@@ -360,10 +370,11 @@ class Monitor:
         bundle: Path,
         grace: float = 10.0,
         signal: str = "SIGTERM",
+        runtime: str = "runc",
     ) -> ContainerStatus:
         """Send `signal`, then KILL after `grace` seconds, and delete the container; idempotent."""
         self.ensure_running()
-        request = _container_request("stop", runc_root, container_id, bundle)
+        request = _container_request("stop", runc_root, container_id, bundle, runtime)
         request["grace"] = grace
         request["signal"] = signal
         reply = self._request(request, timeout=grace + KILL_TIMEOUT + 4 * RUNC_TIMEOUT)
@@ -455,13 +466,17 @@ class Monitor:
         return reply
 
 
-def _container_request(op: str, runc_root: Path, container_id: str, bundle: Path) -> dict[str, Any]:
-    # The daemon runs in /, so relative paths would mean something else there.
+def _container_request(
+    op: str, runc_root: Path, container_id: str, bundle: Path, runtime: str
+) -> dict[str, Any]:
+    # The daemon runs in /, so relative paths would mean something else there. `runc_root` is
+    # the runtime's state root, whichever runtime that is.
     return {
         "op": op,
         "runc_root": str(runc_root.absolute()),
         "id": container_id,
         "bundle": str(bundle.absolute()),
+        "runtime": runtime,
     }
 
 
@@ -516,6 +531,7 @@ class _Container:
     runc_root: Path
     container_id: str
     bundle: Path
+    runtime: str = "runc"  # the OCI runtime every call about it goes to
     pid: int | None = None
     started: bool = False
     wait_status: int | None = None
@@ -590,6 +606,7 @@ class _Container:
         """What a monitor after this one needs to take the container over."""
         return {
             "runc_root": str(self.runc_root),
+            "runtime": self.runtime,
             "id": self.container_id,
             "bundle": str(self.bundle),
             "log": str(self.log_path),
@@ -664,7 +681,6 @@ class Supervisor:
     def __init__(self, registry: Path | None = None) -> None:
         self._registry = _Registry(registry)
         self._pump = logpipe.LogPump()
-        self._runc = shutil.which("runc")
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._children = threading.Event()
@@ -703,10 +719,11 @@ class Supervisor:
         log_path: Path,
         restart: RestartPolicy | None = None,
         check: dict[str, Any] | None = None,
+        runtime: str = "runc",
         log_limits: logfile.Limits | None = None,
     ) -> int:
         """Create, start and supervise a container; return its pid or raise MonitorError."""
-        container = self._reserve(runc_root, container_id, bundle)
+        container = self._reserve(runc_root, container_id, bundle, runtime)
         container.log_path, container.restart = log_path, restart or RestartPolicy()
         container.check, container.log_limits = check, log_limits or logfile.Limits()
         try:
@@ -719,7 +736,9 @@ class Supervisor:
         log.info("started container %s (pid %d) in %s", container_id, pid, runc_root)
         return pid
 
-    def status(self, runc_root: Path, container_id: str, bundle: Path) -> ContainerStatus:
+    def status(
+        self, runc_root: Path, container_id: str, bundle: Path, runtime: str = "runc"
+    ) -> ContainerStatus:
         """Return the container's status: ours, else its exit.json, else what runc says."""
         with self._lock:
             container = self._containers.get(_key(runc_root, container_id))
@@ -729,20 +748,25 @@ class Supervisor:
         if recorded is not None:
             return recorded
         # A container left by an earlier monitor still runs, but its exit code is lost.
-        state = self._state(runc_root, container_id)
+        state = self._state(runc_root, container_id, runtime)
         if state is not None and state.get("status") == "running":
             return ContainerStatus("running", state.get("pid"), None, None)
         return UNKNOWN
 
     def wait(
-        self, runc_root: Path, container_id: str, bundle: Path, timeout: float
+        self,
+        runc_root: Path,
+        container_id: str,
+        bundle: Path,
+        timeout: float,
+        runtime: str = "runc",
     ) -> ContainerStatus:
         """Wait up to `timeout` seconds for the container to be reaped and deleted."""
         with self._lock:
             container = self._containers.get(_key(runc_root, container_id))
             if container is not None:
                 self._changed.wait_for(lambda: self._done(container), timeout)
-        return self.status(runc_root, container_id, bundle)
+        return self.status(runc_root, container_id, bundle, runtime)
 
     def stop(
         self,
@@ -751,6 +775,7 @@ class Supervisor:
         bundle: Path,
         grace: float,
         signal: str = "SIGTERM",
+        runtime: str = "runc",
     ) -> ContainerStatus:
         """`signal`, then KILL after `grace`; wait for the reap and the delete. Unknown is fine."""
         _check_id(container_id)
@@ -779,15 +804,16 @@ class Supervisor:
         if container is None or container.finished is not None:
             if (runc_root / container_id).exists():
                 # Not ours (an earlier monitor's, or a leftover): runc can still remove it.
-                self._runc_call(runc_root, "delete", "--force", container_id)
-            return self.status(runc_root, container_id, bundle)
-        self._runc_call(runc_root, "kill", container_id, signal)
+                self._runc_call(runc_root, "delete", "--force", container_id, runtime=runtime)
+            return self.status(runc_root, container_id, bundle, runtime)
+        runtime = container.runtime
+        self._runc_call(runc_root, "kill", container_id, signal, runtime=runtime)
         if not self._wait_done(container, grace):
             log.info("container %s ignored %s for %g s: killing it", container_id, signal, grace)
-            self._runc_call(runc_root, "kill", container_id, "KILL")
+            self._runc_call(runc_root, "kill", container_id, "KILL", runtime=runtime)
             if not self._wait_done(container, KILL_TIMEOUT):
                 raise MonitorError(f"container {container_id} did not exit after SIGKILL")
-        return self.status(runc_root, container_id, bundle)
+        return self.status(runc_root, container_id, bundle, runtime)
 
     # ----- taking over from a monitor that is gone
 
@@ -827,6 +853,7 @@ class Supervisor:
                 int(limits.get("max_files", logfile.MAX_FILES)),
             ),
             adopted=True,
+            runtime=str(record.get("runtime", "runc")),
         )
         with self._lock:
             if _key(root, cid) in self._containers:
@@ -837,7 +864,7 @@ class Supervisor:
             # It was waiting out a restart's backoff: that exit is recorded, so start it again,
             # from scratch if the monitor died while it was starting it.
             if (root / cid).exists():
-                self._runc_call(root, "delete", "--force", cid)
+                self._runc_call(root, "delete", "--force", cid, runtime=container.runtime)
             with self._lock:
                 container.backoff = threading.Timer(BACKOFF_FIRST, self._restart, [container])
                 container.backoff.daemon = True
@@ -895,10 +922,11 @@ class Supervisor:
 
     # ----- starting
 
-    def _reserve(self, runc_root: Path, container_id: str, bundle: Path) -> _Container:
+    def _reserve(
+        self, runc_root: Path, container_id: str, bundle: Path, runtime: str
+    ) -> _Container:
         _check_id(container_id)
-        if self._runc is None:
-            raise MonitorError("runc is not installed on this host")
+        self._runtime(runtime)  # installed, and works here: else say so before anything is made
         key = _key(runc_root, container_id)
         with self._lock:
             known = self._containers.get(key)
@@ -908,7 +936,7 @@ class Supervisor:
                 raise MonitorError(
                     f"container {container_id} already exists in {runc_root}; stop it first"
                 )
-            container = _Container(runc_root, container_id, bundle)
+            container = _Container(runc_root, container_id, bundle, runtime)
             self._containers[key] = container
             return container
 
@@ -925,7 +953,7 @@ class Supervisor:
             pid_start = _start_time(pid)
             if container.stopping:
                 raise MonitorError(f"container {cid} was stopped before it started")
-            started = self._runc_call(root, "start", cid)
+            started = self._runc_call(root, "start", cid, runtime=container.runtime)
             if started.code != 0:
                 raise MonitorError(f"container {cid}: runc start failed: {started.err.strip()}")
         except BaseException:
@@ -970,6 +998,7 @@ class Supervisor:
                 container.container_id,
                 *command,
                 timeout=float(check["timeout"]),
+                runtime=container.runtime,
             )
             with self._lock:
                 if container.restarts != run:
@@ -1001,14 +1030,21 @@ class Supervisor:
             out, err = writers["stdout"], writers["stderr"]
             pid_file = ["--pid-file", str(bundle / PID_FILE)]
             created = self._runc_call(
-                root, *args, str(bundle), *pid_file, cid, stdout=out, stderr=err
+                root,
+                *args,
+                str(bundle),
+                *pid_file,
+                cid,
+                stdout=out,
+                stderr=err,
+                runtime=container.runtime,
             )
         finally:
             for fd in writers.values():
                 os.close(fd)
             self._pump.attach(_key(root, cid), pipes, log_path, container.log_limits)
         if created.code != 0:
-            self._runc_call(root, "delete", "--force", cid)
+            self._runc_call(root, "delete", "--force", cid, runtime=container.runtime)
             reason = _runc_log_error(runc_log) or f"exit code {created.code}, see {log_path}"
             raise MonitorError(f"container {cid}: {reason}")
 
@@ -1024,7 +1060,13 @@ class Supervisor:
 
     def _discard(self, container: _Container) -> None:
         # Leave nothing behind: delete --force kills the init, which we then reap.
-        self._runc_call(container.runc_root, "delete", "--force", container.container_id)
+        self._runc_call(
+            container.runc_root,
+            "delete",
+            "--force",
+            container.container_id,
+            runtime=container.runtime,
+        )
         with self._lock:
             if container.pid is not None:
                 self._changed.wait_for(lambda: container.exited, KILL_TIMEOUT)
@@ -1156,7 +1198,13 @@ class Supervisor:
             _write_json(container.bundle / EXIT_FILE, record)
         except OSError as error:
             log.error("cannot record the exit of %s: %s", container.container_id, error)
-        deleted = self._runc_call(container.runc_root, "delete", "--force", container.container_id)
+        deleted = self._runc_call(
+            container.runc_root,
+            "delete",
+            "--force",
+            container.container_id,
+            runtime=container.runtime,
+        )
         if deleted.code != 0:
             log.warning("runc delete %s: %s", container.container_id, deleted.err.strip())
         log.info("container %s finished: %s", container.container_id, record)
@@ -1171,10 +1219,10 @@ class Supervisor:
 
     # ----- running runc
 
-    def _state(self, runc_root: Path, container_id: str) -> dict[str, Any] | None:
+    def _state(self, runc_root: Path, container_id: str, runtime: str) -> dict[str, Any] | None:
         if not (runc_root / container_id).exists():
             return None
-        result = self._runc_call(runc_root, "state", container_id)
+        result = self._runc_call(runc_root, "state", container_id, runtime=runtime)
         if result.code != 0:
             return None
         try:
@@ -1190,10 +1238,23 @@ class Supervisor:
         stdout: int | None = None,
         stderr: int | None = None,
         timeout: float = RUNC_TIMEOUT,
+        runtime: str = "runc",
     ) -> _Result:
-        assert self._runc is not None
-        argv = [self._runc, "--root", str(runc_root), *args]
+        """One call of the container's OCI runtime (runc, or crun as this host needs it run)."""
+        argv = self._runtime(runtime).command(runc_root, *args)
         return self._run(argv, stdout=stdout, stderr=stderr, timeout=timeout)
+
+    def _runtime(self, name: str) -> runtimes.Runtime:
+        """How to run `name` here (probed once, with this process's own way of running
+        commands); MonitorError when it is missing or cannot work."""
+        try:
+            return runtimes.runtime(name, self._probe_run)
+        except runtimes.RuntimeUnavailable as error:
+            raise MonitorError(f"{error} ({error.hint})" if error.hint else str(error)) from None
+
+    def _probe_run(self, argv: list[str]) -> tuple[int, str]:
+        result = self._run(argv, stdout=None, stderr=None, timeout=runtimes.PROBE_TIMEOUT)
+        return result.code, result.err or result.out
 
     def _run(
         self,
@@ -1225,7 +1286,8 @@ class Supervisor:
     def _wait_run(self, pid: int, argv: list[str], timeout: float = RUNC_TIMEOUT) -> int:
         with self._lock:
             if not self._changed.wait_for(lambda: self._runs[pid] is not None, timeout):
-                log.error("%s took over %g s: killing it", " ".join(argv[3:5]), timeout)
+                call = argv[argv.index("--root") + 2 :][:2] if "--root" in argv else argv[:2]
+                log.error("%s took over %g s: killing it", " ".join(call), timeout)
                 os.kill(pid, signal.SIGKILL)
                 self._changed.wait_for(lambda: self._runs[pid] is not None)
             wait_status = self._runs.pop(pid)
@@ -1305,11 +1367,14 @@ class _Server(socketserver.ThreadingUnixStreamServer):
             }
         if op == "shutdown":
             return {"pid": os.getpid(), "stopped": self.close_if_idle(own_requests=1, idle_for=0)}
+        runtime = str(request.get("runtime", "runc"))
+        if runtime not in runtimes.RUNTIMES:
+            raise MonitorError(f"unknown OCI runtime {runtime!r}: {', '.join(runtimes.RUNTIMES)}")
         if op == "statuses":
             root = Path(request["runc_root"])
             return {
                 "statuses": [
-                    self.supervisor.status(root, str(c["id"]), Path(c["bundle"])).to_json()
+                    self.supervisor.status(root, str(c["id"]), Path(c["bundle"]), runtime).to_json()
                     for c in request["containers"]
                 ]
             }
@@ -1326,15 +1391,18 @@ class _Server(socketserver.ThreadingUnixStreamServer):
             )
             if limits.max_size < 1 or limits.max_files < 0:
                 raise MonitorError(f"log limits must be positive, not {limits}")
-            pid = supervisor.start(root, cid, bundle, log_path, restart, check, limits)
+            pid = supervisor.start(
+                root, cid, bundle, log_path, restart, check, runtime=runtime, log_limits=limits
+            )
             return {"pid": pid}
         if op == "status":
-            status = supervisor.status(root, cid, bundle)
+            status = supervisor.status(root, cid, bundle, runtime)
         elif op == "wait":
-            status = supervisor.wait(root, cid, bundle, float(request["timeout"]))
+            status = supervisor.wait(root, cid, bundle, float(request["timeout"]), runtime)
         else:
             signal_ = str(request.get("signal", "SIGTERM"))
-            status = supervisor.stop(root, cid, bundle, float(request["grace"]), signal_)
+            grace = float(request["grace"])
+            status = supervisor.stop(root, cid, bundle, grace, signal_, runtime)
         return status.to_json()
 
 

@@ -65,6 +65,14 @@ class ProjectPaths:
     def runc_root(self) -> Path:
         return self.run_dir / "runc"
 
+    def runtime_root(self, runtime: str) -> Path:
+        """The state root of an OCI runtime (runc or crun): each keeps its own, in its format."""
+        return self.run_dir / runtime
+
+    @property
+    def runtime_roots(self) -> tuple[Path, ...]:
+        return (self.runc_root, self.runtime_root("crun"))
+
     def ensure(self) -> None:
         """Make the state folders; commands that only read never call this."""
         self.state_dir.mkdir(parents=True, exist_ok=True)

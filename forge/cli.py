@@ -2219,7 +2219,7 @@ def policy_explain(
     elif not rule.kinds:
         address = ""
     values = (
-        policies.explain_bindings(rule, checked.doc, address)
+        policies.explain_bindings(rule, checked.doc, address, dict(verdict.params))
         if address or (not rule.kinds and not rego)
         else {}
     )

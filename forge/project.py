@@ -501,10 +501,10 @@ def forget_run_dir(project: Project) -> None:
     """Nothing of this project runs any more: drop its run-time folder, and let the host's
     monitor go if no other project needs it. A container runc still knows of (one an
     interrupted apply started, which the next apply's recovery removes) keeps the folder."""
-    runc_root = project.paths.runc_root
-    if runc_root.is_dir() and any(runc_root.iterdir()):
-        log.info("%s still holds containers: the run folder is kept", runc_root)
-        return
+    for root in project.paths.runtime_roots:
+        if root.is_dir() and any(root.iterdir()):
+            log.info("%s still holds containers: the run folder is kept", root)
+            return
     rootfs.release_under(project.paths.run_dir)
     shutil.rmtree(project.paths.run_dir, ignore_errors=True)
     project.host().monitor.shutdown_if_idle()

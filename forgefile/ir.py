@@ -143,6 +143,15 @@ class Healthcheck:
 
 
 @dataclass(frozen=True)
+class Bind:
+    """A `bind` block: a host path mounted into a container, as written (absolute, normalised)."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
 class ImageSource:
     """`image = "oci:PATH:TAG"` or `"archive:PATH"`: an image read from outside the store,
     imported (blob by blob, each checked) when the plan is made."""
@@ -171,6 +180,7 @@ class Container(Resource):
     hostname: str = ""
     networks: tuple[ResourceRef, ...] = ()
     volumes: Pairs = ()
+    binds: tuple[Bind, ...] = ()
     read_only: bool = False
     tmpfs: tuple[str, ...] = ()
     privileged: bool = False
@@ -188,6 +198,7 @@ class Container(Resource):
     depends_on: tuple[ResourceRef, ...] = ()
     stop_grace_period: Duration = STOP_GRACE
     resources: Limits = field(default_factory=Limits)
+    runtime: str = "runc"  # the OCI runtime binary: runc or crun
 
     @property
     def image_name(self) -> str:
@@ -407,6 +418,7 @@ _CONVERT: dict[type, Callable[[Any], Any]] = {
     CopyStep: _step,
     LinkStep: _step,
     Limits: _record,
+    Bind: _record,
     Healthcheck: _record,
     WasmLimits: _record,
     Lifecycle: lambda cycle: {

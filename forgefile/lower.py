@@ -906,6 +906,14 @@ class Lowering:
                 if problems:
                     return None
                 values["resources"] = ir.Limits(**limits)
+                binds = self._binds(block, nested.get("bind", []), values)
+                if binds is None:
+                    return None
+                values["binds"] = binds
+                if binds:
+                    # Policy findings on binds point at the first bind block.
+                    first = next(b for b in block.blocks if b.type == "bind")
+                    common["spans"] = (*common["spans"], ("binds", first.span))
                 values["hostname"] = values["hostname"] or instance_name(name, key)[:63]
                 values.update(_health_and_conditions(nested, values.get("depends_on", ())))
                 cls = ir.Service if block.type == "service" else ir.Job
@@ -916,6 +924,55 @@ class Lowering:
                 values["module"] = str((self.base_dir / values["module"]).resolve())
                 return ir.Wasm(**common, **values)
         return None  # pragma: no cover - every schema kind is handled above
+
+    def _binds(
+        self, block: Block, written: list[dict[str, Any]], values: dict[str, Any]
+    ) -> tuple[ir.Bind, ...] | None:
+        """The `bind` blocks, each path checked; None when one is wrong (reported)."""
+        children = [b for b in block.blocks if b.type == "bind"]
+        taken = {target: "a volume" for target, _ in values.get("volumes", ())}
+        taken.update({path: "a tmpfs" for path in values.get("tmpfs", ())})
+        binds: list[ir.Bind] = []
+        ok = True
+        for child, bind in zip(children, written, strict=True):
+            spans = {a.name: a.span for a in child.attributes}
+            problems = [(key, _path_problem(bind[key])) for key in ("source", "target")]
+            for key, problem in problems:
+                if not problem:
+                    continue
+                side = "host path" if key == "source" else "path in the container"
+                self.errors.error(
+                    "E0314",
+                    f"bind {key} `{bind[key]}` {problem}",
+                    spans.get(key, child.span),
+                    f"write the {side} as it is, from / (it is not relative to the Forgefile)"
+                    if not bind[key].startswith("/")
+                    else f"write it with no `.`, `..`, `//` or trailing `/`: "
+                    f'"{_normal(bind[key])}"',
+                )
+            if any(problem for _, problem in problems):
+                ok = False
+                continue
+            target = bind["target"]
+            clash = (
+                "would hide what the runtime mounts at /, /proc, /sys or /dev"
+                if target == "/" or _hides_runtime_mount(target)
+                else f"is also {taken[target]}"
+                if target in taken
+                else ""
+            )
+            if clash:
+                self.errors.error(
+                    "E0119",
+                    f"bind target `{target}` {clash}",
+                    spans.get("target", child.span),
+                    "mount it somewhere else in the container",
+                )
+                ok = False
+                continue
+            taken[target] = "a bind"
+            binds.append(ir.Bind(bind["source"], target, bool(bind["read_only"])))
+        return tuple(binds) if ok else None
 
     def _image_source(self, text: str, span: Span) -> ir.ImageSource | None:
         """`"oci:PATH[:TAG]"` or `"archive:PATH[:TAG]"`, PATH relative to the Forgefile."""
@@ -1352,6 +1409,29 @@ MIN_MEMORY = 4 << 20  # below this the kernel and runc refuse to start a contain
 MIN_PIDS = 16
 MIN_CPUS, MAX_CPUS = 0.01, 65536  # a quota of 1 ms per 100 ms period, and far beyond any host
 MAX_PIDS = 4_194_304  # PID_MAX_LIMIT: runc fails with "pids.max: invalid argument" above it
+
+
+def _path_problem(path: str) -> str:
+    """Why `path` is not an absolute, normalised path ("" when it is one)."""
+    if not path.startswith("/"):
+        return "is not an absolute path"
+    if any(c in path for c in "\0\n"):
+        return "holds a NUL or newline character"
+    if path != _normal(path):
+        return "is not normalised"
+    return ""
+
+
+def _normal(path: str) -> str:
+    """`path` with `.`, `..`, repeated and trailing slashes resolved, as the kernel reads it."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/" + "/".join(parts)
 
 
 def _hides_runtime_mount(path: str) -> bool:

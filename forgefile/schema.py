@@ -283,6 +283,24 @@ SECRET_MOUNT_BLOCK = _pending_block(
     Attr("mode", STRING, "0400", "Octal mode of the file."),
 )
 
+BIND_BLOCK = BlockSpec(
+    "bind",
+    "A host folder or file mounted into the container (rprivate, nosuid, nodev); policy decides "
+    "which host paths may be bound.",
+    labels=(),
+    attributes=(
+        Attr(
+            "source",
+            STRING,
+            REQUIRED,
+            'Absolute, normalised host path, e.g. "/srv/app/conf"; it must exist at apply, and '
+            "not through a symbolic link.",
+        ),
+        Attr("target", STRING, REQUIRED, 'Absolute path in the container, e.g. "/etc/app".'),
+        Attr("read_only", BOOL, True, "Mount it read-only; false lets the workload write to it."),
+    ),
+)
+
 _CONTAINER_ATTRS = (
     Attr(
         "image",
@@ -357,7 +375,13 @@ _CONTAINER_ATTRS = (
         "Secrets delivered under /run/secrets.",
         pending="secrets",
     ),
-    Attr("runtime", STRING, "runc", "The OCI runtime.", ("runc", "crun"), ready=("runc",)),
+    Attr(
+        "runtime",
+        STRING,
+        "runc",
+        "The OCI runtime; crun must be installed on the host that applies.",
+        ("runc", "crun"),
+    ),
     Attr("depends_on", ListOf(RefTo(_WORKLOAD_REFS)), (), "Workloads to start first."),
 )
 DEPENDS_BLOCK = BlockSpec(
@@ -409,6 +433,7 @@ _CONTAINER_BLOCKS: dict[str, tuple[BlockSpec, bool]] = {
     "depends": (DEPENDS_BLOCK, True),
     "resources": (RESOURCES_BLOCK, False),
     "healthcheck": (HEALTHCHECK_BLOCK, False),
+    "bind": (BIND_BLOCK, True),
     "port": (PORT_BLOCK, True),
     "network": (NETWORK_ATTACHMENT_BLOCK, True),
     "secret": (SECRET_MOUNT_BLOCK, True),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything Forge needs on a fresh Debian 12 machine, as root: the kernel-facing tools
-# (runc, nftables, busybox-static for images, tini for `init = true`, clang + wasi-libc for
-# WASM), peers used by the interoperability tests (skopeo, umoci), and a virtualenv at .venv
-# with Forge installed.
+# (runc, crun for `runtime = "crun"`, nftables, busybox-static for images, tini for
+# `init = true`, clang + wasi-libc for WASM), peers used by the interoperability tests (skopeo,
+# umoci), and a virtualenv at .venv with Forge installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(runc busybox-static nftables iproute2 iputils-ping clang lld wasi-libc
+packages=(runc crun busybox-static nftables iproute2 iputils-ping clang lld wasi-libc
           libclang-rt-14-dev-wasm32 skopeo umoci tini python3 python3-venv python3-pip)
 missing=()
 for p in "${packages[@]}"; do

@@ -105,6 +105,9 @@ def leftovers(paths: ProjectPaths) -> list[str]:
     """Everything of this project's that the kernel or runc still holds."""
     found = [f"{k}: {v}" for k, v in network.list_owned(paths.project_id).items() if v]
     found += [f"runc container {c}" for c in runc_containers(paths)]
+    crun_root = paths.runtime_root("crun")
+    if crun_root.exists():  # crun keeps a folder per container it knows
+        found += [f"crun container {c.name}" for c in crun_root.iterdir()]
     if paths.bundles.exists():
         found += [f"bundle {b.name}" for b in paths.bundles.iterdir()]
     found += [f"mount {point}" for point in mounts_under(paths.run_dir)]
@@ -126,6 +129,13 @@ def force_cleanup(paths: ProjectPaths) -> None:
             subprocess.run(
                 ["runc", "--root", str(paths.runc_root), "delete", "-f", cid], capture_output=True
             )
+    crun_root = paths.runtime_root("crun")
+    if crun_root.exists():
+        from executor import runtimes
+
+        for container in crun_root.iterdir():
+            argv = runtimes.runtime("crun").command(crun_root, "delete", "-f", container.name)
+            subprocess.run(argv, capture_output=True)
     for netns in network.list_owned(paths.project_id)["netns"]:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)
     for bridge in network.list_owned(paths.project_id)["bridges"]:

@@ -247,7 +247,6 @@ def test_variable_validation(tmp_path: Path) -> None:
     [
         ('ports = ["127.0.0.1:8080:80"]', "published ports"),
         ("secrets = [secret.db]", "secrets"),
-        ('runtime = "crun"', "runtime"),
     ],
 )
 def test_parsed_but_not_yet_carried_out_is_refused(
