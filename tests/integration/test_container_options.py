@@ -253,3 +253,53 @@ def test_a_healthcheck_gates_the_service_that_waits_for_it(tmp_path: Path) -> No
         left = leftovers(paths)
         force_cleanup(paths)
     assert left == []
+
+
+EXITS = """
+job "zero" {
+  image   = image.busybox
+  command = ["sh", "-c", "exit 0"]
+}
+
+job "seven" {
+  image         = image.busybox
+  command       = ["sh", "-c", "exit 7"]
+  success_codes = [7]
+}
+
+service "killed" {
+  image             = image.busybox
+  command           = ["sleep", "600"]  # PID 1 without a handler: TERM is ignored, KILL ends it
+  stop_grace_period = 0s
+}
+
+service "termed" {
+  image   = image.busybox
+  init    = true  # tini passes TERM on; sleep dies of it, and tini exits 128 + 15
+  command = ["sleep", "600"]
+}
+"""
+
+
+@pytest.mark.skipif(not Path(INIT_BINARY).is_file(), reason="needs tini (apt-get install tini)")
+def test_exit_codes_0_7_137_and_143_are_recorded_and_a_stop_is_no_crash(tmp_path: Path) -> None:
+    folder, paths = project(tmp_path, EXITS)
+
+    def rows() -> dict[str, dict[str, object]]:
+        listed = json.loads(forge_in(folder, "ps", "--json").stdout)["workloads"]
+        return {r["address"]: r for r in listed}
+
+    try:
+        applied = forge_in(folder, "apply", "--auto-approve")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        for address in ("service.killed", "service.termed"):
+            assert forge_in(folder, "stop", address).returncode == 0
+        found = rows()
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    codes = {address: row["exit_code"] for address, row in found.items()}
+    assert codes == {"job.zero": 0, "job.seven": 7, "service.killed": 137, "service.termed": 143}
+    assert found["service.killed"]["status"] == found["service.termed"]["status"] == "stopped"
+    assert left == []

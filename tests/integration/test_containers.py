@@ -33,7 +33,10 @@ from executor.containers import ContainerSpec, Mount, write_bundle
 from executor.monitor import ContainerStatus, Monitor, MonitorError, RestartPolicy
 from tests.conftest import needs
 
-APPLETS = ("sh", "echo", "true", "sleep", "cat", "grep", "httpd", "wget", "unshare")
+APPLETS = (
+    "sh", "echo", "true", "sleep", "cat", "grep", "httpd", "wget", "unshare", "mount", "insmod",
+    "mkdir",
+)  # fmt: skip
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
@@ -357,6 +360,30 @@ def test_hardened_defaults_hold_and_busybox_still_works(host: Host) -> None:
     assert status.exit_code == 0, host.text(container_id)
     lines = host.text(container_id).split("\n")
     assert lines[:4] == ["NoNewPrivs:\t1", "Seccomp:\t2", "unshare-refused", "forge-httpd-page"]
+
+
+@needs("runc")
+def test_a_default_container_cannot_mount_load_modules_or_write_proc_sys(host: Host) -> None:
+    """Root inside a default container: mount(2), init_module(2) and /proc/sys writes fail.
+    The module is junk: were loading allowed, insmod would say "Invalid module format"."""
+    script = (
+        "mkdir -p /mnt; mount -t tmpfs none /mnt 2>&1 || echo mount-refused; "
+        "echo junk > /junk.ko; insmod /junk.ko 2>&1 || echo insmod-refused; "
+        "echo 1 > /proc/sys/kernel/sysrq 2>/dev/null || echo proc-sys-refused"
+    )
+    container_id = host.prepare(ContainerSpec(command=("sh", "-c", script)))
+    host.start(container_id)
+
+    status = host.wait(container_id)
+
+    assert status.exit_code == 0, host.text(container_id)
+    lines = host.text(container_id).splitlines()
+    assert "mount-refused" in lines and "insmod-refused" in lines and "proc-sys-refused" in lines
+    assert not any("Invalid module format" in line for line in lines)
+    assert [line for line in lines if line.startswith(("mount:", "insmod:"))] == [
+        "mount: permission denied (are you root?)",  # busybox words EPERM so
+        "insmod: can't insert '/junk.ko': Operation not permitted",
+    ]
 
 
 @needs("runc")
