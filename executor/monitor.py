@@ -107,6 +107,7 @@ class ContainerStatus:
     restarts: int = 0  # how often the restart policy has started it again
     health: str | None = None  # starting, healthy or unhealthy; None without a healthcheck
     reason: str | None = None  # why exit_code is None after an exit: it could not be known
+    started_at: str | None = None  # when the current run started (RFC 3339), while running
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerStatus:
@@ -120,6 +121,7 @@ class ContainerStatus:
             restarts=int(data.get("restarts") or 0),
             health=data.get("health"),
             reason=data.get("reason"),
+            started_at=data.get("started_at"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -133,6 +135,7 @@ class ContainerStatus:
             "restarts": self.restarts,
             "health": self.health,
             "reason": self.reason,
+            "started_at": self.started_at,
         }
 
 
@@ -599,6 +602,7 @@ class _Container:
                 self.restarts,
                 self.health,
                 last.get("reason"),
+                _rfc3339(self.started_wall) if self.started_wall else None,
             )
         return UNKNOWN
 
@@ -1555,6 +1559,11 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _rfc3339(epoch: float) -> str:
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _signal_name(number: int) -> str:

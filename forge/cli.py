@@ -1077,6 +1077,7 @@ def ps(
         status, detail = _status_of(record, found)
         ip = ", ".join(n["address"].split("/")[0] for n in record.spec.get("networks", []))
         last_exit = record.runtime.get("exit_code") if found is None else found.exit_code
+        started = found.started_at if found is not None else None
         rows.append(
             {
                 "address": address,
@@ -1088,6 +1089,8 @@ def ps(
                 "exit_code": last_exit,
                 # Why exit_code is null after an exit: it could not be known.
                 "exit_reason": found.reason if found is not None else None,
+                "started_at": started,
+                "uptime_seconds": _uptime(started) if status == "running" else None,
                 "ip": ip,
                 "id": record.runtime.get("container_id", ""),
                 "updated": record.updated_at[:19].replace("T", " "),
@@ -1099,12 +1102,13 @@ def ps(
     render.table(
         out,
         "Workloads",
-        ["ADDRESS", "KIND", "STATUS", "RESTARTS", "IP", "CONTAINER", "UPDATED"],
+        ["ADDRESS", "KIND", "STATUS", "UPTIME", "RESTARTS", "IP", "CONTAINER", "UPDATED"],
         [
             [
                 r["address"],
                 r["kind"],
                 f"{r['status']} {r['detail']}".strip(),
+                _duration(r["uptime_seconds"]),
                 str(r["restarts"]),
                 r["ip"],
                 r["id"],
@@ -1113,6 +1117,32 @@ def ps(
             for r in rows
         ],
     )
+
+
+def _uptime(started_at: str | None) -> int | None:
+    from datetime import UTC, datetime
+
+    if not started_at:
+        return None
+    try:
+        began = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0, int((datetime.now(UTC) - began).total_seconds()))
+
+
+def _duration(seconds: int | None) -> str:
+    """3s, 4m05s, 2h07m, 3d04h: the two largest units, as ps and docker show uptime."""
+    if seconds is None:
+        return ""
+    for size, unit, smaller, small_unit in (
+        (86400, "d", 3600, "h"),
+        (3600, "h", 60, "m"),
+        (60, "m", 1, "s"),
+    ):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{seconds % size // smaller:02d}{small_unit}"
+    return f"{seconds}s"
 
 
 def _records(project: Any) -> dict[str, Any]:

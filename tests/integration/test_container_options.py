@@ -168,7 +168,10 @@ def test_stop_start_restart_exec_and_inspect_one_service(tmp_path: Path) -> None
     try:
         assert forge_in(folder, "apply", "--auto-approve").returncode == 0
         first = ps()
+        assert isinstance(first["uptime_seconds"], int) and first["uptime_seconds"] >= 0
+        assert str(first["started_at"]).endswith("Z")
         assert forge_in(folder, "stop", "service.web").returncode == 0
+        assert ps()["uptime_seconds"] is None
         assert ps()["status"] == "stopped"  # not a crash, whatever its exit code
         plan = json.loads(forge_in(folder, "plan", "--json").stdout)
         [web] = [a for a in plan["actions"] if a["address"] == "service.web"]
@@ -191,6 +194,7 @@ def test_stop_start_restart_exec_and_inspect_one_service(tmp_path: Path) -> None
         pid = ps()["detail"]
         assert forge_in(folder, "restart", "service.web").returncode == 0
         assert ps()["status"] == "running" and ps()["detail"] != pid
+        assert ps()["started_at"] != first["started_at"]  # a new run, counted from its start
         missing = forge_in(folder, "stop", "service.wbe")
         assert missing.returncode == 1 and "service.web" in missing.stderr
     finally:

@@ -8,6 +8,7 @@ no container and no process is left.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -406,7 +407,11 @@ def test_monitor_survives_clients_that_disconnect(host: Host) -> None:
 
     assert monitor_pid(host.monitor) == before
     assert stat.S_IMODE(host.monitor.socket_path.stat().st_mode) == 0o600
-    assert host.status(container_id) == ContainerStatus("running", pid, None, None)
+    running = host.status(container_id)
+    assert running.started_at is not None and running.started_at.endswith("Z")
+    assert dataclasses.replace(running, started_at=None) == ContainerStatus(
+        "running", pid, None, None
+    )
     assert host.stop(container_id, grace=0).exit_code == 137
 
 

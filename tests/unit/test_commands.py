@@ -192,3 +192,10 @@ def test_logs_prints_rotated_files_in_order_and_filters_by_since(tmp_path: Path)
     assert "1h30m" in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(app, ["logs", "service.y", *base])
     assert missing.exit_code == 1 and "no logs for service.y" in missing.output
+
+
+def test_uptime_shows_the_two_largest_units() -> None:
+    from forge.cli import _duration
+
+    shown = [_duration(s) for s in (None, 0, 59, 61, 3599, 3661, 90061)]
+    assert shown == ["", "0s", "59s", "1m01s", "59m59s", "1h01m", "1d01h"]
