@@ -388,10 +388,12 @@ def attach(project_id: str, workload: str, attachments: list[Attachment]) -> str
     parsed = _parse_attachments(project_id, workload, attachments)
     started = time.monotonic()
 
-    # Start from nothing so that a second attach gives the same result as the first.
-    detach(project_id, workload)
-
     with _netlink(project_id, workload=workload) as ipr:
+        # Start from nothing so that a second attach gives the same result as the first. A
+        # first attach (no namespace, no first veth: ports are made in order) has nothing to
+        # remove, and skips the sixteen lookups of a full teardown.
+        if os.path.lexists(f"{NETNS_DIR}/{ns}") or _link(ipr, veth_name(project_id, workload, 0)):
+            _teardown(ipr, project_id, workload)
         ports = [
             _Port(i, att.network, _bridge_index(ipr, project_id, workload, att.network), addr, gw)
             for i, (att, addr, gw) in enumerate(parsed)
@@ -535,7 +537,9 @@ def _teardown(ipr: Any, project_id: str, workload: str) -> list[str]:
     for index in range(MAX_ATTACHMENTS):
         name = veth_name(project_id, workload, index)
         link = _link(ipr, name)
-        if link is not None and _kind(link) == "veth":
+        if link is None:
+            break  # ports are made in order, 0 first: one that is missing ends them
+        if _kind(link) == "veth":
             if not _owned_alias(link.get("ifalias"), project_id):
                 continue
             _delete_link(ipr, link["index"])
