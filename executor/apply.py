@@ -430,8 +430,9 @@ def _wait_for(action: dict[str, Any], host: Host, state: State, say: Progress) -
     """`depends { condition = ... }`: hold this workload back until each dependency is healthy
     (its healthcheck passed) or completed successfully (a job that ran to a success code)."""
     address = action["address"]
-    records = state.records()
-    for dependency, condition in sorted((action["spec"] or {}).get("wait_for", {}).items()):
+    waits = sorted((action["spec"] or {}).get("wait_for", {}).items())
+    records = state.records() if waits else {}  # all of state: not once per plain create
+    for dependency, condition in waits:
         record = records.get(dependency)
         if record is None:
             raise ActionFailed(address, f"{dependency}, which it waits for, is not there")
