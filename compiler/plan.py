@@ -589,14 +589,18 @@ def _container_spec(
             "pids": r.resources.pids,
         },
     }
-    # Written only when used, so that the spec digest of every container made before binds and
-    # runtimes existed stays the same and no upgrade replaces it.
+    # Written only when used, so that the spec digest of every container made before binds,
+    # runtimes and log limits existed stays the same and no upgrade replaces it.
     if r.binds:
         spec["binds"] = [
             {"source": b.source, "target": b.target, "read_only": b.read_only} for b in r.binds
         ]
     if r.runtime != "runc":
         spec["runtime"] = r.runtime
+    if r.log_max_size is not None:
+        spec["log_max_size"] = r.log_max_size.bytes
+    if r.log_max_files is not None:
+        spec["log_max_files"] = r.log_max_files
     if isinstance(r, ir.Job):
         spec["success_codes"] = list(r.success_codes)
         spec["timeout"] = r.timeout.seconds

@@ -224,8 +224,6 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
             ),
         )
         host.log_file(address).parent.mkdir(parents=True, exist_ok=True)
-        # TODO(#6): Forgefile attributes log_max_size and log_max_files, passed as log_limits;
-        # until then every log rotates at logfile.MAX_SIZE and keeps logfile.MAX_FILES.
         runtime["pid"] = host.monitor.start(
             host.paths.runtime_root(engine),
             cid,
@@ -234,6 +232,10 @@ def _start_container(host: Host, address: str, spec: dict[str, Any], digest: str
             RestartPolicy.parse(spec["restart"]),
             spec["healthcheck"],
             engine,
+            logfile.Limits(
+                spec.get("log_max_size", logfile.MAX_SIZE),
+                spec.get("log_max_files", logfile.MAX_FILES),
+            ),
         )
     except (
         ImageError,

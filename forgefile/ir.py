@@ -189,6 +189,8 @@ class Container(Resource):
     sysctls: Pairs = ()
     ulimits: Pairs = ()
     init: bool = False
+    log_max_size: Size | None = None  # None: the monitor's default, logfile.MAX_SIZE
+    log_max_files: int | None = None  # None: logfile.MAX_FILES
     stop_signal: str = "TERM"
     restart: str = "no"
     healthcheck: Healthcheck | None = None

@@ -1407,6 +1407,8 @@ MIN_MEMORY = 4 << 20  # below this the kernel and runc refuse to start a contain
 # runc's own init (Go) makes its threads inside the container's cgroup before the workload
 # starts: with fewer pids it fails at random, "pthread_create failed" (opencontainers/runc#1914).
 MIN_PIDS = 16
+MIN_LOG_SIZE = 4 << 10  # smaller files would hold a few lines each
+MAX_LOG_FILES = 100
 MIN_CPUS, MAX_CPUS = 0.01, 65536  # a quota of 1 ms per 100 ms period, and far beyond any host
 MAX_PIDS = 4_194_304  # PID_MAX_LIMIT: runc fails with "pids.max: invalid argument" above it
 
@@ -1507,6 +1509,12 @@ def _value_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
                 "restart",
             )
         )
+    log_size = values.get("log_max_size")
+    if log_size is not None and log_size.bytes < MIN_LOG_SIZE:
+        problems.append((f"log_max_size {log_size} is below the smallest, 4KiB", "log_max_size"))
+    files = values.get("log_max_files")
+    if files is not None and not 0 <= files <= MAX_LOG_FILES:
+        problems.append((f"log_max_files {files} is outside 0 to {MAX_LOG_FILES}", "log_max_files"))
     stop = values.get("stop_signal")
     if stop is not None and signal_name(stop) is None:
         problems.append((f"`{stop}` is not a signal name, e.g. TERM, INT or QUIT", "stop_signal"))

@@ -348,6 +348,13 @@ _CONTAINER_ATTRS = (
         "Resource limits, e.g. { nofile = 1024 }; never above the host's own hard limit.",
     ),
     Attr("init", BOOL, False, "Run tini as PID 1: it forwards signals and reaps zombies."),
+    Attr(
+        "log_max_size",
+        SIZE,
+        None,
+        "Rotate the log when it would grow past this, e.g. 50MiB [default: 10MiB].",
+    ),
+    Attr("log_max_files", INT, None, "Rotated log files kept beside the log [default: 5]."),
     Attr("stop_signal", STRING, "TERM", "The signal that asks the workload to stop, e.g. INT."),
     Attr(
         "stop_grace_period",

@@ -27,7 +27,7 @@ image "busybox" {
   link {
     target = "busybox"
     links  = ["/bin/sh", "/bin/cat", "/bin/grep", "/bin/touch", "/bin/echo", "/bin/sleep",
-              "/bin/test", "/bin/false"]
+              "/bin/seq", "/bin/test", "/bin/false"]
   }
 }
 """
@@ -306,4 +306,35 @@ def test_exit_codes_0_7_137_and_143_are_recorded_and_a_stop_is_no_crash(tmp_path
     codes = {address: row["exit_code"] for address, row in found.items()}
     assert codes == {"job.zero": 0, "job.seven": 7, "service.killed": 137, "service.termed": 143}
     assert found["service.killed"]["status"] == found["service.termed"]["status"] == "stopped"
+    assert left == []
+
+
+def test_log_limits_from_the_forgefile_rotate_the_log(tmp_path: Path) -> None:
+    """log_max_size = 4KiB and log_max_files = 1: the log and one old file, each at most
+    4 KiB, and `forge logs` reads the newest lines of both in order."""
+    folder, paths = project(
+        tmp_path,
+        'job "chatty" {\n  image         = image.busybox\n  log_max_size  = 4KiB\n'
+        "  log_max_files = 1\n"
+        '  command = ["sh", "-c", "for i in $(seq 300); do echo line-$i-padding-padding; done"]\n'
+        "}\n",
+    )
+    try:
+        applied = forge_in(folder, "apply", "--auto-approve")
+        kept = sorted(p.name for p in paths.logs.iterdir() if p.name.startswith("job.chatty"))
+        sizes = [p.stat().st_size for p in paths.logs.iterdir() if p.name.startswith("job.chatty")]
+        lines = forge_in(folder, "logs", "job.chatty").stdout.splitlines()
+        plan = json.loads(forge_in(folder, "plan", "--json").stdout)
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert kept == ["job.chatty.log", "job.chatty.log.1"]
+    assert all(size <= 4096 for size in sizes)
+    assert lines[-1] == "line-300-padding-padding"
+    numbers = [int(line.split("-")[1]) for line in lines]
+    assert numbers == list(range(numbers[0], 301)) and numbers[0] > 1  # the oldest are gone
+    [job] = [a for a in plan["actions"] if a["address"] == "job.chatty"]
+    assert (job["spec"]["log_max_size"], job["spec"]["log_max_files"]) == (4096, 1)
     assert left == []

@@ -332,6 +332,9 @@ def test_runaway_strings_are_stopped(tmp_path: Path) -> None:
         "resources {\n    cpus = 0.001\n  }",
         "resources {\n    cpus = 99999999999999999999.5\n  }",
         'restart = "always:3"',
+        "log_max_size = 1KiB",
+        "log_max_files = 101",
+        "log_max_files = -1",
     ],
 )
 def test_values_no_workload_can_start_with_are_refused(tmp_path: Path, attribute: str) -> None:
