@@ -278,7 +278,12 @@ def _roll_back(
         say("delete", address, "rolling back: the apply failed")
         runtime = now[address].runtime
         entry = state.intend(address, action["kind"], "delete", runtime)
-        DRIVERS[action["kind"]][1](host, address, runtime)
+        try:
+            DRIVERS[action["kind"]][1](host, address, runtime)
+        except ActionFailed as exc:
+            # State keeps it and the journal entry stays open: the next apply finishes it.
+            say("failed", address, f"not rolled back: {exc}")
+            continue
         state.remove(address)  # its log stays: `forge logs` tells why the apply failed
         state.settle(entry, "done")
         state.event("rolled-back", address)

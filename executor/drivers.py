@@ -264,13 +264,19 @@ def _init_binary(address: str) -> str:
     return INIT_BINARY
 
 
-def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None:
+def _remove_container(
+    host: Host, address: str, runtime: dict[str, Any], strict: bool = False
+) -> None:
+    """Stop the container and remove its namespace and bundle. `strict`: if it could not be
+    stopped and runc still has it, remove nothing and fail, so that state keeps it (and the next
+    destroy tries again) rather than forgetting a container that runs on."""
     cid, bundle = runtime.get("container_id"), runtime.get("bundle")
     if cid and bundle:
         engine = runtime.get("runtime", "runc")
+        root = host.paths.runtime_root(engine)
         try:
             host.monitor.stop(
-                host.paths.runtime_root(engine),
+                root,
                 cid,
                 Path(bundle),
                 grace=runtime["stop_grace"],
@@ -278,6 +284,12 @@ def _remove_container(host: Host, address: str, runtime: dict[str, Any]) -> None
                 runtime=engine,
             )
         except MonitorError as exc:
+            if strict and (root / cid).exists():
+                raise ActionFailed(
+                    address,
+                    f"could not stop {cid}: {exc}",
+                    "nothing of it was removed; run the command again",
+                ) from None
             log.warning("stopping %s (%s): %s", address, cid, exc)
     # Containers made before the namespace was named by the container were named by address.
     network.detach(host.paths.project_id, runtime.get("workload", address))
@@ -301,7 +313,7 @@ def create_service(host: Host, address: str, spec: dict[str, Any], digest: str) 
 
 
 def delete_container(host: Host, address: str, runtime: dict[str, Any]) -> None:
-    _remove_container(host, address, runtime)
+    _remove_container(host, address, runtime, strict=True)
 
 
 def create_job(host: Host, address: str, spec: dict[str, Any], digest: str) -> dict[str, Any]:

@@ -450,7 +450,7 @@ class Monitor:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
             try:
-                conn.connect(str(self.socket_path))
+                _connect(conn, self.socket_path, timeout)
             except (FileNotFoundError, ConnectionRefusedError) as error:
                 raise MonitorUnreachable(f"no monitor listens on {self.socket_path}") from error
             except OSError as error:
@@ -467,6 +467,20 @@ class Monitor:
         except ValueError as error:
             raise MonitorError(f"the monitor sent an unreadable reply: {data[:200]!r}") from error
         return reply
+
+
+def _connect(conn: socket.socket, path: Path, timeout: float) -> None:
+    """Connect, waiting while the monitor's backlog is full: a unix socket with a timeout says
+    EAGAIN then, where a blocking one would wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _container_request(
@@ -1303,6 +1317,9 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     # Closing joins the request threads, so the reply to `shutdown` is written before exit.
     daemon_threads = False
     block_on_close = True
+    # An apply asks from several workers at once: socketserver's backlog of 5 would turn the
+    # sixth connection away (EAGAIN) while the others are being accepted.
+    request_queue_size = 128
 
     def __init__(self, path: Path, supervisor: Supervisor, idle_seconds: float) -> None:
         old_umask = os.umask(0o177)

@@ -388,6 +388,30 @@ def test_a_default_container_cannot_mount_load_modules_or_write_proc_sys(host: H
 
 
 @needs("runc")
+def test_many_clients_at_once_are_all_answered(host: Host) -> None:
+    """An apply's workers ask at the same moment: none is turned away by a full backlog."""
+    container_id = host.prepare(ContainerSpec(command=("sleep", "1000")))
+    host.start(container_id)
+    barrier = threading.Barrier(48)
+    answers: list[str] = []
+
+    def ask() -> None:
+        barrier.wait()
+        try:
+            answers.append(host.status(container_id).state)
+        except MonitorError as error:
+            answers.append(str(error))
+
+    threads = [threading.Thread(target=ask) for _ in range(48)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    host.stop(container_id, grace=0)
+    assert answers == ["running"] * 48
+
+
+@needs("runc")
 def test_monitor_survives_clients_that_disconnect(host: Host) -> None:
     """Clients that hang up mid-request or send garbage do not disturb the monitor."""
     container_id = host.prepare(ContainerSpec(command=("sleep", "1000")))
