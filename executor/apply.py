@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from compiler.plan import spec_digest
 
-from . import logfile
+from . import logfile, rootfs
 from .containers import ulimit_problems
 from .drivers import (
     DRIVERS,
@@ -322,6 +322,10 @@ def _preflight(actions: list[dict[str, Any]], host: Host) -> None:
             except ActionFailed as exc:
                 hint = f"nothing was changed; {exc.hint}"
                 raise ActionFailed(exc.address, str(exc), hint) from None
+            try:
+                rootfs.chosen_mode()
+            except rootfs.RootfsError as exc:
+                raise ActionFailed(action["address"], str(exc), "nothing was changed") from None
             unknown = [n for n in spec["sysctls"] if not _sysctl_known(n)]
             if unknown:
                 raise ActionFailed(

@@ -88,7 +88,7 @@ def parse_since(text: str, now_ns: int) -> int:
     value = text.strip()
     if _DURATION.fullmatch(value):
         ago = sum(float(n) * _UNIT_NS[unit] for n, unit in _DURATION_PART.findall(value))
-        return now_ns - int(ago)
+        return max(0, now_ns - int(ago))  # before 1970 is no earlier than any record
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         value += "T00:00:00Z"
     try:
@@ -260,10 +260,38 @@ def append_output(path: Path, stream: str, data: bytes, limits: Limits = Limits(
 
 def read(path: Path, since: str | None = None, follow: bool = False) -> Iterator[Record]:
     """The records of a log and its rotated files in order, from `since` (a `timestamp`) on
-    when it is given; with `follow`, then every record written after, across rotations."""
-    for record in _records(path, follow):
+    when it is given; with `follow`, then every record written after, across rotations.
+    Without `follow`, what the log holds when reading begins, however fast it grows meanwhile."""
+    for record in _records(path, follow) if follow else _snapshot(path):
         if since is None or (record.time is not None and record.time >= since):
             yield record
+
+
+def _snapshot(path: Path) -> Iterator[Record]:
+    """Every file of the log opened at once, newest first (a rotation meanwhile renames what
+    is open, and the same file found twice is read once), then each read up to the size it had,
+    oldest first."""
+    opened: list[tuple[BinaryIO, int]] = []
+    seen: set[tuple[int, int]] = set()
+    try:
+        for each in reversed(files(path)):
+            try:
+                handle: BinaryIO = each.open("rb")
+            except FileNotFoundError:
+                continue
+            stat = os.fstat(handle.fileno())
+            if (stat.st_dev, stat.st_ino) in seen:
+                handle.close()
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            opened.append((handle, stat.st_size))
+        for stream, size in reversed(opened):
+            lines = stream.read(size).split(b"\n")
+            last = lines.pop()
+            yield from (parse_line(line) for line in [*lines, *([last] if last else [])])
+    finally:
+        for stream, _ in opened:
+            stream.close()
 
 
 def _records(path: Path, follow: bool, poll: float = 0.2) -> Iterator[Record]:

@@ -29,7 +29,7 @@ from .images import ImageStore
 
 log = logging.getLogger(__name__)
 
-MODE_ENV = "FORGE_ROOTFS"  # "copy" turns the overlay off
+MODE_ENV = "FORGE_ROOTFS"  # "copy" turns the overlay off; "overlay", the default, tries it
 MNT_DETACH = 2
 _TEMPORARY = ".unpacking-"
 
@@ -47,7 +47,7 @@ def prepare(store: ImageStore, digest: str, cache: Path, bundle: Path) -> str:
 
     The bundle must not exist yet or be empty of a rootfs."""
     target = bundle / "rootfs"
-    if os.environ.get(MODE_ENV) != "copy":
+    if chosen_mode() == "overlay":
         lower = lower_dir(store, digest, cache)
         upper, work = bundle / "upper", bundle / "work"
         for folder in (target, upper, work):
@@ -63,6 +63,14 @@ def prepare(store: ImageStore, digest: str, cache: Path, bundle: Path) -> str:
             shutil.rmtree(folder, ignore_errors=True)
     store.unpack(digest, target)
     return "copy"
+
+
+def chosen_mode() -> str:
+    """overlay (the default) or copy, as FORGE_ROOTFS says; RootfsError for anything else."""
+    mode = os.environ.get(MODE_ENV) or "overlay"
+    if mode not in ("overlay", "copy"):
+        raise RootfsError(f"{MODE_ENV}={mode!r} is neither overlay nor copy; unset it or fix it")
+    return mode
 
 
 def release(bundle: Path) -> None:

@@ -120,3 +120,26 @@ def test_destroy_unmounts_a_rootfs_whose_container_died(tmp_path: Path) -> None:
         force_cleanup(paths)
     assert destroyed.returncode == 0, destroyed.stderr
     assert left == []
+
+
+def test_an_unknown_forge_rootfs_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    folder, paths = project(tmp_path)
+    env = {**os.environ, "FORGE_ROOTFS": "Copy"}
+    try:
+        refused = subprocess.run(
+            [*forge_command(), "apply", "--auto-approve"],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        state = json.loads(forge_in(folder, "state", "export").stdout)
+    finally:
+        forge_in(folder, "destroy", "--auto-approve")
+        left = leftovers(paths)
+        force_cleanup(paths)
+    assert refused.returncode == 4
+    assert "FORGE_ROOTFS='Copy' is neither overlay nor copy" in refused.stderr
+    assert "Rolled back" not in refused.stderr  # refused before the image, not undone after
+    assert state["resources"] == [] and left == []

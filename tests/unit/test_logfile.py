@@ -177,3 +177,25 @@ def test_append_output_writes_a_final_line_without_newline_whole(tmp_path: Path)
         ("stdout", False, b"hello"),
         ("stdout", False, b"no newline"),
     ]
+
+
+def test_a_since_before_1970_means_from_the_start() -> None:
+    assert logfile.parse_since("99999999999999999999d", 10**18) == 0
+    assert logfile.timestamp(0).startswith("1970-01-01T00:00:00")
+
+
+def test_reading_without_follow_stops_at_what_the_log_held(tmp_path: Path) -> None:
+    """A log that grows while it is read: what was there when reading began, no more."""
+    path = tmp_path / "w.log"
+    log = logfile.LogFile(path, logfile.Limits(max_size=4096, max_files=2))
+    line = logfile.encode(logfile.timestamp(1), "stdout", False, b"x" * 50)
+    for _ in range(100):
+        log.write([line])
+    reader = logfile.read(path)
+    first = next(reader)
+    for _ in range(1000):  # rotates several times while the reader is at its first record
+        log.write([logfile.encode(logfile.timestamp(2), "stdout", False, b"late")])
+    log.close()
+    rest = list(reader)
+    assert first.text == b"x" * 50
+    assert {r.text for r in rest} == {b"x" * 50}
