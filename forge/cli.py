@@ -614,10 +614,12 @@ def _run(
                 f"Rolled back: removed the {len(result.rolled_back)} resource(s) this apply had "
                 "created; what it replaced stays replaced. (--no-rollback keeps them.)"
             )
-        err.print(
-            f"{len(set(result.changed))} resource(s) changed before the failure; run "
-            "`forge plan` to see where things stand."
-        )
+        kept = set(result.changed) - set(result.rolled_back)
+        if kept:
+            err.print(
+                f"{len(kept)} resource(s) changed before the failure and stay changed; run "
+                "`forge plan` to see where things stand."
+            )
         raise typer.Exit(EXIT_ACTION_FAILED)
     verb = "Destroyed" if verified.document.get("destroy") else "Applied"
     to.print(
