@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import fcntl
+import glob
 import os
 import re
 import time
@@ -169,13 +171,16 @@ def rotated(path: Path, number: int) -> Path:
 
 
 def files(path: Path) -> list[Path]:
-    """A log's files that exist, oldest first: ADDRESS.log.N ... ADDRESS.log.1, ADDRESS.log."""
-    older = []
-    number = 1
-    while rotated(path, number).exists():
-        older.append(rotated(path, number))
-        number += 1
-    return [*reversed(older), *([path] if path.exists() else [])]
+    """A log's files that exist, oldest first: ADDRESS.log.N ... ADDRESS.log.1, ADDRESS.log.
+    All numbered files, not those up to the first missing number: while a rotation renames
+    them one by one, there is a gap."""
+    numbered = []
+    for each in path.parent.glob(f"{glob.escape(path.name)}.*"):
+        suffix = each.name[len(path.name) + 1 :]
+        if suffix.isdigit():
+            numbered.append((int(suffix), each))
+    older = [each for _, each in sorted(numbered, reverse=True)]
+    return [*older, *([path] if path.exists() else [])]
 
 
 def remove(path: Path) -> None:
@@ -222,19 +227,20 @@ class LogFile:
         ADDRESS.log is begun; files beyond the number kept are removed."""
         os.close(self._fd)
         keep = self.limits.max_files
-        number = 1
-        while rotated(self.path, number).exists():
-            number += 1
-        for older in range(number - 1, 0, -1):
-            if older >= keep:
-                rotated(self.path, older).unlink(missing_ok=True)
+        with _renaming(self.path.parent, exclusive=True):
+            number = 1
+            while rotated(self.path, number).exists():
+                number += 1
+            for older in range(number - 1, 0, -1):
+                if older >= keep:
+                    rotated(self.path, older).unlink(missing_ok=True)
+                else:
+                    os.replace(rotated(self.path, older), rotated(self.path, older + 1))
+            if keep > 0:
+                os.replace(self.path, rotated(self.path, 1))
             else:
-                os.replace(rotated(self.path, older), rotated(self.path, older + 1))
-        if keep > 0:
-            os.replace(self.path, rotated(self.path, 1))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._fd = self._open()
+                self.path.unlink(missing_ok=True)
+            self._fd = self._open()
         self._size = 0
 
     def close(self) -> None:
@@ -268,30 +274,50 @@ def read(path: Path, since: str | None = None, follow: bool = False) -> Iterator
 
 
 def _snapshot(path: Path) -> Iterator[Record]:
-    """Every file of the log opened at once, newest first (a rotation meanwhile renames what
-    is open, and the same file found twice is read once), then each read up to the size it had,
-    oldest first."""
-    opened: list[tuple[BinaryIO, int]] = []
-    seen: set[tuple[int, int]] = set()
+    """What the log holds now, each file read up to the size it had, oldest first, however
+    fast it grows meanwhile. A record the monitor was still writing is left out."""
+    opened = _open_all(path)
     try:
-        for each in reversed(files(path)):
-            try:
-                handle: BinaryIO = each.open("rb")
-            except FileNotFoundError:
-                continue
-            stat = os.fstat(handle.fileno())
-            if (stat.st_dev, stat.st_ino) in seen:
-                handle.close()
-                continue
-            seen.add((stat.st_dev, stat.st_ino))
-            opened.append((handle, stat.st_size))
-        for stream, size in reversed(opened):
+        for stream, size in opened:
             lines = stream.read(size).split(b"\n")
             last = lines.pop()
-            yield from (parse_line(line) for line in [*lines, *([last] if last else [])])
+            records = [parse_line(line) for line in lines]
+            # Records end with a newline: an unended tail of a file of records is one in the
+            # making. A log from before records (plain lines) may end without one.
+            if last and not (records and records[-1].time is not None):
+                records.append(parse_line(last))
+            yield from records
     finally:
         for stream, _ in opened:
             stream.close()
+
+
+def _open_all(path: Path) -> list[tuple[BinaryIO, int]]:
+    """Each file of the log, oldest first, open with its size: listed and opened while no
+    rotation renames them (a busy log rotates every few milliseconds)."""
+    opened: list[tuple[BinaryIO, int]] = []
+    with _renaming(path.parent, exclusive=False):
+        for each in files(path):
+            with contextlib.suppress(FileNotFoundError):
+                handle: BinaryIO = each.open("rb")
+                opened.append((handle, os.fstat(handle.fileno()).st_size))
+    return opened
+
+
+@contextlib.contextmanager
+def _renaming(folder: Path, exclusive: bool) -> Iterator[None]:
+    """The logs folder's lock: a rotation renames under it alone, readers open files under it
+    together. Without the folder (no log yet) there is nothing to rotate."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _records(path: Path, follow: bool, poll: float = 0.2) -> Iterator[Record]:

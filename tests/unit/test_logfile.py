@@ -97,14 +97,17 @@ def test_rotated_files_are_named_and_listed_oldest_first(tmp_path: Path) -> None
     assert logfile.rotated(path, 2).name == "service.web.log.2"
     for name in ("service.web.log", "service.web.log.1", "service.web.log.2"):
         (tmp_path / name).write_text("")
-    (tmp_path / "service.web.log.4").write_text("")  # a gap ends the chain
+    # A gap (a rotation renaming files one by one, or a lower log_max_files) hides nothing.
+    (tmp_path / "service.web.log.4").write_text("")
+    (tmp_path / "service.web.log.x").write_text("")  # not one of its files
     assert [p.name for p in logfile.files(path)] == [
+        "service.web.log.4",
         "service.web.log.2",
         "service.web.log.1",
         "service.web.log",
     ]
     logfile.remove(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["service.web.log.4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["service.web.log.x"]
 
 
 def test_rotation_keeps_max_files_and_reads_back_in_order(tmp_path: Path) -> None:
@@ -199,3 +202,43 @@ def test_reading_without_follow_stops_at_what_the_log_held(tmp_path: Path) -> No
     rest = list(reader)
     assert first.text == b"x" * 50
     assert {r.text for r in rest} == {b"x" * 50}
+
+
+def test_a_snapshot_of_a_log_rotating_under_it_is_whole_and_in_order(tmp_path: Path) -> None:
+    """A writer rotating files of 1 KiB as fast as it can; every read without follow gives
+    consecutive numbers, each record whole, however the names shift while it opens them."""
+    path = tmp_path / "busy.log"
+    log = logfile.LogFile(path, logfile.Limits(max_size=1024, max_files=2))
+    stop = threading.Event()
+
+    def write() -> None:
+        number = 0
+        while not stop.is_set():
+            batch = [
+                logfile.encode(logfile.timestamp(1), "stdout", False, b"%d" % (number + i))
+                for i in range(7)
+            ]
+            log.write(batch)
+            number += 7
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        snapshots = [[int(r.text) for r in logfile.read(path)] for _ in range(300)]
+    finally:
+        stop.set()
+        writer.join()
+        log.close()
+    for numbers in snapshots:
+        assert not numbers or numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
+def test_a_record_in_the_making_is_left_out_but_a_plain_last_line_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "w.log"
+    path.write_bytes(
+        logfile.encode(logfile.timestamp(1_000), "stdout", False, b"first") + b"2026-12-04T10:00"
+    )
+    assert [r.text for r in logfile.read(path)] == [b"first"]
+    plain = tmp_path / "plain.log"
+    plain.write_bytes(b"old line\nno newline")  # written before records: kept whole
+    assert [r.text for r in logfile.read(plain)] == [b"old line", b"no newline"]
