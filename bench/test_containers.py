@@ -23,7 +23,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from executor.monitor import Monitor
 from executor.paths import ProjectPaths
 
 from .conftest import REPO, Corpus, median, pedantic
+from .test_running import forge, forgefile, runc_ids
 
 THOUSAND = int(os.environ.get("FORGE_BENCH_THOUSAND", "1000"))
 PODMAN_COMPOSE = REPO / ".venv-peers" / "bin" / "podman-compose"
@@ -50,51 +50,6 @@ pytestmark = pytest.mark.skipif(
 needs_podman = pytest.mark.skipif(
     shutil.which("podman") is None, reason="needs podman: run bench/peers.sh"
 )
-
-IMAGE = """image "busybox" {
-  context = "/bin"
-  copy {
-    src  = "busybox"
-    dst  = "/bin/busybox"
-    mode = "0755"
-  }
-  link {
-    target = "busybox"
-    links  = ["/bin/sleep"]
-  }
-}
-"""
-
-
-def forgefile(services: int, subnet: str | None = None) -> str:
-    """`services` busybox sleeps, read-only, with limits; on one network if `subnet`."""
-    parts = [IMAGE]
-    if subnet:
-        parts.append(f'network "net" {{\n  subnet = "{subnet}"\n}}\n')
-    attach = "  networks          = [network.net]\n" if subnet else ""
-    parts += [
-        f'service "s{i:04d}" {{\n'
-        "  image             = image.busybox\n"
-        '  command           = ["sleep", "86400"]\n'
-        '  user              = "65534:65534"\n'
-        "  read_only         = true\n"
-        "  stop_grace_period = 0s  # sleep as PID 1 ignores TERM\n"
-        f"{attach}"
-        "  resources {\n    memory = 16MiB\n    cpus   = 0.1\n    pids   = 16\n  }\n"
-        "}\n"
-        for i in range(services)
-    ]
-    return "\n".join(parts)
-
-
-def forge(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forge", *args],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
 
 
 def must(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -169,10 +124,8 @@ def raw_runc(bundles: list[Path], root: Path) -> float:
 
 
 def remove_raw(root: Path, folder: Path) -> None:
-    if root.exists():
-        listed = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True)
-        for cid in listed.stdout.decode().split():
-            subprocess.run(["runc", "--root", str(root), "delete", "-f", cid], check=False)
+    for cid in runc_ids(root):
+        subprocess.run(["runc", "--root", str(root), "delete", "-f", cid], check=False)
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -39,12 +39,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def forgefile(services: int) -> str:
-    parts = [
-        'image "busybox" {\n  context = "/bin"\n'
-        '  copy {\n    src  = "busybox"\n    dst  = "/bin/busybox"\n    mode = "0755"\n  }\n'
-        '  link {\n    target = "busybox"\n    links  = ["/bin/sleep"]\n  }\n}\n'
-    ]
+IMAGE = """image "busybox" {
+  context = "/bin"
+  copy {
+    src  = "busybox"
+    dst  = "/bin/busybox"
+    mode = "0755"
+  }
+  link {
+    target = "busybox"
+    links  = ["/bin/sleep"]
+  }
+}
+"""
+
+
+def forgefile(services: int, subnet: str | None = None) -> str:
+    """`services` busybox sleeps, read-only, with limits; on one network if `subnet`."""
+    parts = [IMAGE]
+    if subnet:
+        parts.append(f'network "net" {{\n  subnet = "{subnet}"\n}}\n')
+    attach = "  networks          = [network.net]\n" if subnet else ""
     parts += [
         f'service "s{i:04d}" {{\n'
         "  image             = image.busybox\n"
@@ -52,6 +67,7 @@ def forgefile(services: int) -> str:
         '  user              = "65534:65534"\n'
         "  read_only         = true\n"
         "  stop_grace_period = 0s  # sleep as PID 1 ignores TERM\n"
+        f"{attach}"
         "  resources {\n    memory = 16MiB\n    cpus   = 0.1\n    pids   = 16\n  }\n"
         "}\n"
         for i in range(services)

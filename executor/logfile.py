@@ -268,7 +268,7 @@ def read(path: Path, since: str | None = None, follow: bool = False) -> Iterator
     """The records of a log and its rotated files in order, from `since` (a `timestamp`) on
     when it is given; with `follow`, then every record written after, across rotations.
     Without `follow`, what the log holds when reading begins, however fast it grows meanwhile."""
-    for record in _records(path, follow) if follow else _snapshot(path):
+    for record in _follow(path) if follow else _snapshot(path):
         if since is None or (record.time is not None and record.time >= since):
             yield record
 
@@ -320,7 +320,8 @@ def _renaming(folder: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def _records(path: Path, follow: bool, poll: float = 0.2) -> Iterator[Record]:
+def _follow(path: Path, poll: float = 0.2) -> Iterator[Record]:
+    """Every record of the log, then each one written after, across rotations, for ever."""
     current: tuple[int, int] | None = None  # (device, inode) of the file being read
     stream: BinaryIO | None = None
     tail = b""
@@ -329,8 +330,6 @@ def _records(path: Path, follow: bool, poll: float = 0.2) -> Iterator[Record]:
             if stream is None:
                 stream = _open_first(_following(path, current))
                 if stream is None:
-                    if not follow:
-                        return
                     time.sleep(poll)
                     continue
                 stat = os.fstat(stream.fileno())
@@ -341,17 +340,14 @@ def _records(path: Path, follow: bool, poll: float = 0.2) -> Iterator[Record]:
                 tail = lines.pop()
                 yield from (parse_line(line) for line in lines)
                 continue
-            newer = bool(_following(path, current))
-            if newer or not follow:
-                # Rotated away with a newer file begun, or the end: this file is finished, once
-                # what was written to it just before the rotation is read too.
+            if _following(path, current):
+                # Rotated away with a newer file begun: this file is finished, once what was
+                # written to it just before the rotation is read too.
                 lines = (tail + stream.read()).split(b"\n")
                 last = lines.pop()
                 yield from (parse_line(line) for line in [*lines, *([last] if last else [])])
                 stream.close()
                 stream = None
-                if not newer:
-                    return
             else:
                 time.sleep(poll)
     finally:

@@ -307,7 +307,7 @@ class ApplyProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.rows: dict[str, list[Any]] = {}  # address: [phase, message, started, ended]
-        self.finished: list[str] = []
+        self.finished: dict[str, None] = {}  # in the order they ended; a set that keeps it
         self.live: Any = None
 
     def __enter__(self) -> ApplyProgress:
@@ -324,7 +324,7 @@ class ApplyProgress:
         if self.live is None:
             return
         self.live.stop()
-        for address in self.finished + [a for a in self.rows if a not in self.finished]:
+        for address in [*self.finished, *(a for a in self.rows if a not in self.finished)]:
             self.console.print(self._line(address))
 
     FINAL = ("done", "deleted", "failed", "rolled back")
@@ -342,11 +342,10 @@ class ApplyProgress:
         if row is None or (row[0] in self.FINAL and phase not in self.FINAL):
             row = self.rows[address] = [phase, message, now, None]  # a replacement's second half
         row[0], row[1] = phase, message
-        if address in self.finished:
-            self.finished.remove(address)
+        self.finished.pop(address, None)
         if phase in self.FINAL:
             row[3] = now
-            self.finished.append(address)
+            self.finished[address] = None
         if self.live is None:
             self.console.print(self._line(address))
         else:
@@ -364,7 +363,7 @@ class ApplyProgress:
         view = Table.grid(padding=(0, 1))
         now = time.monotonic()
         working = [a for a in self.rows if a not in self.finished]
-        for address in self.finished[-self.LIVE_DONE_SHOWN :] + working:
+        for address in [*list(self.finished)[-self.LIVE_DONE_SHOWN :], *working]:
             phase, message, started, ended = self.rows[address]
             took = (ended or now) - started
             view.add_row(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -78,14 +79,18 @@ def fetch(url: str) -> str:
     raise AssertionError(f"nothing answered at {url}")
 
 
-def forge_in(folder: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run `forge ARGS` in `folder` as a user would, capturing its output."""
+def forge_in(
+    folder: Path, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `forge ARGS` in `folder` as a user would, capturing its output; `env` adds to the
+    environment."""
     return subprocess.run(
         [sys.executable, "-m", "forge", *args],
         cwd=folder,
         text=True,
         capture_output=True,
         timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
 
 

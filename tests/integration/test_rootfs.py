@@ -4,9 +4,7 @@ containers of that image, each writing only to its own upper folder; a copy wher
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from executor.paths import ProjectPaths
@@ -78,16 +76,8 @@ def test_containers_of_one_image_share_one_read_only_lower(tmp_path: Path) -> No
 
 def test_forge_rootfs_copy_unpacks_into_the_bundle(tmp_path: Path) -> None:
     folder, paths = project(tmp_path)
-    env = {**os.environ, "FORGE_ROOTFS": "copy"}
     try:
-        applied = subprocess.run(
-            [*forge_command(), "apply", "--auto-approve"],
-            cwd=folder,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        applied = forge_in(folder, "apply", "--auto-approve", env={"FORGE_ROOTFS": "copy"})
         mounted = mounts_under(paths.run_dir)
         runtimes = json.loads(forge_in(folder, "state", "export").stdout)["resources"]
         marked = forge_in(folder, "exec", "service.a", "--", "cat", "/mark").stdout
@@ -99,10 +89,6 @@ def test_forge_rootfs_copy_unpacks_into_the_bundle(tmp_path: Path) -> None:
     assert mounted == [] and marked == "from-a\n"
     assert {r["runtime"].get("rootfs") for r in runtimes if r["kind"] == "service"} == {"copy"}
     assert left == []
-
-
-def forge_command() -> list[str]:
-    return [sys.executable, "-m", "forge"]
 
 
 def test_destroy_unmounts_a_rootfs_whose_container_died(tmp_path: Path) -> None:
@@ -124,16 +110,8 @@ def test_destroy_unmounts_a_rootfs_whose_container_died(tmp_path: Path) -> None:
 
 def test_an_unknown_forge_rootfs_is_refused_before_anything_changes(tmp_path: Path) -> None:
     folder, paths = project(tmp_path)
-    env = {**os.environ, "FORGE_ROOTFS": "Copy"}
     try:
-        refused = subprocess.run(
-            [*forge_command(), "apply", "--auto-approve"],
-            cwd=folder,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        refused = forge_in(folder, "apply", "--auto-approve", env={"FORGE_ROOTFS": "Copy"})
         state = json.loads(forge_in(folder, "state", "export").stdout)
     finally:
         forge_in(folder, "destroy", "--auto-approve")

@@ -15,7 +15,8 @@ NOW = "2026-12-04T10:00:00.123456789Z"
 
 
 def texts(path: Path, **options: object) -> bytes:
-    return b"".join(logfile.render(logfile.read(path, **options), timestamps=False))  # type: ignore[arg-type]
+    records = logfile.read(path, **options)  # type: ignore[arg-type]
+    return b"".join(logfile.render(records, timestamps=False))
 
 
 def test_timestamps_are_rfc3339_utc_with_nine_digits_and_parse_back() -> None:
